@@ -1,0 +1,271 @@
+"""The quantizer core: gradient routing of each loss term, EMA, k-means, restarts, options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqkit.quantize import ResidualVQ, VectorQuantizer
+from vqkit.quantize.codebook import ema_update, kmeans, nearest_code
+
+SPATIAL = {1: (12,), 2: (5, 6), 3: (3, 4, 5)}
+
+
+def make_z(dims: int, dim: int = 8, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, dim, *SPATIAL[dims], generator=gen).requires_grad_(True)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_straight_through_passes_reconstruction_gradient_unchanged(dims):
+    vq = VectorQuantizer(16, 8)
+    z = make_z(dims)
+    out = vq(z)
+    upstream = torch.randn_like(out.quantized)
+    (grad,) = torch.autograd.grad(out.quantized, z, upstream)
+    assert torch.equal(grad, upstream)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_codebook_term_moves_codebook_only(dims):
+    vq = VectorQuantizer(16, 8)
+    z = make_z(dims)
+    out = vq(z)
+    gz, gcb = torch.autograd.grad(out.codebook_loss, [z, vq.codebook], allow_unused=True)
+    assert gz is None or torch.count_nonzero(gz) == 0
+    assert gcb is not None and torch.count_nonzero(gcb) > 0
+    # Only the codes that were used receive gradient.
+    used = torch.zeros(16, dtype=torch.bool)
+    used[out.codes.unique()] = True
+    assert torch.count_nonzero(gcb[~used]) == 0
+    assert (gcb[used].abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_commitment_term_moves_encoder_only(dims):
+    vq = VectorQuantizer(16, 8)
+    z = make_z(dims)
+    out = vq(z)
+    gz, gcb = torch.autograd.grad(out.commitment_loss, [z, vq.codebook], allow_unused=True)
+    assert gcb is None or torch.count_nonzero(gcb) == 0
+    # d/dz mean((z - e)^2) = 2 (z - e) / numel, exactly where the codes say.
+    e = vq.decode(out.codes)
+    assert torch.allclose(gz, 2 * (z - e).detach() / z.numel(), atol=1e-7)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_loss_values_and_weights(dims):
+    vq = VectorQuantizer(16, 8, beta=0.5, codebook_weight=2.0)
+    z = make_z(dims)
+    out = vq(z)
+    expected = ((z - vq.decode(out.codes)) ** 2).mean()
+    assert torch.allclose(out.codebook_loss, expected)
+    assert torch.allclose(out.commitment_loss, expected)
+    assert torch.allclose(out.loss, 2.0 * out.codebook_loss + 0.5 * out.commitment_loss)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"ema": True}, {"cosine": True}, {"code_dim": 3}, {"heads": 2}, {"kmeans_init": True}],
+)
+def test_decode_of_encode_equals_forward(dims, options):
+    vq = VectorQuantizer(16, 8, **options)
+    z = make_z(dims)
+    vq(z)  # one training step (k-means init, EMA update)
+    vq.eval()
+    out = vq(z)
+    codes = vq.encode(z)
+    assert torch.equal(codes, out.codes)
+    assert torch.equal(vq.decode(codes), out.quantized.detach())
+    heads = options.get("heads", 1)
+    expected = (2, heads, *SPATIAL[dims]) if heads > 1 else (2, *SPATIAL[dims])
+    assert codes.shape == expected and codes.dtype == torch.int64
+
+
+def test_nearest_code_matches_brute_force_and_chunking():
+    gen = torch.Generator().manual_seed(1)
+    rows, table = torch.randn(1000, 6, generator=gen), torch.randn(37, 6, generator=gen)
+    brute = torch.cdist(rows, table).argmin(1)
+    assert torch.equal(nearest_code(rows, table), brute)
+    assert torch.equal(nearest_code(rows, table, max_elements=37 * 7), brute)  # 143 chunks
+
+
+def test_ema_step_equals_hand_computation():
+    # Tiny example: K=3 codes in 2-D, decay 0.5, eps 0.1.
+    vq = VectorQuantizer(3, 2, ema=True, decay=0.5, eps=0.1)
+    vq.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]]))
+    vq.embed_sum.copy_(vq.codebook)
+    vq.cluster_size.fill_(1.0)
+    z = torch.tensor([[[0.2, 0.1, 0.9, 1.3], [0.0, -0.1, 1.1, 0.9]]])  # (1, 2, 4): 4 vectors
+    out = vq(z)
+    assert out.codes.tolist() == [[0, 0, 1, 1]]
+    assert out.codebook_loss.item() == 0.0
+    # By hand: counts n = [2, 2, 0]; sums = [[0.3, -0.1], [2.2, 2.0], [0, 0]].
+    size = torch.tensor([0.5 * 1 + 0.5 * 2, 0.5 * 1 + 0.5 * 2, 0.5 * 1])  # [1.5, 1.5, 0.5]
+    sums = torch.tensor(
+        [
+            [0.5 * 0 + 0.5 * 0.3, 0.5 * 0 - 0.5 * 0.1],
+            [0.5 * 1 + 0.5 * 2.2, 0.5 * 1 + 0.5 * 2.0],
+            [0.5 * 5, 0.5 * 5],
+        ]
+    )
+    total = 3.5
+    smoothed = (size + 0.1) / (total + 3 * 0.1) * total
+    assert torch.allclose(vq.cluster_size, size)
+    assert torch.allclose(vq.embed_sum, sums)
+    assert torch.allclose(vq.codebook, sums / smoothed[:, None])
+
+
+def test_ema_update_function_matches_formula():
+    size, acc = torch.tensor([2.0, 0.0]), torch.tensor([[2.0, 4.0], [0.0, 0.0]])
+    new = ema_update(
+        size,
+        acc,
+        torch.tensor([1.0, 3.0]),
+        torch.tensor([[1.0, 1.0], [3.0, 0.0]]),
+        decay=0.9,
+        eps=0.0,
+    )
+    assert torch.allclose(size, torch.tensor([1.9, 0.3]))
+    assert torch.allclose(new, acc / size[:, None])
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_ema_codebook_gets_no_gradient_and_moves_towards_data(dims):
+    vq = VectorQuantizer(4, 8, ema=True, decay=0.9)
+    z = make_z(dims) + 3.0
+    before = vq.codebook.clone()
+    for _ in range(5):
+        out = vq(z)
+    assert not isinstance(vq.codebook, torch.nn.Parameter)
+    used = out.codes.unique()
+    dist_before = (before[used] - 3.0).abs().mean()
+    assert (vq.codebook[used] - 3.0).abs().mean() < dist_before
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_dead_codes_are_restarted_from_encoder_outputs(dims):
+    vq = VectorQuantizer(8, 8, restart_after=3)
+    with torch.no_grad():
+        vq.codebook[5] = 100.0  # never the nearest: dead
+    z = make_z(dims).detach()
+    rows = z.permute(0, *range(2, z.dim()), 1).reshape(-1, 8)
+    for step in range(3):
+        vq(z)
+        if step < 2:
+            assert torch.all(vq.codebook[5] == 100.0)
+    # After 3 unused steps code 5 holds one of this step's encoder outputs.
+    assert (vq.codebook[5] - rows).abs().sum(1).min() == 0
+    assert vq.unused_steps[5] == 0
+
+
+def test_restart_never_fires_when_disabled():
+    vq = VectorQuantizer(8, 8)
+    with torch.no_grad():
+        vq.codebook[5] = 100.0
+    for _ in range(5):
+        vq(make_z(2).detach())
+    assert torch.all(vq.codebook[5] == 100.0) and vq.unused_steps[5] == 5
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_kmeans_init_places_codes_on_clusters(dims):
+    centres = torch.tensor([[4.0] * 8, [-4.0] * 8, [0.0, 8.0] * 4, [8.0, 0.0] * 4])
+    gen = torch.Generator().manual_seed(0)
+    n = 2 * torch.Size(SPATIAL[dims]).numel()
+    pick = torch.arange(n) % 4
+    rows = centres[pick] + 0.01 * torch.randn(n, 8, generator=gen)
+    z = rows.reshape(2, *SPATIAL[dims], 8).movedim(-1, 1).contiguous()
+    vq = VectorQuantizer(4, 8, kmeans_init=True)
+    assert not bool(vq.initialized)
+    out = vq(z)
+    assert bool(vq.initialized)
+    assert out.usage.item() == 1.0
+    assert torch.cdist(centres, vq.codebook).min(1).values.max() < 0.05
+    # Only the first training batch initialises.
+    snapshot = vq.codebook.detach().clone()
+    vq(z * 0 + 50.0)
+    assert torch.equal(vq.codebook.detach(), snapshot)
+
+
+def test_cosine_codes_are_unit_vectors_and_nearest_by_angle():
+    vq = VectorQuantizer(16, 8, cosine=True)
+    z = make_z(2)
+    vq.eval()
+    codes = vq.encode(z)
+    q = vq.decode(codes)
+    assert torch.allclose(q.norm(dim=1), torch.ones(()), atol=1e-5)
+    rows = F.normalize(z.detach().movedim(1, -1).reshape(-1, 8), dim=1)
+    table = F.normalize(vq.codebook.detach(), dim=1)
+    assert torch.equal(codes.reshape(-1), (rows @ table.t()).argmax(1))
+
+
+def test_low_dimensional_codes_look_up_in_projected_space():
+    vq = VectorQuantizer(16, 8, code_dim=2)
+    assert vq.codebook.shape == (16, 2)
+    z = make_z(2)
+    out = vq(z)
+    out.loss.backward()
+    assert vq.project_in.weight.grad is not None  # commitment reaches the projection
+    assert out.quantized.shape == z.shape
+
+
+def test_heads_quantize_each_channel_group_with_the_shared_codebook():
+    vq = VectorQuantizer(16, 8, heads=4)
+    z = make_z(2)
+    codes = vq.encode(z)  # (2, 4, 5, 6)
+    for h in range(4):
+        part = z.detach()[:, 2 * h : 2 * h + 2].movedim(1, -1).reshape(-1, 2)
+        expected = torch.cdist(part, vq.codebook.detach()).argmin(1)
+        assert torch.equal(codes[:, h].reshape(-1), expected)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_residual_vq_round_trip_and_gradients(dims):
+    rvq = ResidualVQ(3, 16, 8, kmeans_init=True)
+    z = make_z(dims)
+    out = rvq(z)
+    assert out.codes.shape == (2, 3, *SPATIAL[dims])
+    upstream = torch.randn_like(z)
+    (grad,) = torch.autograd.grad(out.quantized, z, upstream, retain_graph=True)
+    assert torch.equal(grad, upstream)
+    out.loss.backward()
+    assert all(level.codebook.grad is not None for level in rvq.levels)
+    rvq.eval()
+    out = rvq(z)
+    assert torch.allclose(rvq.decode(rvq.encode(z)), out.quantized, atol=1e-6)
+    # Later levels quantise what earlier levels left: error shrinks after k-means fits.
+    err_one = (rvq.levels[0].decode(out.codes[:, 0]) - z).pow(2).mean()
+    assert (out.quantized - z).pow(2).mean() < err_one
+
+
+def test_codes_equal_under_bf16_autocast():
+    vq = VectorQuantizer(64, 8)
+    z = make_z(2).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = vq(z)
+    assert torch.equal(auto.codes, vq(z).codes)
+    assert auto.quantized.dtype == torch.float32
+
+
+def test_kmeans_returns_centroids_of_their_members():
+    rows = torch.tensor([[0.0], [0.2], [10.0], [10.4]])
+    centroids, counts = kmeans(rows, 2, iters=5, generator=torch.Generator().manual_seed(0))
+    assert sorted(centroids.flatten().tolist()) == pytest.approx([0.1, 10.2])
+    assert counts.tolist() == [2.0, 2.0]
+
+
+def test_bad_inputs_give_clear_errors():
+    vq = VectorQuantizer(16, 8)
+    with pytest.raises(ValueError, match="expected 8 channels"):
+        vq(torch.randn(2, 7, 4))
+    with pytest.raises(ValueError, match="1 to 3 spatial axes"):
+        vq(torch.randn(2, 8))
+    with pytest.raises(ValueError, match=r"\[0, 16\)"):
+        vq.decode(torch.tensor([[3, 16]]))
+    with pytest.raises(ValueError, match="integer"):
+        vq.decode(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="divisible by heads"):
+        VectorQuantizer(16, 8, heads=3)

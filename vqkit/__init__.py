@@ -1,0 +1,1 @@
+"""vqkit: a multi-modal VQ-VAE toolkit."""

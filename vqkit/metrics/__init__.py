@@ -1,0 +1,22 @@
+"""Metrics: reconstruction quality and codebook health."""
+
+from vqkit.metrics.codebook import (
+    CodeUsageTracker,
+    code_histogram,
+    perplexity,
+    unigram_bits,
+    usage,
+)
+from vqkit.metrics.reconstruction import bits_per_dim, data_variance, mse, psnr
+
+__all__ = [
+    "CodeUsageTracker",
+    "bits_per_dim",
+    "code_histogram",
+    "data_variance",
+    "mse",
+    "perplexity",
+    "psnr",
+    "unigram_bits",
+    "usage",
+]

@@ -1,0 +1,79 @@
+"""The quantizer contract shared by every quantizer in vqkit.
+
+A quantizer maps a tensor ``z`` of shape ``(B, D, *spatial)`` (1, 2 or 3 spatial axes) to a
+:class:`QuantizerOutput`. ``encode(z)`` gives the integer codes and ``decode(codes)`` the
+quantized vectors, so that ``decode(encode(z))`` equals ``forward(z).quantized`` in value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import pack, rearrange, unpack
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What a quantizer returns.
+
+    Attributes:
+        quantized: ``(B, D, *spatial)`` straight-through output ``z + sg[z_q - z]``.
+        codes: ``(B, *spatial)`` int64 codes, or ``(B, heads, *spatial)`` with several heads,
+            or ``(B, levels, *spatial)`` for residual VQ.
+        loss: weighted sum ``codebook_weight * codebook_loss + beta * commitment_loss``.
+        codebook_loss: ``||sg[z_e] - e||^2``; moves the codebook only (zero with EMA updates).
+        commitment_loss: ``||z_e - sg[e]||^2``; moves the encoder only.
+        perplexity: ``exp(entropy)`` of the batch's code histogram.
+        usage: fraction of the codebook used in the batch.
+    """
+
+    quantized: Tensor
+    codes: Tensor
+    loss: Tensor
+    codebook_loss: Tensor
+    commitment_loss: Tensor
+    perplexity: Tensor
+    usage: Tensor
+
+
+class Quantizer(nn.Module):
+    """Interface: ``forward(z) -> QuantizerOutput``, ``encode(z) -> codes``, ``decode(codes)``."""
+
+    num_codes: int
+    dim: int
+
+    def forward(self, z: Tensor) -> QuantizerOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def encode(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decode(self, codes: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def channels_last(z: Tensor) -> tuple[Tensor, list]:
+    """``(B, D, *spatial)`` -> ``(N, D)`` rows plus what :func:`restore` needs."""
+    if z.dim() < 3:
+        raise ValueError(
+            f"expected a tensor (B, D, *spatial) with 1 to 3 spatial axes, got shape "
+            f"{tuple(z.shape)}"
+        )
+    flat, ps = pack([rearrange(z, "b d ... -> b ... d")], "* d")
+    return flat, ps
+
+
+def restore(flat: Tensor, ps: list) -> Tensor:
+    """Inverse of :func:`channels_last`: ``(N, D)`` -> ``(B, D, *spatial)``."""
+    (z,) = unpack(flat, ps, "* d")
+    return rearrange(z, "b ... d -> b d ...")
+
+
+def code_stats(codes: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:
+    """Perplexity and fraction of codes used, from a tensor of integer codes."""
+    counts = torch.bincount(codes.reshape(-1), minlength=num_codes).float()
+    probs = counts / counts.sum().clamp_min(1.0)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+    return entropy.exp(), (counts > 0).float().mean()

@@ -1,0 +1,190 @@
+"""Codebook mechanics shared by every quantizer: nearest-code search, EMA update, k-means
+initialisation, dead-code restart, and the collective ops that keep codebooks equal across
+DDP ranks.
+
+All functions work on rows ``(N, C)`` in float32; the quantizer reshapes any ``(B, D, *spatial)``
+tensor into rows first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+# Upper bound on the number of distance entries held at once (N_chunk x K floats, 64 MiB).
+MAX_DISTANCE_ELEMENTS = 1 << 24
+
+
+def nearest_code(
+    rows: Tensor, codebook: Tensor, *, max_elements: int = MAX_DISTANCE_ELEMENTS
+) -> Tensor:
+    """Index of the nearest codebook entry (L2) for each row.
+
+    Uses ``argmin_k ||e_k||^2 - 2 <z, e_k>`` (``||z||^2`` does not change the argmin) computed
+    by one fused ``addmm`` per chunk of rows, so no ``N x K`` one-hot is ever built and the
+    distance matrix held at once is at most ``max_elements`` entries.
+
+    Args:
+        rows: ``(N, C)`` float vectors.
+        codebook: ``(K, C)`` codebook.
+        max_elements: cap on ``chunk x K`` distance entries held at once.
+
+    Returns:
+        ``(N,)`` int64 code indices.
+
+    Example:
+        >>> nearest_code(torch.tensor([[0.9, 0.0]]), torch.eye(2))
+        tensor([0])
+    """
+    num_codes = codebook.shape[0]
+    sq_norms = codebook.pow(2).sum(1)  # (K,)
+    codebook_t = codebook.t()
+    chunk = max(1, max_elements // num_codes)
+    if rows.shape[0] <= chunk:
+        return torch.addmm(sq_norms, rows, codebook_t, alpha=-2.0).argmin(1)
+    out = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
+    for start in range(0, rows.shape[0], chunk):
+        part = rows[start : start + chunk]
+        out[start : start + chunk] = torch.addmm(sq_norms, part, codebook_t, alpha=-2.0).argmin(1)
+    return out
+
+
+def code_counts(codes: Tensor, num_codes: int) -> Tensor:
+    """``(K,)`` float counts of each code in ``codes`` (any shape)."""
+    return torch.bincount(codes.reshape(-1), minlength=num_codes).to(torch.float32)
+
+
+def code_sums(rows: Tensor, codes: Tensor, num_codes: int) -> Tensor:
+    """``(K, C)`` sum of the rows assigned to each code (an index_add, not a one-hot matmul)."""
+    sums = torch.zeros(num_codes, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    return sums.index_add_(0, codes, rows)
+
+
+def ema_update(
+    cluster_size: Tensor,
+    embed_sum: Tensor,
+    counts: Tensor,
+    sums: Tensor,
+    *,
+    decay: float,
+    eps: float,
+) -> Tensor:
+    """One EMA codebook step (van den Oord et al. 2017, appendix), in place on the state.
+
+    ``N_k <- d N_k + (1-d) n_k``, ``m_k <- d m_k + (1-d) sum_k``, then Laplace smoothing
+    ``N~_k = (N_k + eps) / (sum N + K eps) * sum N`` and ``e_k = m_k / N~_k``.
+
+    Args:
+        cluster_size: ``(K,)`` EMA of counts, updated in place.
+        embed_sum: ``(K, C)`` EMA of assigned-row sums, updated in place.
+        counts: ``(K,)`` this step's counts (already summed over ranks).
+        sums: ``(K, C)`` this step's sums (already summed over ranks).
+        decay: EMA decay, e.g. 0.99.
+        eps: Laplace smoothing constant.
+
+    Returns:
+        ``(K, C)`` the new codebook.
+    """
+    cluster_size.mul_(decay).add_(counts, alpha=1.0 - decay)
+    embed_sum.mul_(decay).add_(sums, alpha=1.0 - decay)
+    total = cluster_size.sum()
+    smoothed = (cluster_size + eps) / (total + cluster_size.numel() * eps) * total
+    return embed_sum / smoothed.unsqueeze(1)
+
+
+def kmeans_plus_plus(
+    rows: Tensor, num_codes: int, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """k-means++ seeding: each next seed is a row drawn with probability ~ squared distance.
+
+    Returns:
+        ``(K,)`` row indices (repeats only when there are fewer distinct rows than K).
+    """
+    n = rows.shape[0]
+    picks = torch.empty(num_codes, dtype=torch.long)
+    picks[0] = torch.randint(0, n, (1,), generator=generator)
+    min_d2 = (rows - rows[picks[0]]).pow(2).sum(1)  # (N,)
+    uniforms = torch.rand(num_codes, generator=generator, dtype=torch.float64)
+    for i in range(1, num_codes):
+        cumulative = min_d2.double().cumsum(0)
+        total = cumulative[-1]
+        if total <= 0:  # every row already is a seed: draw uniformly
+            picks[i] = int(uniforms[i] * n)
+        else:
+            target = (uniforms[i] * total).to(cumulative.device)
+            picks[i] = int(torch.searchsorted(cumulative, target.reshape(1)).clamp_max(n - 1))
+        min_d2 = torch.minimum(min_d2, (rows - rows[picks[i]]).pow(2).sum(1))
+    return picks
+
+
+def kmeans(
+    rows: Tensor,
+    num_codes: int,
+    *,
+    iters: int = 10,
+    generator: torch.Generator | None = None,
+    max_rows: int = 16384,
+) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means on rows, seeded by k-means++ (on at most ``max_rows`` random rows).
+
+    Args:
+        rows: ``(N, C)`` float vectors.
+        num_codes: K.
+        iters: Lloyd iterations.
+        generator: CPU generator for the seeding (reproducible, equal on every rank).
+
+    Returns:
+        ``(centroids (K, C), counts (K,))``; an empty cluster keeps its previous centroid.
+    """
+    if rows.shape[0] > max_rows:
+        keep = torch.randperm(rows.shape[0], generator=generator)[:max_rows]
+        rows = rows[keep.to(rows.device)]
+    seeds = kmeans_plus_plus(rows, num_codes, generator=generator)
+    centroids = rows[seeds.to(rows.device)].clone()
+    counts = torch.zeros(num_codes, device=rows.device)
+    for _ in range(iters):
+        codes = nearest_code(rows, centroids)
+        counts = code_counts(codes, num_codes)
+        sums = code_sums(rows, codes, num_codes)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
+    return centroids, counts
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed helpers: no-ops in a single process.
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over ranks in place (no-op without an initialised process group)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
+    """Overwrite ``tensor`` with rank ``src``'s copy (no-op in a single process)."""
+    if is_distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def gather_rows(rows: Tensor) -> Tensor:
+    """Concatenate every rank's ``(N, C)`` rows in rank order (ranks may hold different N)."""
+    if not is_distributed():
+        return rows
+    world = dist.get_world_size()
+    n = torch.tensor([rows.shape[0]], device=rows.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    biggest = int(max(s.item() for s in sizes))
+    padded = rows.new_zeros(biggest, rows.shape[1])
+    padded[: rows.shape[0]] = rows
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])

@@ -1,0 +1,259 @@
+"""VectorQuantizer: the one vector-quantisation layer of vqkit, for tensors of any rank."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from vqkit.quantize import codebook as cb
+from vqkit.quantize.base import Quantizer, QuantizerOutput, channels_last, code_stats, restore
+
+
+class VectorQuantizer(Quantizer):
+    """Nearest-neighbour vector quantisation with a straight-through estimator.
+
+    Works on ``z`` of shape ``(B, D, *spatial)`` with 1, 2 or 3 spatial axes in one code path.
+    Distances, argmin and codebook statistics are computed in float32 even under autocast.
+
+    Loss terms (van den Oord et al. 2017, eq. 3), kept apart so each can be checked:
+    ``codebook_loss = ||sg[z_e] - e||^2`` moves only the codebook, ``commitment_loss =
+    ||z_e - sg[e]||^2`` moves only the encoder; ``loss = codebook_weight * codebook_loss +
+    beta * commitment_loss``. With ``ema=True`` the codebook is an EMA buffer and the codebook
+    term is zero.
+
+    Args:
+        num_codes: codebook size K.
+        dim: channel size D of the input.
+        beta: commitment weight (paper: 0.25; robust in 0.1-2.0).
+        codebook_weight: weight of the codebook term.
+        ema: update the codebook by exponential moving averages instead of the codebook loss.
+        decay: EMA decay.
+        eps: Laplace smoothing of EMA counts.
+        kmeans_init: initialise the codebook by k-means on the first training batch.
+        kmeans_iters: Lloyd iterations of that k-means.
+        restart_after: re-seed codes unused for this many training steps from the current
+            encoder outputs (None: never).
+        cosine: l2-normalise inputs and codes (distances are then cosine distances).
+        code_dim: look codes up in this smaller dimension (linear projections in and out).
+        heads: split D into this many groups, each quantised with the shared codebook
+            (the paper's CIFAR-10 latent has 10 codes per position); codes become
+            ``(B, heads, *spatial)``.
+        seed: seed of the k-means and restart draws (equal on every DDP rank).
+
+    Example:
+        >>> vq = VectorQuantizer(512, 64)
+        >>> out = vq(torch.randn(2, 64, 8, 8))
+        >>> out.codes.shape, out.quantized.shape
+        (torch.Size([2, 8, 8]), torch.Size([2, 64, 8, 8]))
+    """
+
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        *,
+        beta: float = 0.25,
+        codebook_weight: float = 1.0,
+        ema: bool = False,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        restart_after: int | None = None,
+        cosine: bool = False,
+        code_dim: int | None = None,
+        heads: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_codes < 2:
+            raise ValueError(f"num_codes must be >= 2, got {num_codes}")
+        if heads < 1 or dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must lie in (0, 1), got {decay}")
+        if restart_after is not None and restart_after < 1:
+            raise ValueError(f"restart_after must be >= 1 or None, got {restart_after}")
+        self.num_codes, self.dim, self.heads = num_codes, dim, heads
+        self.beta, self.codebook_weight = beta, codebook_weight
+        self.ema, self.decay, self.eps = ema, decay, eps
+        self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
+        self.restart_after, self.cosine, self.seed = restart_after, cosine, seed
+        head_dim = dim // heads
+        self.code_dim = code_dim or head_dim
+        if code_dim is not None and code_dim != head_dim:
+            self.project_in: nn.Module = nn.Linear(head_dim, code_dim)
+            self.project_out: nn.Module = nn.Linear(code_dim, head_dim)
+        else:
+            self.project_in = self.project_out = nn.Identity()
+
+        init = torch.empty(num_codes, self.code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        if ema:
+            self.register_buffer("codebook", init)
+            # Consistent start (codebook == embed_sum / cluster_size), so a code unused at
+            # first decays towards nowhere instead of exploding as with zero counts.
+            self.register_buffer("cluster_size", torch.ones(num_codes))
+            self.register_buffer("embed_sum", init.clone())
+        else:
+            self.codebook = nn.Parameter(init)
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.register_buffer("unused_steps", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------------------------------
+    def _rows(self, z: Tensor) -> tuple[Tensor, list]:
+        """``(B, D, *spatial)`` -> float32 rows ``(N * heads, code_dim)`` in lookup space."""
+        if z.shape[1] != self.dim:
+            raise ValueError(
+                f"expected {self.dim} channels at axis 1 (input (B, D, *spatial)), got shape "
+                f"{tuple(z.shape)}"
+            )
+        flat, ps = channels_last(z.float())
+        rows = flat.reshape(-1, self.dim // self.heads)  # (N * heads, D / heads)
+        rows = self.project_in(rows)
+        if self.cosine:
+            rows = F.normalize(rows, dim=1)
+        return rows, ps
+
+    def _codes_out(self, ids: Tensor, ps: list) -> Tensor:
+        """Row ids ``(N * heads,)`` -> codes ``(B, *spatial)`` or ``(B, heads, *spatial)``."""
+        ids = restore(ids.view(-1, self.heads), ps)  # (B, heads, *spatial)
+        return ids[:, 0] if self.heads == 1 else ids
+
+    def _lookup_table(self) -> Tensor:
+        table = self.codebook.float()
+        return F.normalize(table, dim=1) if self.cosine else table
+
+    def _to_output_space(self, rows: Tensor, ps: list, dtype: torch.dtype) -> Tensor:
+        rows = self.project_out(rows).reshape(-1, self.dim)  # (N, D)
+        return restore(rows, ps).to(dtype)
+
+    # ------------------------------------------------------------------------------------------
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """Quantise ``z`` ``(B, D, *spatial)``; updates codebook state in training mode."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            rows, ps = self._rows(z)
+            if self.training and not bool(self.initialized):
+                self._kmeans_init(rows.detach())
+            table = self._lookup_table()
+            ids = cb.nearest_code(rows.detach(), table.detach())
+            quantized = F.embedding(ids, table)  # (N * heads, code_dim), gradient to codebook
+
+            if self.ema:
+                codebook_loss = rows.new_zeros(())
+            else:
+                codebook_loss = F.mse_loss(quantized, rows.detach())
+            commitment_loss = F.mse_loss(rows, quantized.detach())
+            # Value exactly quantized (so decode(encode(z)) matches bit for bit), gradient the
+            # identity to rows: the straight-through estimator.
+            straight = quantized.detach() + (rows - rows.detach())
+
+            if self.training:
+                self._update_state(rows.detach(), ids)
+            out = self._to_output_space(straight, ps, z.dtype)
+            codes = self._codes_out(ids, ps)
+            perplexity, usage = code_stats(ids, self.num_codes)
+        return QuantizerOutput(
+            quantized=out,
+            codes=codes,
+            loss=self.codebook_weight * codebook_loss + self.beta * commitment_loss,
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss,
+            perplexity=perplexity,
+            usage=usage,
+        )
+
+    @torch.no_grad()
+    def encode(self, z: Tensor) -> Tensor:
+        """``(B, D, *spatial)`` -> int64 codes ``(B, *spatial)`` (``(B, heads, *spatial)``)."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            rows, ps = self._rows(z)
+            return self._codes_out(cb.nearest_code(rows, self._lookup_table()), ps)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes from :meth:`encode` -> quantised vectors ``(B, D, *spatial)`` (float32)."""
+        if codes.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"codes must be an integer tensor, got dtype {codes.dtype}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_codes):
+            raise ValueError(
+                f"codes must lie in [0, {self.num_codes}), got range "
+                f"[{int(codes.min())}, {int(codes.max())}]"
+            )
+        if self.heads == 1:
+            codes = codes.unsqueeze(1)
+        elif codes.dim() < 3 or codes.shape[1] != self.heads:
+            raise ValueError(
+                f"codes of a {self.heads}-head quantizer have shape (B, {self.heads}, *spatial), "
+                f"got {tuple(codes.shape)}"
+            )
+        rows = F.embedding(rearrange(codes, "b h ... -> b ... h").long(), self._lookup_table())
+        rows = self.project_out(rows)  # (B, *spatial, heads, head_dim)
+        return rearrange(rows, "b ... h c -> b (h c) ...")
+
+    # ------------------------------------------------------------------------------------------
+    def _generator(self) -> torch.Generator:
+        """A CPU generator that advances with every draw, identical on all DDP ranks."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.draws))
+        self.draws += 1
+        return gen
+
+    @torch.no_grad()
+    def _kmeans_init(self, rows: Tensor) -> None:
+        data = cb.gather_rows(rows)
+        centroids, counts = cb.kmeans(
+            data, self.num_codes, iters=self.kmeans_iters, generator=self._generator()
+        )
+        cb.broadcast_(centroids)
+        cb.broadcast_(counts)
+        self.codebook.data.copy_(centroids)
+        if self.ema:
+            self.cluster_size.copy_(counts.clamp_min(1.0))
+            self.embed_sum.copy_(centroids * self.cluster_size.unsqueeze(1))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _update_state(self, rows: Tensor, ids: Tensor) -> None:
+        counts = cb.all_reduce_sum_(cb.code_counts(ids, self.num_codes))
+        if self.ema:
+            sums = cb.all_reduce_sum_(cb.code_sums(rows, ids, self.num_codes))
+            new = cb.ema_update(
+                self.cluster_size, self.embed_sum, counts, sums, decay=self.decay, eps=self.eps
+            )
+            self.codebook.copy_(new)
+        self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
+        if self.restart_after is not None:
+            self._restart_dead(rows)
+
+    @torch.no_grad()
+    def _restart_dead(self, rows: Tensor) -> None:
+        dead = self.unused_steps >= self.restart_after
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        # Dead codes take encoder outputs of this step, drawn at random (over all ranks'
+        # rows, same draw everywhere), so they land where the data is.
+        data = cb.gather_rows(rows)
+        pick = torch.randint(0, data.shape[0], (num_dead,), generator=self._generator())
+        fresh = data[pick.to(data.device)]
+        if self.cosine:
+            fresh = F.normalize(fresh, dim=1)
+        self.codebook.data[dead] = fresh.to(self.codebook.dtype)
+        if self.ema:
+            self.cluster_size[dead] = 1.0
+            self.embed_sum[dead] = fresh
+        self.unused_steps[dead] = 0
+
+    def extra_repr(self) -> str:
+        opts = [f"num_codes={self.num_codes}", f"dim={self.dim}", f"beta={self.beta}"]
+        for name in ("ema", "kmeans_init", "cosine"):
+            if getattr(self, name):
+                opts.append(f"{name}=True")
+        if self.restart_after is not None:
+            opts.append(f"restart_after={self.restart_after}")
+        if self.heads > 1:
+            opts.append(f"heads={self.heads}")
+        if self.code_dim != self.dim // self.heads:
+            opts.append(f"code_dim={self.code_dim}")
+        return ", ".join(opts)

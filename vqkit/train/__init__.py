@@ -1,0 +1,41 @@
+"""One training loop for every model: device, AMP, checkpoints, resume, logging."""
+
+from vqkit.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_model,
+    load_trainer_state,
+    load_weights,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_latest,
+)
+from vqkit.train.device import (
+    autocast_context,
+    get_rng_state,
+    resolve_device,
+    seed_everything,
+    set_rng_state,
+)
+from vqkit.train.loop import EpochBatchSampler, TrainConfig, TrainResult, fit, move_to_device
+
+__all__ = [
+    "CheckpointError",
+    "EpochBatchSampler",
+    "TrainConfig",
+    "TrainResult",
+    "autocast_context",
+    "fit",
+    "get_rng_state",
+    "latest_checkpoint",
+    "load_model",
+    "load_trainer_state",
+    "load_weights",
+    "move_to_device",
+    "resolve_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "save_latest",
+    "seed_everything",
+    "set_rng_state",
+]
