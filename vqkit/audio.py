@@ -18,10 +18,17 @@ from typing import NamedTuple
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from torch import Tensor, nn
 
-__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "save_audio", "MuLawEncode", "MuLawDecode"]
+__all__ = [
+    "AudioError",
+    "AudioInfo",
+    "audio_info",
+    "load_audio",
+    "save_audio",
+    "MuLawEncode",
+    "MuLawDecode",
+]
 
 
 class AudioError(ValueError):
@@ -84,10 +91,21 @@ def audio_info(path: str | Path) -> AudioInfo:
         raise AudioError(f"cannot read audio file {path}: {e}") from e
     missing = _wav_missing_bytes(path)
     if missing > 0:
-        raise AudioError(f"audio file {path} is truncated: {missing} bytes of its data chunk are missing")
+        raise AudioError(
+            f"audio file {path} is truncated: {missing} bytes of its data chunk are missing"
+        )
     if info.frames <= 0:
         raise AudioError(f"audio file {path} holds no samples (zero length)")
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def resample(wav: Tensor, orig_rate: int, new_rate: int) -> Tensor:
+    """Band-limited resampling of ``(..., T)`` audio (``torchaudio.functional.resample``)."""
+    # torchaudio is imported on first use: it costs seconds, and reading files does not need it.
+    import torchaudio.functional as AF
+
+    orig_rate, new_rate = _check_rate(orig_rate, "orig_rate"), _check_rate(new_rate, "new_rate")
+    return wav if orig_rate == new_rate else AF.resample(wav, orig_rate, new_rate)
 
 
 def load_audio(
@@ -131,7 +149,7 @@ def load_audio(
     if mono and wav.shape[0] > 1:
         wav = wav.mean(dim=0, keepdim=True)  # (1, T)
     if sample_rate is not None and sample_rate != sr:
-        wav = AF.resample(wav, sr, sample_rate)
+        wav = resample(wav, sr, sample_rate)
         sr = sample_rate
     return wav.contiguous(), int(sr)
 
@@ -182,6 +200,8 @@ class MuLawEncode(nn.Module):
         if not wav.is_floating_point():
             raise ValueError(f"MuLawEncode expects float audio in [-1, 1], got dtype {wav.dtype}")
         # Out-of-range inputs would wrap past the top level after the cast, so clip first.
+        import torchaudio.functional as AF
+
         return AF.mu_law_encoding(wav.clamp(-1.0, 1.0), self.classes)
 
     def extra_repr(self) -> str:
@@ -206,6 +226,8 @@ class MuLawDecode(nn.Module):
                 f"codes must lie in [0, {self.classes}), got range "
                 f"[{int(codes.min())}, {int(codes.max())}]"
             )
+        import torchaudio.functional as AF
+
         return AF.mu_law_decoding(codes, self.classes).to(torch.float32)
 
     def extra_repr(self) -> str:

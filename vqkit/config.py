@@ -4,19 +4,20 @@ A config is a plain dataclass whose fields may themselves be dataclasses. Values
 against the annotated types, so a typo or a wrong type fails at load time with a message that
 names the key, instead of deep inside a training run.
 
-Examples:
-    >>> from dataclasses import dataclass, field
-    >>> @dataclass
-    ... class Model:
-    ...     num_codes: int = 512
-    ...     strides: tuple[int, ...] = (2, 2)
-    >>> @dataclass
-    ... class Recipe:
-    ...     model: Model = field(default_factory=Model)
-    ...     name: str = "run"
-    >>> cfg = load_config(Recipe, {"name": "a"}, ["model.num_codes=256", "model.strides=[4,2]"])
-    >>> cfg.model
-    Model(num_codes=256, strides=(4, 2))
+Example (config classes live at module level, so their annotations can be resolved)::
+
+    @dataclass
+    class Model:
+        num_codes: int = 512
+        strides: tuple[int, ...] = (2, 2)
+
+    @dataclass
+    class Recipe:
+        model: Model = field(default_factory=Model)
+        name: str = "run"
+
+    cfg = load_config(Recipe, "preset.yaml", ["model.num_codes=256", "model.strides=[4,2]"])
+    cfg.model  # Model(num_codes=256, strides=(4, 2))
 """
 
 from __future__ import annotations

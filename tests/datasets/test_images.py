@@ -319,7 +319,9 @@ def test_build_image_dataset_builtin_and_errors():
     ds = build_image_dataset("builtin", split="test", image_size=24, seed=5, size=10)
     assert isinstance(ds, SyntheticShapes) and len(ds) == 10
     assert ds[0][0].shape == (3, 24, 24)
-    assert torch.equal(ds[3][0], SyntheticShapes(split="test", size=10, image_size=24, seed=5)[3][0])
+    assert torch.equal(
+        ds[3][0], SyntheticShapes(split="test", size=10, image_size=24, seed=5)[3][0]
+    )
     with pytest.raises(ValueError, match="kind"):
         build_image_dataset("imagenet", root="x")
     with pytest.raises(ValueError, match="root"):

@@ -83,7 +83,9 @@ def test_logistic_nll_matches_hand_computation():
     nll = lik.nll(params, x)
     assert nll.shape == (1,)
     assert nll.item() == pytest.approx(expected, rel=1e-5)
-    assert lik.nll_bits_per_dim(params, x).item() == pytest.approx(expected / (3 * math.log(2)), rel=1e-5)
+    assert lik.nll_bits_per_dim(params, x).item() == pytest.approx(
+        expected / (3 * math.log(2)), rel=1e-5
+    )
     assert lik.loss(params, x).item() == pytest.approx(expected / 3, rel=1e-5)
 
 
@@ -95,8 +97,10 @@ def test_logistic_far_bin_keeps_precision_and_gradients():
     params = torch.tensor([[[x.item() - 0.3]], [[-5.0]]]).reshape(1, 2, 1).requires_grad_()
     nll = lik.nll(params, x)
     s, h, c = math.exp(-5.0), 0.5 / 255, 0.3
-    log_p = -math.log1p(math.exp(-(c + h) / s)) - math.log1p(math.exp((c - h) / s)) + math.log(
-        -math.expm1(-2 * h / s)
+    log_p = (
+        -math.log1p(math.exp(-(c + h) / s))
+        - math.log1p(math.exp((c - h) / s))
+        + math.log(-math.expm1(-2 * h / s))
     )
     assert nll.item() == pytest.approx(-log_p, rel=1e-4)
     nll.sum().backward()

@@ -5,8 +5,18 @@ import torch
 import torch.nn.functional as F
 
 from vqkit.models.pixelcnn import GatedPixelCNN, gated_pixelcnn
+from vqkit.models.registry import build_model
 
 K = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: thread start-up costs more than it saves, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny(**kwargs) -> GatedPixelCNN:
@@ -42,7 +52,9 @@ def test_dependencies_are_exactly_the_causal_cone(kernel_size, num_layers, num_c
     emb = torch.randn(1, model.channels, height, width, dtype=torch.double, requires_grad=True)
     logits = model.forward_embeddings(emb, y)  # (1, K, H, W)
     weights = torch.randn(K, dtype=torch.double)
-    past = torch.ones(height * width, dtype=torch.bool).tril(-1)  # past[p, q]: q before p
+    past = torch.ones(height * width, height * width, dtype=torch.bool).tril(
+        -1
+    )  # past[p, q]: q before p
     for p in range(height * width):
         i, j = divmod(p, width)
         (grad,) = torch.autograd.grad((logits[0, :, i, j] * weights).sum(), emb, retain_graph=True)
@@ -67,7 +79,9 @@ def test_changing_current_and_later_codes_leaves_logits_unchanged(kernel_size, n
         i, j = divmod(p, width)
         changed = codes.flatten(1).clone()
         # Shift every code at >= p by a nonzero amount, so each one really changes.
-        changed[:, p:] = (changed[:, p:] + torch.randint(1, K, changed[:, p:].shape, generator=gen)) % K
+        changed[:, p:] = (
+            changed[:, p:] + torch.randint(1, K, changed[:, p:].shape, generator=gen)
+        ) % K
         changed = changed.view_as(codes)
         assert (changed.flatten(1)[:, p:] != codes.flatten(1)[:, p:]).all()
         assert torch.equal(model(changed)[:, :, i, j], logits[:, :, i, j]), (i, j)
@@ -90,16 +104,18 @@ def test_loss_and_nll_bits_match_a_direct_computation():
     codes = torch.randint(0, K, (3, 4, 5))
     log_probs = F.log_softmax(model(codes), dim=1)  # (B, K, H, W)
     nll = -log_probs.gather(1, codes[:, None])[:, 0]  # (B, H, W)
-    torch.testing.assert_close(model.loss(codes), nll.mean())
+    assert torch.allclose(model.loss(codes), nll.mean(), rtol=1e-6, atol=0)
     bits = model.nll_bits(codes)
     assert bits.shape == (3,)
-    torch.testing.assert_close(bits, nll.mean((1, 2)) / math.log(2))
+    assert torch.allclose(bits, nll.mean((1, 2)) / math.log(2), rtol=1e-6, atol=0)
 
 
 def pattern_data():
     """Four fixed 4x4 maps over K=5 codes, one class each: stripes, checks, a ramp, a constant."""
     rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
-    maps = torch.stack([rows % 2, (rows + cols) % 2 + 2, (rows + cols) % K, torch.full_like(rows, 4)])
+    maps = torch.stack(
+        [rows % 2, (rows + cols) % 2 + 2, (rows + cols) % K, torch.full_like(rows, 4)]
+    )
     return maps.repeat(2, 1, 1), torch.arange(4).repeat(2)  # (8, 4, 4), (8,)
 
 
@@ -110,17 +126,18 @@ def test_training_on_fixed_patterns_learns_them(conditional):
     y = labels if conditional else None
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = model.loss(codes, y).item()
-    for _ in range(60):
+    for _ in range(40):
         opt.zero_grad()
         loss = model.loss(codes, y)
         loss.backward()
         opt.step()
     final = model.loss(codes, y).item()
-    assert final < 0.3 * first
+    assert final < 0.1 * first
     bits = model.nll_bits(codes, y).detach()
-    # Unconditionally the maps cost >= 2 bits each (which of four?), i.e. 1/8 bit per code.
-    assert (bits < 0.5 * math.log2(K)).all(), bits
-    assert bits.mean() < 0.4
+    assert (bits < 0.1 * math.log2(K)).all(), bits
+    # Unconditionally each map costs at least 2 bits (which of the four?), i.e. 1/8 bit per code;
+    # given its class a map is fully determined.
+    assert bits.mean() < (0.02 if conditional else 0.2), bits
 
 
 # ---------------------------------------------------------------- validation
@@ -133,9 +150,9 @@ def test_invalid_inputs_raise_clear_errors():
         model(good.float())
     with pytest.raises(ValueError, match=r"\(B, H, W\).*\(2, 9\)"):
         model(torch.zeros(2, 9, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"\[0, 5\).*\[-1, 0\]"):
+    with pytest.raises(ValueError, match=r"\[0, 5\).*\[-1, -1\]"):
         model(good - 1)
-    with pytest.raises(ValueError, match=r"\[0, 5\).*\[0, 5\]"):
+    with pytest.raises(ValueError, match=r"\[0, 5\).*\[5, 5\]"):
         model(good + 5)
     with pytest.raises(ValueError, match="unconditional"):
         model(good, torch.tensor([0, 1]))
@@ -194,13 +211,21 @@ def test_sampler_matches_a_reference_loop_with_temperature():
             for j in range(width):
                 probs = F.softmax(model(expected, y)[:, :, i, j] / temperature, dim=1)
                 expected[:, i, j] = torch.multinomial(probs, 1, generator=gen)[:, 0]
-    got = model.sample((n, height, width), y=y, temperature=temperature, generator=gen.manual_seed(3))
+    got = model.sample(
+        (n, height, width), y=y, temperature=temperature, generator=gen.manual_seed(3)
+    )
     assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize(
     "kernel_size, num_layers, num_classes, size",
-    [(3, 4, None, (6, 7)), (5, 3, 3, (5, 6)), (3, 2, None, (1, 5)), (3, 3, None, (5, 1)), (7, 1, 2, (1, 1))],
+    [
+        (3, 4, None, (6, 7)),
+        (5, 3, 3, (5, 6)),
+        (3, 2, None, (1, 5)),
+        (3, 3, None, (5, 1)),
+        (7, 1, 2, (1, 1)),
+    ],
 )
 def test_cached_sampler_equals_naive_sampler(kernel_size, num_layers, num_classes, size):
     model = tiny(kernel_size=kernel_size, num_layers=num_layers, num_classes=num_classes)
@@ -212,18 +237,22 @@ def test_cached_sampler_equals_naive_sampler(kernel_size, num_layers, num_classe
         teacher = model(fast, y)
     assert torch.equal(fast, slow)
     # The incremental path recomputes the teacher-forced logits of its own samples.
-    torch.testing.assert_close(fast_logits, teacher, rtol=0, atol=1e-5)
-    torch.testing.assert_close(fast_logits, slow_logits, rtol=0, atol=1e-5)
+    assert (fast_logits - teacher).abs().max() < 1e-5
+    assert (fast_logits - slow_logits).abs().max() < 1e-5
     public = model.sample(3, size, y=y, generator=torch.Generator().manual_seed(5))
     assert torch.equal(public, fast)
 
 
-def test_sample_accepts_one_int_label_and_leaves_no_graph():
+def test_sample_accepts_one_int_label_and_returns_trainable_codes():
     model = tiny(num_classes=3)
     codes = model.sample(2, (3, 3), y=1, generator=torch.Generator().manual_seed(0))
-    same = model.sample(2, (3, 3), y=torch.tensor([1, 1]), generator=torch.Generator().manual_seed(0))
+    same = model.sample(
+        2, (3, 3), y=torch.tensor([1, 1]), generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(codes, same)
-    assert not codes.requires_grad
+    assert not codes.requires_grad and not codes.is_inference()
+    model.loss(codes, same[:, 0, 0] * 0 + 1).backward()  # samples can be trained on
+    assert model.embedding.weight.grad is not None
 
 
 # ---------------------------------------------------------------- builder
@@ -233,9 +262,16 @@ def test_builder_config_rebuilds_the_model():
     model = gated_pixelcnn(num_codes=K, channels=8, num_layers=3, kernel_size=5, num_classes=2)
     assert model.config == {
         "builder": "gated_pixelcnn",
-        "kwargs": {"num_codes": K, "channels": 8, "num_layers": 3, "kernel_size": 5, "num_classes": 2},
+        "kwargs": {
+            "num_codes": K,
+            "channels": 8,
+            "num_layers": 3,
+            "kernel_size": 5,
+            "num_classes": 2,
+        },
     }
-    rebuilt = GatedPixelCNN(**model.config["kwargs"])
+    rebuilt = build_model(model.config)
+    assert isinstance(rebuilt, GatedPixelCNN)
     rebuilt.load_state_dict(model.state_dict())
     codes, y = torch.randint(0, K, (2, 4, 4)), torch.tensor([0, 1])
     assert torch.equal(rebuilt(codes, y), model(codes, y))

@@ -23,7 +23,11 @@ SIZES = {1: (24,), 2: (8, 12), 3: (4, 8, 6)}
 
 @pytest.mark.parametrize(
     ("dims", "conv", "conv_t"),
-    [(1, nn.Conv1d, nn.ConvTranspose1d), (2, nn.Conv2d, nn.ConvTranspose2d), (3, nn.Conv3d, nn.ConvTranspose3d)],
+    [
+        (1, nn.Conv1d, nn.ConvTranspose1d),
+        (2, nn.Conv2d, nn.ConvTranspose2d),
+        (3, nn.Conv3d, nn.ConvTranspose3d),
+    ],
 )
 def test_factories_pick_the_rank(dims, conv, conv_t):
     assert type(conv_nd(dims, 2, 3, 1)) is conv
@@ -128,7 +132,11 @@ def test_sonnet_image_layout():
     enc = Encoder(2, 3, 128, 64, strides=[2, 2], res_hidden=32, num_res_blocks=2)
     convs = [m for m in enc.net.modules() if isinstance(m, nn.Conv2d)]
     shapes = [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs]
-    assert shapes[:3] == [(3, 64, (4, 4), (2, 2)), (64, 128, (4, 4), (2, 2)), (128, 128, (3, 3), (1, 1))]
+    assert shapes[:3] == [
+        (3, 64, (4, 4), (2, 2)),
+        (64, 128, (4, 4), (2, 2)),
+        (128, 128, (3, 3), (1, 1)),
+    ]
     assert shapes[-1] == (128, 64, (1, 1), (1, 1))
     assert len(enc.net[-2].blocks) == 2
     dec = Decoder(2, 64, 128, 3, strides=[2, 2], res_hidden=32, num_res_blocks=2)

@@ -3,6 +3,7 @@
 Every set is map-style and returns a plain tuple, e.g. images ``(image (3, H, W) in [0, 1], label)``.
 """
 
+from vqkit.datasets.audio import VCTK, SpeakerAudioFolder
 from vqkit.datasets.images import (
     CIFAR10,
     ImageFolder,
@@ -10,9 +11,14 @@ from vqkit.datasets.images import (
     load_rgb,
     resize_center_crop,
 )
+from vqkit.datasets.speech_corpus import SpeechCorpus, build_speech_corpus
 from vqkit.datasets.synthetic_images import SyntheticShapes
 
 __all__ = [
+    "VCTK",
+    "SpeakerAudioFolder",
+    "SpeechCorpus",
+    "build_speech_corpus",
     "CIFAR10",
     "ImageFolder",
     "SyntheticShapes",

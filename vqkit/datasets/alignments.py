@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Segment", "read_timit_phn", "read_textgrid", "read_festival_segs", "frame_labels"]
+__all__ = [
+    "Segment",
+    "read_segments",
+    "write_segments",
+    "read_timit_phn",
+    "read_textgrid",
+    "read_festival_segs",
+    "frame_labels",
+]
 
 
 class Segment(NamedTuple):
@@ -51,6 +59,31 @@ def _check_order(segments: list[Segment], path: Path) -> list[Segment]:
     return segments
 
 
+def read_segments(path: str | Path) -> list[Segment]:
+    """Read vqkit's own segment files: ``start end label`` per line, in seconds."""
+    path = Path(path)
+    segments = []
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=2)
+        try:
+            segments.append(Segment(float(fields[0]), float(fields[1]), fields[2].strip()))
+        except (ValueError, IndexError) as e:
+            raise ValueError(
+                f"{path}:{n}: expected 'start end label' in seconds, got {line!r}"
+            ) from e
+    return _check_order(segments, path)
+
+
+def write_segments(path: str | Path, segments: Sequence[Segment]) -> Path:
+    """Write segments as ``start end label`` lines (seconds, 5 decimals), creating folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{s:.5f} {e:.5f} {label}\n" for s, e, label in segments))
+    return path
+
+
 def read_timit_phn(path: str | Path, sample_rate: int = 16000) -> list[Segment]:
     """Read a TIMIT ``.PHN``/``.WRD`` file: lines ``start_sample end_sample label``.
 
@@ -74,7 +107,9 @@ def read_timit_phn(path: str | Path, sample_rate: int = 16000) -> list[Segment]:
         try:
             start, end = int(fields[0]), int(fields[1])
         except ValueError as e:
-            raise ValueError(f"{path}:{n}: start and end must be sample indices, got {line!r}") from e
+            raise ValueError(
+                f"{path}:{n}: start and end must be sample indices, got {line!r}"
+            ) from e
         segments.append(Segment(start / sample_rate, end / sample_rate, fields[2]))
     return _check_order(segments, path)
 
@@ -121,8 +156,11 @@ def _parse_textgrid(text: str, path: Path) -> dict[str, tuple[str, list]]:
             raise ValueError(f"{path}: expected a string for {what}, found {tok!r}")
         return tok
 
-    if take(str, "file type") != "ooTextFile" or take(str, "object class") != "TextGrid":
-        raise ValueError(f"{path}: not a Praat TextGrid text file (no 'ooTextFile'/'TextGrid' header)")
+    if tokens[:2] != ["ooTextFile", "TextGrid"]:
+        raise ValueError(
+            f"{path}: not a Praat TextGrid text file (no 'ooTextFile'/'TextGrid' header)"
+        )
+    pos = 2
     take(float, "xmin"), take(float, "xmax")
     if pos < len(tokens) and tokens[pos] in ("<exists>", "<absent>"):
         pos += 1
@@ -198,7 +236,9 @@ def read_festival_segs(path: str | Path) -> list[Segment]:
             continue
         fields = line.split()
         if len(fields) < 3:
-            raise ValueError(f"{path}: line {n} after the header: expected 'end 100 label', got {line!r}")
+            raise ValueError(
+                f"{path}: line {n} after the header: expected 'end 100 label', got {line!r}"
+            )
         try:
             end = float(fields[0])
         except ValueError as e:

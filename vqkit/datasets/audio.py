@@ -99,7 +99,9 @@ def _hash_split(utterance: str, test_percent: int = 10) -> str:
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+    )
 
 
 def _find_vctk(root: Path) -> Path | None:
@@ -200,7 +202,9 @@ class SpeakerAudioFolder(Dataset):
             self.crop = RandomCrop(crop, random=rand, seed=seed)
         self.layout, items = self._scan(layout, mic)
         if not items:
-            raise ValueError(f"no audio files found under {self.root} (layout={layout!r}); {_LAYOUT_HELP}")
+            raise ValueError(
+                f"no audio files found under {self.root} (layout={layout!r}); {_LAYOUT_HELP}"
+            )
         if split is not None:
             items = [it for it in items if self._split_of(it) == split]
         self.items, self.skipped = self._probe(items, short, strict)
@@ -273,13 +277,17 @@ class SpeakerAudioFolder(Dataset):
     def labels(self) -> list[int]:
         """FSDD digit of every item."""
         if self.layout != "fsdd":
-            raise ValueError(f"labels exist only for the FSDD layout, this folder is {self.layout!r}")
+            raise ValueError(
+                f"labels exist only for the FSDD layout, this folder is {self.layout!r}"
+            )
         return [it.label for it in self.items]
 
     def label(self, i: int) -> int:
         """FSDD digit of item ``i``."""
         if self.layout != "fsdd":
-            raise ValueError(f"labels exist only for the FSDD layout, this folder is {self.layout!r}")
+            raise ValueError(
+                f"labels exist only for the FSDD layout, this folder is {self.layout!r}"
+            )
         return self.items[i].label
 
 
@@ -328,7 +336,9 @@ class VCTK(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int, str, str]:
         spk, utt = self._inner._sample_ids[i]
         name = f"{spk}_{utt}_{self.mic}{self._inner._audio_ext}"
-        wav, sr = load_audio(Path(self._inner._audio_dir) / spk / name, sample_rate=self.sample_rate)
+        wav, sr = load_audio(
+            Path(self._inner._audio_dir) / spk / name, sample_rate=self.sample_rate
+        )
         if self.crop is not None:
             wav = self.crop(wav)
         if self.transform is not None:

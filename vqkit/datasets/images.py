@@ -311,7 +311,8 @@ def build_image_dataset(
     """Build the image set a recipe names.
 
     Args:
-        kind: ``"builtin"`` (:class:`SyntheticShapes`, no files needed), ``"cifar10"`` or
+        kind: ``"builtin"`` (:class:`SyntheticShapes`, no files needed), ``"cifar10"``
+            (torchvision's archive in ``root``, or ``root/<split>/<class>/*`` folders) or
             ``"folder"`` (:class:`ImageFolder`).
         root: Data folder; required for ``"cifar10"`` and ``"folder"``, ignored for builtin.
         split: ``"train"`` or ``"test"``; for a folder, the sub-folder to read (None: root).
@@ -336,6 +337,11 @@ def build_image_dataset(
     if kind in ("cifar10", "folder") and root is None:
         raise ValueError(f"kind={kind!r} needs root=<data folder>; kind='builtin' needs none")
     if kind == "cifar10":
+        split_name = split if split is not None else "train"
+        if (Path(root) / split_name).is_dir():
+            # A copy laid out as image folders (root/train/<class>/*.jpg), e.g. the JPEG copy
+            # in ../shared/data/cifar10-jpg: read the folders instead of torchvision's archive.
+            return ImageFolder(root, split=split_name, image_size=image_size, transform=transform)
         return CIFAR10(
             root,
             split=split if split is not None else "train",

@@ -259,6 +259,8 @@ class SyntheticShapes(Dataset):
         # Directional shading: brightness varies by up to +-15 % across the object.
         angle = float(rng.uniform(0, 2 * np.pi))
         gain = float(rng.uniform(0.0, 0.15))
-        shade = 1.0 + gain * (float(np.cos(angle)) * dx + float(np.sin(angle)) * dy) / size  # (H, W)
+        shade = (
+            1.0 + gain * (float(np.cos(angle)) * dx + float(np.sin(angle)) * dy) / size
+        )  # (H, W)
         fill = np.clip(colour[:, None, None] * shade[None], 0.0, 1.0)  # (3, H, W)
         image += coverage * (fill - image)

@@ -8,8 +8,20 @@ from vqkit.metrics.codebook import (
     usage,
 )
 from vqkit.metrics.reconstruction import bits_per_dim, data_variance, mse, psnr
+from vqkit.metrics.units import (
+    abx_error,
+    chance_accuracy,
+    code_label_accuracy,
+    pnmi,
+    purity,
+)
 
 __all__ = [
+    "abx_error",
+    "chance_accuracy",
+    "code_label_accuracy",
+    "pnmi",
+    "purity",
     "CodeUsageTracker",
     "bits_per_dim",
     "code_histogram",

@@ -39,7 +39,9 @@ def code_histogram(codes: Tensor, num_codes: int) -> Tensor:
 def _as_counts(counts) -> Tensor:
     counts = torch.as_tensor(counts)
     if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"counts must be a non-empty 1-D histogram (K,), got shape {tuple(counts.shape)}")
+        raise ValueError(
+            f"counts must be a non-empty 1-D histogram (K,), got shape {tuple(counts.shape)}"
+        )
     if bool((counts < 0).any()):
         raise ValueError("counts must be non-negative")
     return counts.double()
@@ -77,7 +79,9 @@ def usage(counts: Tensor) -> Tensor:
     return (counts > 0).double().mean()
 
 
-def unigram_bits(train_codes: Tensor, test_codes: Tensor, num_codes: int, alpha: float = 1.0) -> float:
+def unigram_bits(
+    train_codes: Tensor, test_codes: Tensor, num_codes: int, alpha: float = 1.0
+) -> float:
     """Mean bits per code of ``test_codes`` under smoothed code frequencies of ``train_codes``.
 
     This is the cost of coding each latent code independently with its training frequency, the

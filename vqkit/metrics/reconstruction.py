@@ -13,7 +13,9 @@ _REDUCTIONS = ("mean", "none")
 
 def _check_pair(x: Tensor, y: Tensor, reduction: str) -> None:
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"expected a batch (B, ...) with B >= 1, got shape {tuple(x.shape)}")
     if reduction not in _REDUCTIONS:

@@ -29,13 +29,14 @@ LOG_BIN = math.log(2 * HALF_BIN)
 
 def to_bins(x: Tensor) -> Tensor:
     """Data in [-0.5, 0.5] -> int64 bin indices ``round((x + 0.5) * 255)`` in [0, 255]."""
-    lo, hi = x.min().item(), x.max().item()
+    lo, hi = torch.aminmax(x.detach().float())
+    lo, hi = lo.item(), hi.item()
     if not (lo >= -0.5 - HALF_BIN and hi <= 0.5 + HALF_BIN):  # also catches NaN
         raise ValueError(
             f"data must lie in [-0.5, 0.5] for a discrete likelihood, got values in "
             f"[{lo:.4g}, {hi:.4g}]; scale 8-bit data as k / 255 - 0.5 (images in [0, 1]: x - 0.5)"
         )
-    return torch.round((x + 0.5) * (NUM_BINS - 1)).long().clamp_(0, NUM_BINS - 1)
+    return torch.round((x.float() + 0.5) * (NUM_BINS - 1)).long().clamp_(0, NUM_BINS - 1)
 
 
 def bin_centers(k: Tensor) -> Tensor:
@@ -115,7 +116,7 @@ class GaussianLikelihood(Likelihood):
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         self._check(params, x)
         k = to_bins(x)
-        centered = bin_centers(k) - params
+        centered = bin_centers(k) - params.float()
         upper = (centered + HALF_BIN) / self.sigma
         lower = (centered - HALF_BIN) / self.sigma
         # log(Phi(u) - Phi(l)) computed on the side of the distribution where it does not
@@ -145,7 +146,8 @@ class DiscretizedLogistic(Likelihood):
         return 2 * channels
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        mu, log_s = params.chunk(2, dim=1)
+        # float32 even under autocast: softplus/expm1 of bf16 logits lose the small bins.
+        mu, log_s = params.float().chunk(2, dim=1)
         return mu, log_s.clamp(min=self.min_log_scale)
 
     def mean(self, params: Tensor) -> Tensor:

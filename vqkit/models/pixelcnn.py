@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.models.registry import register
+
 
 def _gate(x: Tensor) -> Tensor:
     """Gated activation tanh(a) * sigmoid(b) over the two channel halves of x (B, 2C, ...)."""
@@ -193,7 +195,9 @@ class GatedPixelCNN(nn.Module):
             Logits (B, K, H, W).
         """
         if emb.dim() != 4 or emb.shape[1] != self.channels:
-            raise ValueError(f"emb must have shape (B, {self.channels}, H, W), got {tuple(emb.shape)}")
+            raise ValueError(
+                f"emb must have shape (B, {self.channels}, H, W), got {tuple(emb.shape)}"
+            )
         self._check_labels(y, emb.shape[0])
         v = h = emb
         for layer in self.layers:
@@ -225,7 +229,6 @@ class GatedPixelCNN(nn.Module):
 
     # ---------------------------------------------------------------- sampling
 
-    @torch.inference_mode()
     def sample(
         self,
         shape: int | tuple[int, int, int],
@@ -269,8 +272,11 @@ class GatedPixelCNN(nn.Module):
             y = y.to(device)
         self._check_labels(y, n)
         run = self._sample_cached if cached else self._sample_naive
-        codes, _ = run(n, height, width, y, temperature, generator, device)
-        return codes
+        with torch.inference_mode():
+            codes, _ = run(n, height, width, y, temperature, generator, device)
+        # A clone made outside inference mode is an ordinary tensor, so samples can be fed back
+        # into a forward pass that autograd records (e.g. to train on them).
+        return codes.clone()
 
     @staticmethod
     def _sample_shape(
@@ -348,6 +354,7 @@ class GatedPixelCNN(nn.Module):
         return codes, logits
 
 
+@register("gated_pixelcnn")
 def gated_pixelcnn(
     *,
     num_codes: int,
@@ -356,20 +363,20 @@ def gated_pixelcnn(
     kernel_size: int = 3,
     num_classes: int | None = None,
 ) -> GatedPixelCNN:
-    """Build a GatedPixelCNN whose `config` records the arguments that rebuild it.
+    """Build a GatedPixelCNN; `register` records every argument in `model.config`.
 
     Example:
         >>> model = gated_pixelcnn(num_codes=256, channels=32, num_layers=4)
         >>> model.config["builder"]
         'gated_pixelcnn'
+        >>> from vqkit.models import build_model
+        >>> build_model(model.config).num_codes
+        256
     """
-    kwargs = dict(
-        num_codes=num_codes,
+    return GatedPixelCNN(
+        num_codes,
         channels=channels,
         num_layers=num_layers,
         kernel_size=kernel_size,
         num_classes=num_classes,
     )
-    model = GatedPixelCNN(**kwargs)
-    model.config = {"builder": "gated_pixelcnn", "kwargs": kwargs}
-    return model

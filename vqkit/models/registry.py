@@ -49,7 +49,9 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
         @functools.wraps(fn)
         def builder(*args: Any, **kwargs: Any) -> nn.Module:
             if args:
-                raise TypeError(f"{name}() takes keyword arguments only, got {len(args)} positional")
+                raise TypeError(
+                    f"{name}() takes keyword arguments only, got {len(args)} positional"
+                )
             try:
                 bound = signature.bind(**kwargs)
             except TypeError as err:

@@ -71,7 +71,9 @@ class VQVAE(nn.Module):
         self.encoder = encoder
         self.quantizer = quantizer
         self.decoder = decoder
-        self.likelihood = build_likelihood(likelihood) if isinstance(likelihood, str) else likelihood
+        self.likelihood = (
+            build_likelihood(likelihood) if isinstance(likelihood, str) else likelihood
+        )
         self.config: dict | None = None
 
     def forward(self, x: Tensor) -> VQVAEOutput:

@@ -83,9 +83,9 @@ class WaveNetState:
     Attributes:
         t: Time index of the next input.
         layers: Per layer: ring buffer, weights as matrices, speaker term folded into the bias.
-        local_weight: All layers' local projections stacked, (layers * G, C_l), so a step projects
+        local_weight: All layers' local projections stacked, (C_l, layers * G), so a step projects
             the local features for every layer in one matmul; None without local conditioning.
-        head: (W1, b1, W2, b2) of the ReLU-1x1-ReLU-1x1 head as matrices.
+        head: (b1, W1, b2, W2) of the ReLU-1x1-ReLU-1x1 head, weights as (in, out) matrices.
     """
 
     t: int
@@ -203,8 +203,8 @@ class WaveNet(nn.Module):
     ) -> None:
         if (local is None) != (self.local_channels is None):
             raise ValueError(
-                f"pass local conditioning (B, C_l, T) iff the model has it; the model has "
-                f"local_channels={self.local_channels}, got local={'None' if local is None else '...'}"
+                f"local conditioning (B, C_l, T) is needed iff the model has local_channels "
+                f"(here {self.local_channels}), got {None if local is None else tuple(local.shape)}"
             )
         if local is not None and tuple(local.shape) != (batch, self.local_channels, length):
             expected = (batch, self.local_channels, length)
@@ -277,14 +277,24 @@ class WaveNet(nn.Module):
             speaker: Speaker ids (B,) iff the model has speakers.
             device: Defaults to the model's device.
         """
+        if (speaker is None) != (self.speaker_embed is None):
+            raise ValueError(
+                f"pass speaker ids ({batch},) iff the model has speakers, got {speaker}"
+            )
         device = self.embed.weight.device if device is None else device
         glob = None if self.speaker_embed is None else self.speaker_embed(speaker.to(device))
         layers = [layer.init_state(batch, glob=glob, device=device) for layer in self.layers]
         local_weight = None
         if self.local_channels is not None:
             local_weight = torch.cat([layer.local.weight[:, :, 0] for layer in self.layers])
-        w1, w2 = self.head[1], self.head[3]
-        head = (w1.weight[:, :, 0], w1.bias, w2.weight[:, :, 0], w2.bias)
+            local_weight = local_weight.t().contiguous()  # (C_l, layers * G)
+        w1, w2 = self.head[1], self.head[3]  # as (in, out) matrices for addmm
+        head = (
+            w1.bias,
+            w1.weight[:, :, 0].t().contiguous(),
+            w2.bias,
+            w2.weight[:, :, 0].t().contiguous(),
+        )
         return WaveNetState(0, layers, local_weight, head)
 
     def step(self, x: Tensor, state: WaveNetState, local: Tensor | None = None) -> Tensor:
@@ -303,15 +313,16 @@ class WaveNet(nn.Module):
         """
         t, g = state.t, self.gate_channels
         h = F.embedding(x, self.embed.weight)  # (B, R)
-        local_gates = None if local is None else F.linear(local, state.local_weight)  # (B, L * G)
-        skips = 0
+        local_gates = None if local is None else local @ state.local_weight  # (B, L * G)
+        skips = None
         for i, layer in enumerate(self.layers):
             local_gate = None if local_gates is None else local_gates[:, i * g : (i + 1) * g]
             h, skip = layer.step(h, state.layers[i], t, local_gate)
-            skips = skips + skip
+            skips = skip if skips is None else skips.add_(skip)  # skip is fresh: accumulate in it
         state.t = t + 1
-        w1, b1, w2, b2 = state.head
-        return F.linear(F.relu(F.linear(F.relu(skips * self.skip_scale), w1, b1)), w2, b2)
+        b1, w1, b2, w2 = state.head
+        hidden = torch.addmm(b1, skips.mul_(self.skip_scale).relu_(), w1).relu_()
+        return torch.addmm(b2, hidden, w2)
 
     # ---------------------------------------------------------------- generation
 
@@ -362,7 +373,8 @@ class WaveNet(nn.Module):
         generator: torch.Generator | None = None,
         first: Tensor | int | None = None,
         cached: bool = True,
-    ) -> Tensor:
+        return_logits: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Sample ``n_samples`` classes, one at a time.
 
         Args:
@@ -379,8 +391,11 @@ class WaveNet(nn.Module):
                 the same last output as the whole prefix (the slow reference). Both draw the same
                 samples for the same generator state.
 
+            return_logits: Also return the logits each sample was drawn from.
+
         Returns:
-            Class ids (B, n) int64.
+            Class ids (B, n) int64, and with ``return_logits`` the logits (B, out_classes, n),
+            which equal ``forward(shift_right(samples))`` up to float rounding.
         """
         batch, local, speaker, first = self._prepare(
             n_samples, local, speaker, batch, temperature, generator, first
@@ -392,6 +407,11 @@ class WaveNet(nn.Module):
             )  # (n, B, C_l)
         inputs = torch.empty(batch, n_samples + 1, dtype=torch.long, device=first.device)
         inputs[:, 0] = first  # inputs[:, t + 1] is sample t
+        all_logits = None
+        if return_logits:
+            all_logits = first.new_empty(
+                batch, self.out_classes, n_samples, dtype=self.embed.weight.dtype
+            )
         for t in range(n_samples):
             if cached:
                 logits = self.step(inputs[:, t], state, None if local is None else local_steps[t])
@@ -400,7 +420,10 @@ class WaveNet(nn.Module):
                 local_window = None if local is None else local[:, :, window]
                 logits = self(inputs[:, window], local_window, speaker)[:, :, -1]
             inputs[:, t + 1] = sample_logits(logits, temperature, generator)
-        return inputs[:, 1:]
+            if all_logits is not None:
+                all_logits[:, :, t] = logits
+        samples = inputs[:, 1:].contiguous()
+        return (samples, all_logits) if return_logits else samples
 
     def generate_naive(self, n_samples: int, **kwargs) -> Tensor:
         """:meth:`generate` with ``cached=False``: the reference sampler, same arguments."""

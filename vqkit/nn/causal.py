@@ -8,6 +8,9 @@ Algorithm", https://arxiv.org/abs/1611.09482)::
 
     y_t = b + W[:, :, 0] x_{t - d(k-1)} + ... + W[:, :, k-2] x_{t - d} + W[:, :, k-1] x_t
 
+:class:`GatedResidualLayer` is the WaveNet layer built on it (gated activation, local and global
+conditioning, residual and skip outputs), with the same forward / ``init_state`` / ``step`` trio.
+
 Example:
     >>> conv = CausalConv1d(4, 6, kernel_size=2, dilation=4)
     >>> x = torch.randn(3, 4, 10)
@@ -157,11 +160,14 @@ class CausalConv1d(nn.Conv1d):
 @dataclass
 class GatedLayerState:
     """Step state of one :class:`GatedResidualLayer`: its conv's state and the 1x1 output conv
-    as a matrix (S [+ R], G / 2) and bias."""
+    split into skip and residual matrices, (G / 2, S) and (G / 2, R), with their biases (the
+    residual ones None for a ``last`` layer)."""
 
     conv: CausalConvState
-    out_weight: Tensor
-    out_bias: Tensor
+    skip_weight: Tensor
+    skip_bias: Tensor
+    res_weight: Tensor | None
+    res_bias: Tensor | None
 
 
 class GatedResidualLayer(nn.Module):
@@ -245,8 +251,14 @@ class GatedResidualLayer(nn.Module):
         conv = self.conv.init_state(batch, device=device)
         if self.glob is not None:
             conv.bias = (conv.bias + self.glob(glob.to(conv.taps.device))).contiguous()  # (B, G)
-        weight = self.out.weight.detach()[:, :, 0].to(conv.taps.device)
-        return GatedLayerState(conv, weight, self.out.bias.detach().to(conv.taps.device))
+        # (S [+ R], G / 2, 1) -> (G / 2, S [+ R]): step outputs are plain addmm's, no transposes.
+        weight = self.out.weight[:, :, 0].t().to(conv.taps).contiguous()
+        bias = self.out.bias.to(conv.taps)
+        s = self.skip_channels
+        if self.last:
+            return GatedLayerState(conv, weight, bias, None, None)
+        res_weight, res_bias = weight[:, s:].contiguous(), bias[s:].contiguous()
+        return GatedLayerState(conv, weight[:, :s].contiguous(), bias[:s], res_weight, res_bias)
 
     def step(
         self, x: Tensor, state: GatedLayerState, t: int, local_gate: Tensor | None = None
@@ -264,9 +276,10 @@ class GatedResidualLayer(nn.Module):
         a = self.conv.step(x, state.conv, t)  # (B, G)
         if local_gate is not None:
             a += local_gate
-        f, g = a.chunk(2, dim=1)
-        out = F.linear(torch.tanh(f) * torch.sigmoid(g), state.out_weight, state.out_bias)
-        skip = out[:, : self.skip_channels]
+        half = a.shape[1] // 2
+        z = torch.tanh(a[:, :half]).mul_(torch.sigmoid(a[:, half:]))  # (B, G / 2)
+        skip = torch.addmm(state.skip_bias, z, state.skip_weight)  # (B, S)
         if self.last:
             return x, skip
-        return (x + out[:, self.skip_channels :]) * SQRT_HALF, skip
+        # In place on the fresh addmm output: fewer allocations in the sampling loop.
+        return torch.addmm(state.res_bias, z, state.res_weight).add_(x).mul_(SQRT_HALF), skip

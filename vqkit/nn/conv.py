@@ -67,9 +67,7 @@ def to_tuple(value: Stride, dims: int, name: str = "stride") -> tuple[int, ...]:
         out = (value,) * dims
     elif isinstance(value, Sequence) and not isinstance(value, str):
         out = tuple(value)
-        if len(out) != dims or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in out
-        ):
+        if len(out) != dims or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
             raise ValueError(
                 f"{name} {value!r} must give one int per spatial axis ({dims} for dims={dims}), "
                 f"or be a single int applied to every axis"

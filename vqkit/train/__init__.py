@@ -13,11 +13,12 @@ from vqkit.train.checkpoint import (
 from vqkit.train.device import (
     autocast_context,
     get_rng_state,
+    move_to_device,
     resolve_device,
     seed_everything,
     set_rng_state,
 )
-from vqkit.train.loop import EpochBatchSampler, TrainConfig, TrainResult, fit, move_to_device
+from vqkit.train.loop import EpochBatchSampler, TrainConfig, TrainResult, fit
 
 __all__ = [
     "CheckpointError",

@@ -115,8 +115,14 @@ def _weights_payload(model: nn.Module) -> bytes:
                 f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor; "
                 f"safetensors stores tensors only"
             )
-        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.shape,
-                 t.stride(), t.dtype)  # fmt: skip
+        ident = (
+            t.device,
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            t.shape,
+            t.stride(),
+            t.dtype,
+        )
         if ident in seen:  # the same tensor under two names (tied weights)
             aliases[name] = seen[ident]
             continue
@@ -130,7 +136,8 @@ def _weights_payload(model: nn.Module) -> bytes:
 
 def _check_plain(obj: Any, where: str) -> None:
     """Refuse at save time what ``torch.load(weights_only=True)`` would refuse at load time."""
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+    # Exact types: numpy scalars subclass float but weights_only loading rejects them.
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
         return
     if isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -64,6 +65,19 @@ def autocast_context(
         )
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors inside tuples, lists and dicts moved to ``device``; anything else untouched."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
 
 
 def seed_everything(seed: int) -> None:

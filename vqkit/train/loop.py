@@ -35,10 +35,24 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
-from vqkit.train.checkpoint import latest_checkpoint, load_trainer_state, load_weights, save_latest
-from vqkit.train.device import autocast_context, resolve_device, seed_everything, set_rng_state
+from vqkit.train.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    latest_checkpoint,
+    load_trainer_state,
+    load_weights,
+    save_latest,
+)
+from vqkit.train.device import (
+    autocast_context,
+    move_to_device,
+    resolve_device,
+    seed_everything,
+    set_rng_state,
+)
 
 log = logging.getLogger("vqkit.train")
+_SHOWN = ("loss", "usage", "perplexity")  # logs shown on the progress bar (by key suffix)
 
 StepFn = Callable[[nn.Module, Any], "tuple[Tensor, Mapping[str, float | Tensor]]"]
 ImageFn = Callable[[nn.Module, int], "Mapping[str, Tensor]"]
@@ -155,25 +169,23 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors inside tuples, lists and dicts moved to ``device``; anything else untouched."""
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
+class _RunLog:
+    """Scalars averaged between log steps, written to history.jsonl, TensorBoard and the bar.
 
+    Tensors are summed on their device and read once per log step, so logging costs no
+    device synchronisation on the other steps.
+    """
 
-class _Meter:
-    """Running sums of scalar logs between two log steps; tensors stay on device until read."""
+    def __init__(self, out: Path, history: list, *, step: int, steps: int, progress: bool) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # slow import; only when training
 
-    def __init__(self) -> None:
+        self.history = history
+        self.writer = SummaryWriter(str(out / "tb"))
+        self.file = (out / "history.jsonl").open("a")
+        self.bar = tqdm(total=steps, initial=step, disable=not progress, desc=out.name)
         self.sums: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
+        self.since = (time.perf_counter(), step)
 
     def add(self, logs: Mapping[str, float | Tensor]) -> None:
         for k, v in logs.items():
@@ -186,10 +198,28 @@ class _Meter:
             self.sums[k] = self.sums.get(k, 0.0) + v
             self.counts[k] = self.counts.get(k, 0) + 1
 
-    def pop(self) -> dict[str, float]:
+    def write(self, step: int, **more: float) -> dict[str, float]:
+        """Log the means since the last call; returns them (the entry without its step)."""
         means = {k: float(s) / self.counts[k] for k, s in self.sums.items()}
         self.sums, self.counts = {}, {}
-        return means
+        entry = {"step": step, **means, **more}
+        self.history.append(entry)
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()  # the curve survives a kill
+        scalars = {k: v for k, v in entry.items() if k != "step"}
+        for k, v in scalars.items():
+            self.writer.add_scalar(f"train/{k}", v, step)
+        t0, s0 = self.since
+        self.since = (now := time.perf_counter(), step)
+        self.writer.add_scalar("speed/steps_per_s", (step - s0) / max(now - t0, 1e-9), step)
+        shown = {k: f"{v:.4g}" for k, v in scalars.items() if k.endswith(_SHOWN)}
+        self.bar.set_postfix(shown, refresh=False)
+        return scalars
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.file.close()
 
 
 def _snapshot_buffers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
@@ -216,9 +246,48 @@ def _log_images(writer: Any, image_fn: ImageFn, model: nn.Module, step: int, dev
     for tag, img in images.items():
         if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] not in (1, 3):
             raise ValueError(
-                f"image_fn must return (3, H, W) tensors; {tag!r} is {getattr(img, 'shape', type(img))}"
+                f"image_fn must return (3, H, W) or (1, H, W) tensors; {tag!r} is "
+                f"{getattr(img, 'shape', type(img))}"
             )
         writer.add_image(tag, img.detach().float().clamp(0, 1).cpu(), step)
+
+
+def _update(
+    model: nn.Module,
+    step_fn: StepFn,
+    batch: Any,
+    optimizer: torch.optim.Optimizer,
+    params: list[Tensor],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> tuple[str | None, dict[str, Any]]:
+    """One forward, backward and Adam update; no update when the loss or gradient is not finite.
+
+    Returns:
+        ``(problem, logs)``: ``problem`` describes the non-finite value (None when the update
+        was made); ``logs`` holds the loss and the step_fn's logs.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(device, cfg.amp):
+        loss, logs = step_fn(model, batch)
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise TypeError(
+            f"step_fn must return (loss, logs) with a scalar tensor loss, got "
+            f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}"
+        )
+    logs = {"loss": loss.detach(), **{k: v for k, v in (logs or {}).items() if k != "loss"}}
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        return f"loss {loss_value}", logs
+    loss.backward()
+    if cfg.grad_clip is not None:
+        norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        logs["grad_norm"] = norm
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            return f"gradient norm {norm.item()}", logs
+    optimizer.step()
+    return None, logs
 
 
 def _read_history(file: Path, upto: int) -> list[dict[str, float]]:
@@ -229,7 +298,7 @@ def _read_history(file: Path, upto: int) -> list[dict[str, float]]:
     entries = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
     kept = [e for e in entries if e["step"] <= upto]
     if len(kept) != len(entries):
-        file.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        atomic_write_bytes(file, "".join(json.dumps(e) + "\n" for e in kept).encode())
     return kept
 
 
@@ -304,10 +373,15 @@ def fit(
     if start is not None:
         load_weights(start, model)
         state = load_trainer_state(start)
+        extra = state["extra"]
+        if state["optimizer"] is None or state["scheduler"] is None or "data" not in extra:
+            raise CheckpointError(
+                f"{start} was not written by fit (no optimizer, scheduler or data position); "
+                f"it can be loaded with load_weights but not resumed"
+            )
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        extra = state["extra"]
-        step, skipped = state["step"], extra["skipped_steps"]
+        step, skipped = state["step"], extra.get("skipped_steps", 0)
         epoch, batch_idx = extra["data"]["epoch"], extra["data"]["batch"]
         final_logs = extra.get("final_logs", {})
         if batch_idx >= sampler.batches_per_epoch:  # the dataset shrank since the checkpoint
@@ -333,92 +407,59 @@ def fit(
         # Worker seeds come from this generator, not the global RNG that a resume restores.
         generator=torch.Generator().manual_seed(cfg.seed + step),
     )
-    from torch.utils.tensorboard import SummaryWriter  # slow import; only when training
-
-    writer = SummaryWriter(str(out / "tb"))
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=name, dynamic_ncols=True)
-    meter = _Meter()
+    runlog = _RunLog(out, history, step=step, steps=cfg.steps, progress=progress)
     checkpoint = start
     batches = iter(loader)
-    t_last, s_last = time.perf_counter(), step
     try:
-        with history_file.open("a") as hist:
-            while step < cfg.steps:
-                batch = move_to_device(next(batches), device)
-                where = f"epoch {epoch} batch {batch_idx}"
-                batch_idx += 1
-                if batch_idx == sampler.batches_per_epoch:
-                    epoch, batch_idx = epoch + 1, 0
-                step += 1
-                lr = optimizer.param_groups[0]["lr"]
+        while step < cfg.steps:
+            batch = move_to_device(next(batches), device)
+            where = f"epoch {epoch} batch {batch_idx}"
+            batch_idx += 1
+            if batch_idx == sampler.batches_per_epoch:
+                epoch, batch_idx = epoch + 1, 0
+            step += 1
+            lr = optimizer.param_groups[0]["lr"]
 
-                buffers = _snapshot_buffers(model)
-                with autocast_context(device, cfg.amp):
-                    loss, logs = step_fn(model, batch)
-                if not isinstance(loss, Tensor) or loss.numel() != 1:
-                    raise TypeError(
-                        f"step_fn must return (loss, logs) with a scalar tensor loss, got "
-                        f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}"
-                    )
-                logs = dict(logs or {})
-                loss_value = loss.item()
-                ok, why = math.isfinite(loss_value), f"loss {loss_value}"
-                if ok:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip is not None:
-                        norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                        ok, why = bool(torch.isfinite(norm)), f"gradient norm {norm.item()}"
-                        logs["grad_norm"] = norm
-                if ok:
-                    optimizer.step()
-                    meter.add({"loss": loss.detach(), **logs})
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    for buf, saved in buffers:
-                        buf.copy_(saved)
-                    skipped += 1
-                    log.warning(
-                        "step %d (%s): non-finite %s; skipped the update (%d skipped so far)",
-                        step, where, why, skipped,
-                    )  # fmt: skip
-                with warnings.catch_warnings():  # a skipped first step is not a misuse
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-                    scheduler.step()
-                bar.update(1)
+            buffers = _snapshot_buffers(model)
+            problem, logs = _update(model, step_fn, batch, optimizer, params, cfg, device)
+            if problem is None:
+                runlog.add(logs)
+            else:
+                for buf, saved in buffers:  # e.g. an EMA codebook updated by the NaN forward
+                    buf.copy_(saved)
+                skipped += 1
+                log.warning(
+                    "step %d (%s): non-finite %s; skipped the update (%d skipped so far)",
+                    *(step, where, problem, skipped),
+                )
+            with warnings.catch_warnings():  # a skipped first step is not a misuse
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                scheduler.step()
+            runlog.bar.update(1)
 
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    entry = {"step": step, **meter.pop(), "lr": lr, "skipped_steps": skipped}
-                    history.append(entry)
-                    hist.write(json.dumps(entry) + "\n")
-                    hist.flush()
-                    final_logs = {k: v for k, v in entry.items() if k != "step"}
-                    for k, v in final_logs.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    now = time.perf_counter()
-                    writer.add_scalar("speed/steps_per_s", (step - s_last) / (now - t_last), step)
-                    t_last, s_last = now, step
-                    shown = {k: f"{v:.4g}" for k, v in final_logs.items()
-                             if k == "loss" or k.endswith(("usage", "perplexity"))}  # fmt: skip
-                    bar.set_postfix(shown, refresh=False)
-
-                if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                    extra = {
-                        "data": {"epoch": epoch, "batch": batch_idx},
-                        "skipped_steps": skipped,
-                        "final_logs": final_logs,
-                    }
-                    checkpoint = save_latest(
-                        ckpt_root, model, optimizer=optimizer, scheduler=scheduler, step=step,
-                        extra=extra, keep=cfg.keep_checkpoints,
-                    )  # fmt: skip
-                    if image_fn is not None:
-                        _log_images(writer, image_fn, model, step, device)
-                    writer.flush()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                final_logs = runlog.write(step, lr=lr, skipped_steps=skipped)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                extra = {
+                    "data": {"epoch": epoch, "batch": batch_idx},
+                    "skipped_steps": skipped,
+                    "final_logs": final_logs,
+                }
+                checkpoint = save_latest(
+                    ckpt_root,
+                    model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    step=step,
+                    extra=extra,
+                    keep=cfg.keep_checkpoints,
+                )
+                if image_fn is not None:
+                    _log_images(runlog.writer, image_fn, model, step, device)
+                runlog.writer.flush()
     finally:
         del batches  # shuts down worker processes
-        bar.close()
-        writer.close()
+        runlog.close()
     return TrainResult(
         step, history, time.perf_counter() - t_start, skipped, final_logs, checkpoint
     )

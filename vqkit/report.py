@@ -1,0 +1,220 @@
+"""The run report: one self-contained ``report.html`` per run directory.
+
+A recipe writes ``metrics.json``, its media files (PNG, GIF, WAV) and ``media.json`` listing them
+(``[{"kind": "image"|"audio"|"video", "title": ..., "path": ..., "group": ...}]``); the training
+loop writes ``<stage>/history.jsonl``. :func:`build_report` turns all of it into one page with
+every file embedded as a data URI, so the page can be mailed or opened anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+MIME = {
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".wav": "audio/wav",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".jpg": "image/jpeg",
+}
+CURVE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+
+
+def data_uri(path: Path) -> str:
+    """The file as a base64 ``data:`` URI (its MIME type from the suffix)."""
+    mime = MIME.get(path.suffix.lower())
+    if mime is None:
+        raise ValueError(f"{path}: cannot embed files of type {path.suffix!r} in the report")
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def read_history(path: Path) -> list[dict]:
+    """Rows of a ``history.jsonl`` file; a line cut short by a kill is ignored."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def svg_line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    title: str,
+    width: int = 460,
+    height: int = 220,
+    log_y: bool = False,
+) -> str:
+    """A small inline SVG line chart of ``{name: [(x, y), ...]}``."""
+    points = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(y)]
+    if log_y:
+        points = [(x, y) for x, y in points if y > 0]
+    if not points:
+        return ""
+    fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+    xs, ys = [p[0] for p in points], [fy(p[1]) for p in points]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+    pad = 40
+
+    def sx(x: float) -> float:
+        return pad + (x - x0) / (x1 - x0) * (width - pad - 10)
+
+    def sy(y: float) -> float:
+        return height - pad + (y - y0) / (y1 - y0) * (pad + 10 - height)
+
+    parts = [
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
+        f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">'
+        f"{html.escape(title)}</text>",
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" '
+        'stroke="#888"/>',
+        f'<line x1="{pad}" y1="20" x2="{pad}" y2="{height - pad}" stroke="#888"/>',
+    ]
+    label = (lambda v: f"{10**v:.3g}") if log_y else (lambda v: f"{v:.3g}")
+    parts += [
+        f'<text x="{pad - 4}" y="{sy(y0)}" text-anchor="end" font-size="10">{label(y0)}</text>',
+        f'<text x="{pad - 4}" y="{sy(y1) + 8}" text-anchor="end" font-size="10">{label(y1)}</text>',
+        f'<text x="{pad}" y="{height - pad + 14}" font-size="10">{x0:g}</text>',
+        f'<text x="{width - 10}" y="{height - pad + 14}" text-anchor="end" font-size="10">'
+        f"{x1:g} steps</text>",
+    ]
+    for i, (name, pts) in enumerate(series.items()):
+        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        keep = [(x, fy(y)) for x, y in pts if math.isfinite(y) and (y > 0 or not log_y)]
+        if not keep:
+            continue
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in keep)
+        parts.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>'
+        )
+        parts.append(
+            f'<text x="{pad + 8}" y="{34 + 13 * i}" font-size="11" fill="{colour}">'
+            f"{html.escape(name)}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_histogram(counts: list[float], *, title: str, width: int = 460, height: int = 180) -> str:
+    """Code usage: one bar per code, sorted by count, in an inline SVG."""
+    if not counts:
+        return ""
+    values = sorted(counts, reverse=True)
+    top = max(values) or 1.0
+    bar = (width - 20) / len(values)
+    bars = "".join(
+        f'<rect x="{10 + i * bar:.2f}" y="{height - 20 - v / top * (height - 40):.2f}" '
+        f'width="{max(bar, 0.5):.2f}" height="{v / top * (height - 40):.2f}" fill="#1f77b4"/>'
+        for i, v in enumerate(values)
+    )
+    used = sum(1 for v in values if v > 0)
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
+        f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}'
+        f" ({used} of {len(values)} codes used, sorted)</text>{bars}</svg>"
+    )
+
+
+def format_metric(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
+    """Write ``run_dir/report.html`` from what the run left in ``run_dir``.
+
+    Args:
+        run_dir: a finished (or partly finished) run directory.
+        title: page title; default the directory name.
+
+    Returns:
+        The path of the report.
+    """
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise FileNotFoundError(
+            f"{metrics_path} not found: is {run_dir} a vqkit run directory that reached its "
+            "evaluation stage? Re-run the recipe with --resume to finish it."
+        )
+    metrics = json.loads(metrics_path.read_text())
+    media = (
+        json.loads((run_dir / "media.json").read_text())
+        if (run_dir / "media.json").exists()
+        else []
+    )
+    title = title or run_dir.name
+    body = [f"<h1>{html.escape(title)}</h1>"]
+
+    rows = "".join(
+        f'<tr><td>{html.escape(k)}</td><td class="metric" data-key="{html.escape(k)}">'
+        f"{format_metric(v)}</td></tr>"
+        for k, v in metrics.items()
+        if not isinstance(v, (dict, list))
+    )
+    body.append(f'<h2>Metrics</h2><table id="metrics">{rows}</table>')
+
+    charts = []
+    for stage_dir in sorted(p for p in run_dir.iterdir() if (p / "history.jsonl").exists()):
+        history = read_history(stage_dir / "history.jsonl")
+        keys = sorted({k for row in history for k in row if k not in ("step", "time")})
+        loss_keys = [k for k in keys if "loss" in k or k in ("mse", "nll", "bits")]
+        if loss_keys:
+            series = {k: [(r["step"], float(r[k])) for r in history if k in r] for k in loss_keys}
+            charts.append(svg_line_chart(series, title=f"{stage_dir.name}: losses", log_y=True))
+        other = [k for k in keys if k in ("perplexity", "usage")]
+        for k in other:
+            series = {k: [(r["step"], float(r[k])) for r in history if k in r]}
+            charts.append(svg_line_chart(series, title=f"{stage_dir.name}: {k}"))
+    usage_path = run_dir / "code_usage.json"
+    if usage_path.exists():
+        charts.append(
+            svg_histogram(json.loads(usage_path.read_text()), title="Codebook usage (test)")
+        )
+    if charts:
+        body.append('<h2>Training</h2><div class="charts">' + "".join(charts) + "</div>")
+
+    groups: dict[str, list[dict]] = {}
+    for item in media:
+        groups.setdefault(item.get("group", "Media"), []).append(item)
+    for group, items in groups.items():
+        body.append(f"<h2>{html.escape(group)}</h2>")
+        for item in items:
+            path = run_dir / item["path"]
+            caption = html.escape(item.get("title", item["path"]))
+            if not path.exists():
+                body.append(
+                    f"<p class='missing'>{caption}: file {html.escape(item['path'])} is missing</p>"
+                )
+                continue
+            uri = data_uri(path)
+            tag = {
+                "image": f'<img src="{uri}" alt="{caption}">',
+                "audio": f'<audio controls src="{uri}"></audio>',
+                "video": f'<video controls loop src="{uri}"></video>',
+            }[item["kind"]]
+            body.append(f"<figure>{tag}<figcaption>{caption}</figcaption></figure>")
+
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 8px}"
+        "img{image-rendering:pixelated;max-width:100%}figure{display:inline-block;margin:.5em}"
+        ".charts svg{margin:.3em;border:1px solid #eee}</style></head><body>"
+        + "".join(body)
+        + "</body></html>"
+    )
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out

@@ -1,0 +1,94 @@
+"""Run directories: where a recipe's outputs live, and how the CLI finds recipes and runs.
+
+A run directory holds ``config.yaml`` (the resolved recipe config, whose ``modality`` names the
+recipe), one folder per trained stage (``vqvae/``, ``prior/``: checkpoints, TensorBoard events,
+``history.jsonl``), ``metrics.json``, ``media.json`` with the media files it lists, and
+``report.html``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from vqkit.train.checkpoint import atomic_write_bytes
+
+MODALITIES = ("image",)
+
+
+def recipes_dir() -> Path:
+    """The ``recipes/`` folder: ``$VQKIT_RECIPES`` or the one beside the package."""
+    env = os.environ.get("VQKIT_RECIPES")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"recipes folder {path} not found: run vqkit from a checkout of the repository "
+            "(uv sync installs it in editable mode) or set VQKIT_RECIPES=<repo>/recipes"
+        )
+    return path
+
+
+def load_recipe(modality: str) -> ModuleType:
+    """Import ``recipes/<modality>/recipe.py`` as a module."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; vqkit has recipes for {list(MODALITIES)}")
+    path = recipes_dir() / modality / "recipe.py"
+    spec = importlib.util.spec_from_file_location(f"vqkit_recipe_{modality}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot import the {modality} recipe from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def preset_path(modality: str, preset: str) -> Path:
+    """``recipes/<modality>/<preset>.yaml``, with the list of presets when it does not exist."""
+    folder = recipes_dir() / modality
+    path = folder / f"{preset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise FileNotFoundError(f"no preset {preset!r} for {modality}; presets: {known}")
+    return path
+
+
+def new_run_dir(modality: str, preset: str, out: str | Path | None) -> Path:
+    """``out`` as given, else ``runs/<modality>-<preset>-<YYYYmmdd-HHMMSS>``."""
+    if out is not None:
+        return Path(out)
+    return Path("runs") / f"{modality}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config of a run directory, as a dict."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: {run_dir} is not a vqkit run directory (made by `vqkit run`)"
+        )
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or "modality" not in data:
+        raise ValueError(f"{path} is not a vqkit run config (no 'modality' key)")
+    return data
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (a kill never leaves half a file)."""
+    atomic_write_bytes(Path(path), (json.dumps(data, indent=2) + "\n").encode())
+
+
+def add_media(run_dir: Path, kind: str, path: str, title: str, group: str) -> None:
+    """Record a media file (relative to ``run_dir``) in ``media.json`` for the report."""
+    file = run_dir / "media.json"
+    items = json.loads(file.read_text()) if file.exists() else []
+    items = [i for i in items if i["path"] != path]
+    items.append({"kind": kind, "path": path, "title": title, "group": group})
+    write_json(file, items)
