@@ -9,6 +9,12 @@ Examples::
     vqkit sample runs/quick --temperature 0.8
     vqkit reconstruct runs/quick photo1.png photo2.jpg
     vqkit report runs/quick
+    vqkit run video --out runs/video                  # moving sprites steered by actions
+    vqkit predict runs/video --context clip.mp4 --actions up,up,left
+    vqkit run audio --out runs/speech                 # festival corpus, WaveNet decoder
+    vqkit convert runs/speech --source in.wav --speaker slt --out as_slt.wav
+    vqkit units runs/speech --data data/generated/speech
+    vqkit data speech --out data/generated/speech     # build the phone-labelled corpus once
 """
 
 from __future__ import annotations
@@ -21,22 +27,38 @@ from pathlib import Path
 
 from vqkit.config import ConfigError, load_config
 from vqkit.runs import MODALITIES, load_recipe, new_run_dir, preset_path, read_run_config
+from vqkit.train.checkpoint import CheckpointError
+from vqkit.train.distributed import (
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    is_main,
+    world,
+)
+from vqkit.train.loop import DivergenceError
 
-DEFAULT_PRESET = {"image": "builtin"}
+DEFAULT_PRESET = {"image": "builtin", "audio": "builtin", "video": "builtin"}
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Under torchrun (WORLD_SIZE > 1) join the other ranks first; a no-op in one process.
+    if init_distributed() and not is_main():
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     recipe = load_recipe(args.modality)
-    run_dir = new_run_dir(args.modality, args.preset, args.out)
+    # Rank 0's name: a time-stamped default could differ by a second between ranks.
+    run_dir = Path(broadcast_object(str(new_run_dir(args.modality, args.preset, args.out))))
     overrides = list(args.set)
     if args.data is not None:
         overrides.append(f"data.root={args.data}")
     if args.device is not None:
         overrides += [f"{stage}.device={args.device}" for stage in recipe.TRAIN_STAGES]
     existing = run_dir / "config.yaml"
-    if args.resume:
-        if not existing.is_file():
-            raise FileNotFoundError(f"--resume: {existing} not found; start the run without it")
+    if args.resume and not existing.is_file():
+        # Like fit(resume=True): a job that always passes --resume may be killed before its
+        # run wrote anything, so a missing run starts fresh rather than failing.
+        print(f"vqkit: warning: --resume: no run in {run_dir} yet; starting it", file=sys.stderr)
+    if args.resume and existing.is_file():
         cfg = load_config(recipe.CONFIG, existing, overrides)
     else:
         if existing.exists():
@@ -45,8 +67,12 @@ def _run(args: argparse.Namespace) -> int:
                 "another --out"
             )
         cfg = load_config(recipe.CONFIG, preset_path(args.modality, args.preset), overrides)
-    print(f"vqkit: {args.modality} run in {run_dir}", flush=True)
+    barrier()  # every rank has checked config.yaml above before rank 0 writes it
+    if is_main():
+        print(f"vqkit: {args.modality} run in {run_dir} ({world()} process(es))", flush=True)
     metrics = recipe.run(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    if not is_main():  # the recipe's evaluation, files and report are rank 0's
+        return 0
     print(json.dumps(metrics, indent=2))
     print(f"vqkit: report at {run_dir / 'report.html'}")
     return 0
@@ -73,8 +99,18 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_command(recipe, name: str, run_dir: str):
+    """The recipe's function for a command, or a clear error when its modality has none."""
+    fn = getattr(recipe, name, None)
+    if fn is None:
+        modality = read_run_config(run_dir)["modality"]
+        raise ValueError(f"`vqkit {name}` does not apply to {modality} runs such as {run_dir}")
+    return fn
+
+
 def _reconstruct(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
+    _recipe_command(recipe, "reconstruct", args.run_dir)
     missing = [p for p in args.inputs if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"input file(s) not found: {', '.join(map(str, missing))}")
@@ -87,10 +123,133 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    path, recipe, cfg = _finished_run(args.run_dir)
+    if not args.source.is_file():
+        raise FileNotFoundError(f"source audio file not found: {args.source}")
+    out = _recipe_command(recipe, "convert", args.run_dir)(
+        cfg,
+        path,
+        source=args.source,
+        speaker=args.speaker,
+        out=args.out,
+        temperature=args.temperature,
+        seed=args.seed,
+        device=args.device or "auto",
+    )
+    print(f"vqkit: {args.source} in the voice of {args.speaker} written to {out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    path, recipe, cfg = _finished_run(args.run_dir)
+    if not args.context.is_file():
+        raise FileNotFoundError(f"context video not found: {args.context}")
+    out = _recipe_command(recipe, "predict", args.run_dir)(
+        cfg,
+        path,
+        context=args.context,
+        actions=args.actions,
+        label=args.label,
+        out=args.out,
+        temperature=args.temperature,
+        seed=args.seed,
+        device=args.device or "auto",
+    )
+    print(f"vqkit: context and predicted frames written to {out}")
+    return 0
+
+
+def _units(args: argparse.Namespace) -> int:
+    path, recipe, cfg = _finished_run(args.run_dir)
+    metrics = _recipe_command(recipe, "units", args.run_dir)(
+        cfg, path, data=args.data, max_utterances=args.max_utterances, device=args.device or "auto"
+    )
+    print(
+        f"K = {metrics['num_codes']} codes at {metrics['code_rate_hz']:g} Hz, "
+        f"{metrics['utterances']} held-out utterances, {metrics.get('unit_labels')} labels"
+    )
+    for key, value in metrics.items():
+        if key.startswith("unit_") and key != "unit_labels":
+            shown = f"{value:.4f}" if isinstance(value, float) else value
+            print(f"  {key[5:]:<16} {shown}")
+    return 0
+
+
+def _data_speech(args: argparse.Namespace) -> int:
+    from vqkit.datasets.speech_corpus import FestivalNotFoundError, main_build
+
+    try:
+        main_build(str(args.out), num_sentences=args.num_sentences)
+    except FestivalNotFoundError as e:
+        raise FileNotFoundError(str(e)) from None
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from vqkit.report import build_report
 
     print(f"vqkit: report written to {build_report(args.run_dir)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vqkit.bundle import export_bundle, read_bundle_metadata
+
+    out = export_bundle(args.run_dir, args.out)
+    stages = read_bundle_metadata(out)["stages"]
+    listing = ", ".join(f"{k} ({v['builder']}, step {v['step']})" for k, v in stages.items())
+    print(f"vqkit: bundle written to {out}: {listing}")
+    return 0
+
+
+KEY_METRICS = ("test_psnr", "test_mse_over_variance", "bits_per_dim", "test_perplexity")
+
+
+def _runs(args: argparse.Namespace) -> int:
+    """A table of the run directories under DIR (or DIR itself) with their key metrics."""
+    import yaml
+
+    from vqkit.train.checkpoint import latest_checkpoint
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder; give the folder holding your runs")
+    runs = (
+        [root]
+        if (root / "config.yaml").is_file()
+        else sorted(p for p in root.iterdir() if (p / "config.yaml").is_file())
+    )
+    rows, metric_keys = [], list(args.metric or [])
+    for run in runs:
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        data = config.get("data") or {}
+        metrics_file = run / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        steps = []
+        for stage in sorted(p for p in run.iterdir() if (p / "ckpt" / "latest").is_file()):
+            step = int(latest_checkpoint(stage / "ckpt").name.split("_")[1].split("-")[0])
+            target = (config.get(f"{stage.name}_train") or {}).get("steps")
+            steps.append(f"{stage.name} {step}" + (f"/{target}" if target else ""))
+        if not args.metric:
+            metric_keys += [k for k in KEY_METRICS if k in metrics and k not in metric_keys]
+        rows.append((run, config.get("modality", "?"), data, metrics, steps))
+    if not rows:
+        print(f"vqkit: no runs in {root} (folders with a config.yaml, made by `vqkit run`)")
+        return 0
+    header = ["run", "modality", "data", "status", "steps", *metric_keys]
+    table = [header]
+    for run, modality, data, metrics, steps in rows:
+        source = data.get("kind", "?") + (f":{Path(data['root']).name}" if data.get("root") else "")
+        values = [metrics.get(k) for k in metric_keys]
+        table.append([
+            run.name, modality, source, "finished" if metrics else "unfinished",
+            ", ".join(steps) or "-",
+            *("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in values),
+        ])  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
 
 
@@ -99,21 +258,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqkit",
         description="VQ-VAE toolkit: recipes for images, and tools on their runs.",
+        epilog="Also `python -m vqkit`. On several GPUs or machines: "
+        "torchrun --nproc_per_node=N -m vqkit run ... (see docs/distributed.md).",
         formatter_class=fmt,
     )
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do")
 
     run = sub.add_parser("run", help="run a modality's recipe end to end", formatter_class=fmt)
-    run.add_argument("modality", choices=MODALITIES)
+    run.add_argument("modality", choices=MODALITIES, help="which recipe to run")
     run.add_argument(
         "--preset",
         default=None,
-        help="preset under recipes/<modality>/ (image: builtin, cifar10, folder); default: builtin",
+        help="preset under recipes/<modality>/ (image: builtin, cifar10, folder; audio: builtin, "
+        "fsdd, vctk, folder, units; video: builtin, folder); None: builtin",
     )
-    run.add_argument("--data", default=None, help="data folder (sets data.root)")
     run.add_argument(
-        "--out", default=None, help="run directory (default runs/<modality>-<preset>-<time>)"
+        "--data", default=None, help="data folder (sets data.root); None: the preset's"
+    )
+    run.add_argument(
+        "--out", default=None, help="run directory; None: runs/<modality>-<preset>-<time>"
     )
     run.add_argument(
         "--set",
@@ -122,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. vqvae_train.steps=500 (repeatable)",
     )
-    run.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    run.add_argument(
+        "--device",
+        default=None,
+        help="auto, cpu, cuda or cuda:N for every training stage; None: as configured (auto)",
+    )
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoints"
     )
@@ -132,33 +300,132 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser(
         "sample", help="draw prior samples from a finished run", formatter_class=fmt
     )
-    sample.add_argument("run_dir")
+    sample.add_argument("run_dir", help="a run directory made by `vqkit run`")
     sample.add_argument(
-        "--out", type=Path, default=None, help="output file (default RUN_DIR/samples_new.png)"
+        "--out", type=Path, default=None, help="output file; None: RUN_DIR/samples_new.png (audio: .wav)"
     )
     sample.add_argument(
         "--temperature",
         type=float,
         default=None,
-        help="sampling temperature (default: the run's sample.temperature)",
+        help="sampling temperature; None: the run's sample.temperature",
     )
-    sample.add_argument("--seed", type=int, default=None, help="random seed (default: the run's)")
-    sample.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
+    sample.add_argument("--seed", type=int, default=None, help="random seed; None: the run's")
+    sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sample.set_defaults(func=_sample)
 
     rec = sub.add_parser(
         "reconstruct", help="encode and decode files with a finished run", formatter_class=fmt
     )
-    rec.add_argument("run_dir")
+    rec.add_argument("run_dir", help="a run directory made by `vqkit run`")
     rec.add_argument("inputs", nargs="+", type=Path, help="image files")
     rec.add_argument(
-        "--out", type=Path, default=None, help="output grid (default RUN_DIR/reconstruct.png)"
+        "--out", type=Path, default=None, help="output grid; None: RUN_DIR/reconstruct.png"
     )
-    rec.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
+    rec.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     rec.set_defaults(func=_reconstruct)
 
+    conv = sub.add_parser(
+        "convert", help="voice conversion with a finished audio run", formatter_class=fmt
+    )
+    conv.add_argument("run_dir", help="a run directory made by `vqkit run`")
+    conv.add_argument("--source", type=Path, required=True, help="audio file to convert")
+    conv.add_argument("--speaker", required=True, help="target speaker, as named in the data")
+    conv.add_argument("--out", type=Path, required=True, help="output WAV file")
+    conv.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature; None: the run's"
+    )
+    conv.add_argument("--seed", type=int, default=None, help="random seed; None: the run's")
+    conv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    conv.set_defaults(func=_convert)
+
+    pred = sub.add_parser(
+        "predict",
+        help="continue a video's first frames with a finished video run",
+        formatter_class=fmt,
+    )
+    pred.add_argument("run_dir", help="a run directory made by `vqkit run video`")
+    pred.add_argument(
+        "--context",
+        type=Path,
+        required=True,
+        help="video file (mp4, webm, avi, gif); its first data.context_frames frames are used",
+    )
+    pred.add_argument(
+        "--actions",
+        default=None,
+        help="builtin runs: actions for the generated frames, one or one per frame, e.g. "
+        "up,up,left (none, up, down, left, right); None: none",
+    )
+    pred.add_argument(
+        "--label", type=int, default=None, help="class-conditional runs: the class id; None: 0"
+    )
+    pred.add_argument(
+        "--out", type=Path, default=None, help=".gif, .mp4 or .webm; None: RUN_DIR/predict.gif"
+    )
+    pred.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature; None: the run's"
+    )
+    pred.add_argument("--seed", type=int, default=None, help="random seed; None: the run's")
+    pred.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    pred.set_defaults(func=_predict)
+
+    units = sub.add_parser(
+        "units", help="phone/word discovery metrics of an audio run's codes", formatter_class=fmt
+    )
+    units.add_argument("run_dir", help="a run directory made by `vqkit run`")
+    units.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="labelled speech: a festival corpus (vqkit data speech) or FSDD; its test split",
+    )
+    units.add_argument(
+        "--max-utterances",
+        type=int,
+        default=None,
+        help="evaluate at most this many utterances; None: all",
+    )
+    units.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    units.set_defaults(func=_units)
+
+    data = sub.add_parser("data", help="build data sets", formatter_class=fmt)
+    data_sub = data.add_subparsers(dest="dataset", required=True, help="which data set")
+    speech = data_sub.add_parser(
+        "speech",
+        help="synthesize the phone-labelled festival speech corpus (cached)",
+        formatter_class=fmt,
+    )
+    speech.add_argument(
+        "--out", type=Path, default=Path("data/generated/speech"), help="output folder"
+    )
+    speech.add_argument("--num-sentences", type=int, default=300, help="sentences per speaker")
+    speech.set_defaults(func=_data_speech)
+
+    export = sub.add_parser(
+        "export",
+        help="write a portable bundle of a run's models (safetensors + config + metadata)",
+        formatter_class=fmt,
+    )
+    export.add_argument("run_dir", help="the run directory")
+    export.add_argument("out", help="the bundle to create: a folder, or a file ending in .zip")
+    export.set_defaults(func=_export)
+
+    runs = sub.add_parser(
+        "runs", help="list run directories with their key metrics", formatter_class=fmt
+    )
+    runs.add_argument("dir", nargs="?", default="runs", help="folder holding run directories")
+    runs.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="a metrics.json key to show (repeatable); None: " + ", ".join(KEY_METRICS),
+    )
+    runs.set_defaults(func=_runs)
+
     report = sub.add_parser("report", help="rebuild RUN_DIR/report.html", formatter_class=fmt)
-    report.add_argument("run_dir")
+    report.add_argument("run_dir", help="a run directory made by `vqkit run`")
     report.set_defaults(func=_report)
     return parser
 
@@ -177,9 +444,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"vqkit: error: {e}", file=sys.stderr)
         return 2
+    except (CheckpointError, DivergenceError) as e:  # a broken checkpoint, full disk, NaN loss
+        print(f"vqkit: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vqkit: interrupted; continue with --resume (checkpoints are kept)", file=sys.stderr)
         return 130
+    finally:
+        cleanup()  # leave the process group of a torchrun launch (no-op otherwise)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -91,9 +91,11 @@ def save_config(cfg: Any, path: Path | str) -> None:
         text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     except yaml.YAMLError as e:
         raise ConfigError(f"config holds a value YAML cannot store: {e}") from e
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    # Atomic (temporary file, fsync, rename): a run killed while saving keeps its old config,
+    # so `--resume` can always read it. Imported here: the checkpoint module pulls in torch.
+    from vqkit.train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), text.encode())
 
 
 # --- reading ---------------------------------------------------------------------------------

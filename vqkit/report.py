@@ -14,6 +14,8 @@ import json
 import math
 from pathlib import Path
 
+import yaml
+
 MIME = {
     ".png": "image/png",
     ".gif": "image/gif",
@@ -21,7 +23,21 @@ MIME = {
     ".mp4": "video/mp4",
     ".webm": "video/webm",
     ".jpg": "image/jpeg",
+    ".svg": "image/svg+xml",
 }
+# Marks each <img>, <audio> and <video> with data-loaded="ok" (decoded: an image with pixels,
+# media with metadata) or "error", so a headless browser can check the page (tests do).
+MEDIA_CHECK = (
+    "(function(){function mark(e,ok){if(!e.dataset.loaded||!ok)e.dataset.loaded=ok?'ok':'error'}"
+    "document.querySelectorAll('img').forEach(function(e){"
+    "if(e.complete)mark(e,e.naturalWidth>0);else{"
+    "e.addEventListener('load',function(){mark(e,e.naturalWidth>0)});"
+    "e.addEventListener('error',function(){mark(e,false)})}});"
+    "document.querySelectorAll('audio,video').forEach(function(e){"
+    "if(e.error)mark(e,false);else if(e.readyState>=1)mark(e,true);"
+    "e.addEventListener('loadedmetadata',function(){mark(e,true)});"
+    "e.addEventListener('error',function(){mark(e,false)})})})();"
+)
 CURVE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
@@ -124,6 +140,69 @@ def svg_histogram(counts: list[float], *, title: str, width: int = 460, height: 
     )
 
 
+def svg_codes_vs_labels(
+    codes: list[int],
+    frame_rate: float,
+    segments: list,
+    *,
+    title: str,
+    width: int = 1000,
+    height: int = 130,
+) -> str:
+    """Codes over time (one coloured cell per frame, its id written in when there is room) above
+    the labelled segments ``[(start_s, end_s, label), ...]`` (phones or words) on the same axis.
+
+    A code keeps its colour across plots (hue from its id), so a code that tracks a phone shows
+    up as the same colour under every occurrence of that phone.
+    """
+    if not codes:
+        return ""
+    duration = max(len(codes) / frame_rate, max((s[1] for s in segments), default=0.0))
+    pad = 10
+    scale = (width - 2 * pad) / duration  # pixels per second
+
+    def colour(code: int) -> str:
+        return f"hsl({(code * 137.508) % 360:.1f},65%,{55 + 15 * (code % 2)}%)"
+
+    cell = scale / frame_rate
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'role="img" aria-label="{html.escape(title)}" font-family="sans-serif">',
+        f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">'
+        f"{html.escape(title)}</text>",
+        f'<text x="{pad}" y="30" font-size="10">codes ({frame_rate:g} Hz)</text>',
+    ]
+    for i, code in enumerate(codes):
+        x = pad + i * cell
+        parts.append(
+            f'<rect x="{x:.2f}" y="34" width="{max(cell, 0.5):.2f}" height="28" '
+            f'fill="{colour(int(code))}"><title>{int(code)}</title></rect>'
+        )
+        if cell >= 14:
+            parts.append(
+                f'<text x="{x + cell / 2:.2f}" y="52" text-anchor="middle" font-size="9">'
+                f"{int(code)}</text>"
+            )
+    parts.append(f'<text x="{pad}" y="76" font-size="10">labels</text>')
+    for start, end, label in segments:
+        x0, x1 = pad + start * scale, pad + end * scale
+        parts.append(
+            f'<rect x="{x0:.2f}" y="80" width="{max(x1 - x0, 0.5):.2f}" height="26" '
+            f'fill="#f4f4f4" stroke="#888" stroke-width="0.5"/>'
+        )
+        if x1 - x0 >= 12:
+            parts.append(
+                f'<text x="{(x0 + x1) / 2:.2f}" y="97" text-anchor="middle" font-size="10">'
+                f"{html.escape(str(label))}</text>"
+            )
+    parts.append(
+        f'<text x="{pad}" y="{height - 8}" font-size="10">0 s</text>'
+        f'<text x="{width - pad}" y="{height - 8}" text-anchor="end" font-size="10">'
+        f"{duration:.2f} s</text></svg>"
+    )
+    return "".join(parts)
+
+
 def format_metric(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -135,7 +214,7 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
 
     Args:
         run_dir: a finished (or partly finished) run directory.
-        title: page title; default the directory name.
+        title: page title; default "vqkit <modality> run: <directory name>".
 
     Returns:
         The path of the report.
@@ -153,12 +232,15 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
         if (run_dir / "media.json").exists()
         else []
     )
-    title = title or run_dir.name
+    if title is None:
+        config = run_dir / "config.yaml"
+        modality = yaml.safe_load(config.read_text()).get("modality") if config.exists() else None
+        title = f"vqkit {modality} run: {run_dir.name}" if modality else run_dir.name
     body = [f"<h1>{html.escape(title)}</h1>"]
 
     rows = "".join(
-        f'<tr><td>{html.escape(k)}</td><td class="metric" data-key="{html.escape(k)}">'
-        f"{format_metric(v)}</td></tr>"
+        f'<tr><td>{html.escape(k)}</td><td class="metric" data-value="{html.escape(json.dumps(v))}"'
+        f' data-key="{html.escape(k)}">{format_metric(v)}</td></tr>'
         for k, v in metrics.items()
         if not isinstance(v, (dict, list))
     )
@@ -198,11 +280,14 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
                 )
                 continue
             uri = data_uri(path)
+            kind = item["kind"]
+            if kind == "video" and uri.startswith("data:image/"):
+                kind = "image"  # an animated GIF is a video that <img> plays
             tag = {
                 "image": f'<img src="{uri}" alt="{caption}">',
-                "audio": f'<audio controls src="{uri}"></audio>',
-                "video": f'<video controls loop src="{uri}"></video>',
-            }[item["kind"]]
+                "audio": f'<audio controls preload="metadata" src="{uri}"></audio>',
+                "video": f'<video controls loop muted preload="metadata" src="{uri}"></video>',
+            }[kind]
             body.append(f"<figure>{tag}<figcaption>{caption}</figcaption></figure>")
 
     page = (
@@ -213,7 +298,7 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
         "img{image-rendering:pixelated;max-width:100%}figure{display:inline-block;margin:.5em}"
         ".charts svg{margin:.3em;border:1px solid #eee}</style></head><body>"
         + "".join(body)
-        + "</body></html>"
+        + f"<script>{MEDIA_CHECK}</script></body></html>"
     )
     out = run_dir / "report.html"
     out.write_text(page)

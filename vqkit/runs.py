@@ -21,7 +21,7 @@ import yaml
 
 from vqkit.train.checkpoint import atomic_write_bytes
 
-MODALITIES = ("image",)
+MODALITIES = ("image", "audio", "video")
 
 
 def recipes_dir() -> Path:

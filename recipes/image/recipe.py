@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
+from tqdm.auto import tqdm
 
 from vqkit.config import save_config
 from vqkit.datasets import build_image_dataset, load_rgb, resize_center_crop
@@ -24,6 +25,7 @@ from vqkit.models import gated_pixelcnn, vqvae_image
 from vqkit.report import build_report
 from vqkit.runs import add_media, write_json
 from vqkit.train import TrainConfig, fit, load_model, resolve_device
+from vqkit.train.distributed import is_main, rank_device
 
 LN2 = math.log(2)
 
@@ -151,11 +153,12 @@ def loader(dataset: Dataset, batch_size: int) -> DataLoader:
 
 @torch.no_grad()
 def encode_all(
-    model, dataset: Dataset, device, batch_size: int
+    model, dataset: Dataset, device, batch_size: int, *, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(N, *latent)`` and labels ``(N,)`` of a whole data set."""
     codes, labels = [], []
-    for x, y in loader(dataset, batch_size):
+    batches = loader(dataset, batch_size)
+    for x, y in tqdm(batches, desc="encode", disable=not progress, leave=False):
         codes.append(model.encode(x.to(device) - 0.5).cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(codes), torch.cat(labels)
@@ -168,6 +171,7 @@ def upscale(images: torch.Tensor, factor: int = 3) -> torch.Tensor:
 
 def save_pairs(originals: torch.Tensor, recons: torch.Tensor, path: Path, per_row: int = 8) -> None:
     """Originals above their reconstructions, ``per_row`` images a row (pixels in [0, 1])."""
+    per_row = min(per_row, len(originals))
     rows = []
     for start in range(0, len(originals), per_row):
         rows += [originals[start : start + per_row], recons[start : start + per_row]]
@@ -192,6 +196,14 @@ def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
             "usage": out.quant.usage,
         }
 
+    fixed = torch.stack([train_set[i][0] for i in range(min(8, len(train_set)))])
+
+    def reconstructions(model, step):  # TensorBoard, at each checkpoint
+        model.eval()
+        recon = model.decode(model.encode(fixed.to(next(model.parameters()).device) - 0.5))
+        grid = torch.cat([fixed, (recon.cpu() + 0.5).clamp(0, 1)])  # originals above recons
+        return {"vqvae/reconstructions": make_grid(grid, nrow=len(fixed))}
+
     result = fit(
         model,
         step,
@@ -200,6 +212,7 @@ def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
         run_dir=run_dir,
         name="vqvae",
         resume=resume,
+        image_fn=reconstructions,
         progress=progress,
     )
     return model.eval(), result
@@ -322,9 +335,10 @@ def run(
 ) -> dict:
     """Run every stage; returns the metrics written to ``run_dir/metrics.json``."""
     t_start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    device = resolve_device(cfg.vqvae_train.device)
+    if is_main():  # under torchrun every rank trains; rank 0 alone writes the run's files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    device = rank_device(resolve_device(cfg.vqvae_train.device))
     train_set, test_set = datasets(cfg)
     classes = num_classes(train_set)
     variance = data_variance(train_set, max_items=5000)
@@ -337,8 +351,12 @@ def run(
     times["time_vqvae_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    codes_train, labels_train = encode_all(vqvae, train_set, device, cfg.eval_batch_size)
-    codes_test, labels_test = encode_all(vqvae, test_set, device, cfg.eval_batch_size)
+    # On every rank of a distributed run: each trains the prior on these codes.
+    bar = progress and is_main()
+    codes_train, labels_train = encode_all(
+        vqvae, train_set, device, cfg.eval_batch_size, progress=bar
+    )
+    codes_test, labels_test = encode_all(vqvae, test_set, device, cfg.eval_batch_size, progress=bar)
     times["time_encode_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -346,6 +364,8 @@ def run(
         cfg, codes_train, labels_train, classes, run_dir, resume=resume, progress=progress
     )
     times["time_prior_s"] = time.perf_counter() - t
+    if not is_main():  # sampling, evaluation and the report are rank 0's
+        return {}
 
     t = time.perf_counter()
     samples, per_row = draw_samples(vqvae, prior, cfg.sample, tuple(codes_test.shape[1:]), device)
@@ -390,7 +410,7 @@ def run(
     )
     caption = "Prior samples, one row per class" if prior.num_classes else "Prior samples"
     add_media(run_dir, "image", "samples.png", caption, "Samples")
-    build_report(run_dir, title=f"vqkit image run: {run_dir.name}")
+    build_report(run_dir)
     return metrics
 
 

@@ -241,13 +241,31 @@ def test_residual_vq_round_trip_and_gradients(dims):
     assert (out.quantized - z).pow(2).mean() < err_one
 
 
-def test_codes_equal_under_bf16_autocast():
-    vq = VectorQuantizer(64, 8)
-    z = make_z(2).detach()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        auto = vq(z)
-    assert torch.equal(auto.codes, vq(z).codes)
-    assert auto.quantized.dtype == torch.float32
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize(
+    "opts",
+    [{}, dict(ema=True, kmeans_init=True, restart_after=1), dict(code_dim=4, cosine=True)],
+    ids=["plain", "ema-kmeans-restart", "lowdim-cosine"],
+)
+def test_codes_equal_under_bf16_autocast(dims, opts):
+    # Distances, argmin and codebook statistics stay in fp32 under autocast, so training steps
+    # give the same codes and the same codebook state as in fp32, bit for bit. The input is
+    # what an autocast encoder emits (bf16); the fp32 run sees the same values as float32.
+    auto_vq = VectorQuantizer(64, 8, **opts)
+    ref_vq = VectorQuantizer(64, 8, **opts)
+    ref_vq.load_state_dict(auto_vq.state_dict())
+    for step in range(3):
+        z = make_z(dims, batch=4, seed=step).detach().bfloat16()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = auto_vq(z)
+        ref = ref_vq(z.float())
+        assert torch.equal(auto.codes, ref.codes)
+        assert auto.quantized.dtype == torch.bfloat16  # the input's dtype
+        assert torch.equal(auto.quantized.float(), ref.quantized.bfloat16().float())
+    for (name, a), b in zip(auto_vq.state_dict().items(), ref_vq.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # eval path: encode
+        assert torch.equal(auto_vq.encode(z), ref_vq.encode(z.float()))
 
 
 def test_kmeans_returns_centroids_of_their_members():

@@ -6,6 +6,7 @@ Every set is map-style and returns a plain tuple, e.g. images ``(image (3, H, W)
 from vqkit.datasets.audio import VCTK, SpeakerAudioFolder
 from vqkit.datasets.images import (
     CIFAR10,
+    ImageError,
     ImageFolder,
     build_image_dataset,
     load_rgb,
@@ -13,6 +14,8 @@ from vqkit.datasets.images import (
 )
 from vqkit.datasets.speech_corpus import SpeechCorpus, build_speech_corpus
 from vqkit.datasets.synthetic_images import SyntheticShapes
+from vqkit.datasets.synthetic_video import SyntheticVideo
+from vqkit.datasets.video import VideoError, VideoFolder, read_video, write_video
 
 __all__ = [
     "VCTK",
@@ -20,9 +23,15 @@ __all__ = [
     "SpeechCorpus",
     "build_speech_corpus",
     "CIFAR10",
+    "ImageError",
     "ImageFolder",
     "SyntheticShapes",
+    "SyntheticVideo",
+    "VideoError",
+    "VideoFolder",
     "build_image_dataset",
     "load_rgb",
+    "read_video",
     "resize_center_crop",
+    "write_video",
 ]

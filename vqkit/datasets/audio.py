@@ -165,7 +165,10 @@ class SpeakerAudioFolder(Dataset):
         seed: crop RNG seed (see :class:`RandomCrop`).
         mic: for VCTK 0.92, which microphone's copy to use.
         strict: raise on an unreadable file instead of skipping it with a warning. Skipped files are
-            listed in ``self.skipped``.
+            listed in ``self.skipped``: those with a bad header when the data set is built, and
+            those that fail to decode (truncated data, NaN samples) when an item is read, in
+            which case the next readable item is returned in its place (each worker of a
+            DataLoader keeps its own list).
 
     Returns (per item):
         ``(waveform (1, T), sample_rate, speaker_id, utterance_id)``.
@@ -207,6 +210,8 @@ class SpeakerAudioFolder(Dataset):
             )
         if split is not None:
             items = [it for it in items if self._split_of(it) == split]
+        self.strict = strict
+        self._bad: set[Path] = set()
         self.items, self.skipped = self._probe(items, short, strict)
         if not self.items:
             raise ValueError(
@@ -259,13 +264,35 @@ class SpeakerAudioFolder(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, str, str]:
-        item = self.items[i]
-        wav, sr = load_audio(item.path, sample_rate=self.sample_rate)  # (1, T)
-        if self.crop is not None:
-            wav = self.crop(wav)
-        if self.transform is not None:
-            wav = self.transform(wav)
-        return wav, sr, item.speaker, item.utterance
+        n = len(self.items)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} audio files under {self.root}")
+        for offset in range(n):
+            item = self.items[(i + offset) % n]
+            if item.path in self._bad:
+                continue
+            try:
+                wav, sr = load_audio(item.path, sample_rate=self.sample_rate)  # (1, T)
+            except (AudioError, FileNotFoundError) as e:
+                if self.strict:
+                    raise
+                # A header can look fine while the data is cut short or holds NaN: skip the
+                # file rather than end a training run, and say so once.
+                self._bad.add(item.path)
+                self.skipped.append((item.path, str(e)))
+                warnings.warn(
+                    f"skipping an unreadable audio file ({e}); {len(self.skipped)} skipped so "
+                    f"far under {self.root}; pass strict=True to raise instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            if self.crop is not None:
+                wav = self.crop(wav)
+            if self.transform is not None:
+                wav = self.transform(wav)
+            return wav, sr, item.speaker, item.utterance
+        raise ValueError(f"none of the {n} audio files under {self.root} could be read")
 
     def speaker_index(self, name: str) -> int:
         """Position of a speaker in ``self.speakers`` (for speaker embeddings)."""

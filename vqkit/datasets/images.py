@@ -24,8 +24,10 @@ from vqkit.datasets.synthetic_images import SyntheticShapes
 
 _SPLITS = ("train", "test")
 _LAYOUT = "<root>/<class>/<image>.{jpg,png,...} (one sub-folder per class)"
-# What a broken file raises while PIL decodes it (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ImageError(ValueError):
+    """An image file that cannot be decoded: truncated, corrupt, or not an image."""
 
 
 def load_rgb(path: str | Path) -> Tensor:
@@ -42,23 +44,37 @@ def load_rgb(path: str | Path) -> Tensor:
         ``(3, H, W)`` float32 tensor in ``[0, 1]``.
 
     Raises:
-        OSError, ValueError, SyntaxError: the file is missing, truncated or not an image.
+        FileNotFoundError: the file does not exist.
+        ImageError: (a ``ValueError``) the file is truncated, corrupt or not an image; the
+            message names it.
     """
-    with Image.open(path) as im:
-        im.load()  # decode now: PIL reads lazily and a truncated file fails only here
-        im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I;16") or im.mode == "I":
-            gray = np.asarray(im, dtype=np.float32) / 65535.0  # (H, W)
-            rgb = np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1)
-        elif im.mode == "F":
-            gray = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
-            rgb = np.repeat(gray[..., None], 3, axis=-1)
-        elif im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
-            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
-            alpha = rgba[..., 3:]
-            rgb = rgba[..., :3] * alpha + (1.0 - alpha)
-        else:
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: PIL reads lazily and a truncated file fails only here
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I;16") or im.mode == "I":
+                gray = np.asarray(im, dtype=np.float32) / 65535.0  # (H, W)
+                rgb = np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1)
+            elif im.mode == "F":
+                gray = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+                rgb = np.repeat(gray[..., None], 3, axis=-1)
+            elif im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+                rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+                alpha = rgba[..., 3:]
+                rgb = rgba[..., :3] * alpha + (1.0 - alpha)
+            else:
+                rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    # PIL's decoders fail on broken files with many types (OSError, SyntaxError, struct.error,
+    # EOFError, DecompressionBombError, ...): each means the same thing here.
+    except Exception as err:
+        raise ImageError(f"cannot read image file {path}: {err}") from err
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageError(f"image file {path} has no pixels (size {rgb.shape[1]}x{rgb.shape[0]})")
+    if not np.isfinite(rgb).all():  # a float (mode F) image can hold NaN
+        raise ImageError(f"image file {path} holds NaN or infinite pixel values")
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
@@ -95,7 +111,7 @@ class ImageFolder(Dataset):
     the next readable item instead (with that item's label). A header check at construction
     was not chosen because it misses truncated JPEGs and would open every file up front.
     ``skipped`` lists the files found bad so far; with DataLoader workers each worker keeps its
-    own list. With ``strict=True`` a bad file raises ``ValueError`` naming it instead.
+    own list. With ``strict=True`` a bad file raises :class:`ImageError` naming it instead.
 
     Args:
         root: Folder laid out as ``root/<class>/<image>``, or ``root/<split>/<class>/<image>``
@@ -185,13 +201,13 @@ class ImageFolder(Dataset):
                 continue
             try:
                 image = load_rgb(path)
-            except _DECODE_ERRORS as err:
+            except (ImageError, FileNotFoundError) as err:
                 if self.strict:
-                    raise ValueError(f"cannot read image file {path}: {err}") from err
+                    raise
                 self._bad.add(path)
                 warnings.warn(
-                    f"skipping unreadable image file {path} ({err}); "
-                    f"{len(self._bad)} skipped so far in {self.root}",
+                    f"skipping an unreadable image ({err}); {len(self._bad)} skipped so far "
+                    f"in {self.root}; pass strict=True to raise instead",
                     RuntimeWarning,
                     stacklevel=2,
                 )

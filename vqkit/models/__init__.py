@@ -9,12 +9,16 @@ from vqkit.models.likelihood import (
 )
 from vqkit.models.pixelcnn import GatedPixelCNN, gated_pixelcnn
 from vqkit.models.registry import BUILDERS, build_model, register
-from vqkit.models.vqvae import VQVAE, VQVAEOutput, vqvae_image, vqvae_nd
+from vqkit.models.video_prior import VideoPrior, video_prior
+from vqkit.models.vqvae import VQVAE, VQVAEOutput, vqvae_image, vqvae_nd, vqvae_video
+from vqkit.models.vqvae_audio import AudioVQVAE, AudioVQVAEOutput, vqvae_audio
 from vqkit.models.wavenet import WaveNet, wavenet_prior
 from vqkit.models.wavenet_decoder import CodeUpsampler, WaveNetDecoder, wavenet_decoder
 
 __all__ = [
     "BUILDERS",
+    "AudioVQVAE",
+    "AudioVQVAEOutput",
     "VQVAE",
     "Categorical256",
     "DiscretizedLogistic",
@@ -22,6 +26,7 @@ __all__ = [
     "GaussianLikelihood",
     "Likelihood",
     "VQVAEOutput",
+    "VideoPrior",
     "WaveNet",
     "WaveNetDecoder",
     "CodeUpsampler",
@@ -29,8 +34,11 @@ __all__ = [
     "build_model",
     "gated_pixelcnn",
     "register",
+    "vqvae_audio",
     "vqvae_image",
     "vqvae_nd",
+    "vqvae_video",
+    "video_prior",
     "wavenet_decoder",
     "wavenet_prior",
 ]

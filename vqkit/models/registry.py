@@ -39,6 +39,11 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
     The wrapped builder sets ``model.config`` to the dict that :func:`build_model` takes.
     When one registered builder calls another (``vqvae_image`` -> ``vqvae_nd``), the outer
     one runs last, so the config names the builder the user called.
+
+    Every registered builder also takes torchvision's ``weights=None, progress=True``:
+    ``weights`` (a bundle, a ``.safetensors`` file, a checkpoint directory, or a URL, with an
+    optional ``#sha256=<hex>``) is loaded into the new model by
+    :func:`vqkit.bundle.load_weights_into`; neither is recorded in ``model.config``.
     """
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -47,7 +52,9 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
-        def builder(*args: Any, **kwargs: Any) -> nn.Module:
+        def builder(
+            *args: Any, weights: Any = None, progress: bool = True, **kwargs: Any
+        ) -> nn.Module:
             if args:
                 raise TypeError(
                     f"{name}() takes keyword arguments only, got {len(args)} positional"
@@ -68,6 +75,10 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
                     recorded[key] = value
             model = fn(**kwargs)
             model.config = {"builder": name, "kwargs": plain(recorded)}
+            if weights is not None:
+                from vqkit.bundle import load_weights_into  # lazy: it builds models by name
+
+                load_weights_into(model, weights, progress=progress)
             return model
 
         BUILDERS[name] = builder

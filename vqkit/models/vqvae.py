@@ -216,3 +216,40 @@ def vqvae_image(
         likelihood=likelihood,
         quantizer=quantizer,
     )
+
+
+@register("vqvae_video")
+def vqvae_video(
+    *,
+    in_channels: int = 3,
+    hidden: int = 64,
+    res_hidden: int = 32,
+    num_res_blocks: int = 2,
+    num_codes: int = 256,
+    code_dim: int = 64,
+    strides: Sequence[Stride] = ((1, 2, 2), (2, 2, 2)),
+    likelihood: str | dict = "gaussian",
+    quantizer: dict[str, Any] | None = None,
+) -> VQVAE:
+    """The video VQ-VAE: :func:`vqvae_nd` with ``dims=3`` over ``(B, C, T, H, W)`` clips.
+
+    Strides are per stage and per axis, time first: the default halves time and quarters
+    height and width, so a 16-frame 32x32 clip becomes an ``(8, 8, 8)`` volume of codes.
+
+    Examples:
+        >>> model = vqvae_video(hidden=16, res_hidden=8, num_codes=32, code_dim=8)
+        >>> model.encode(torch.zeros(1, 3, 16, 32, 32)).shape
+        torch.Size([1, 8, 8, 8])
+    """
+    return vqvae_nd(
+        dims=3,
+        in_channels=in_channels,
+        strides=strides,
+        hidden=hidden,
+        res_hidden=res_hidden,
+        num_res_blocks=num_res_blocks,
+        num_codes=num_codes,
+        code_dim=code_dim,
+        likelihood=likelihood,
+        quantizer=quantizer,
+    )

@@ -88,6 +88,11 @@ class Encoder(nn.Module):
                 f"{tuple(x.shape)}"
             )
         spatial = tuple(x.shape[2:])
+        if 0 in spatial:
+            raise ValueError(
+                f"input spatial size {spatial} is empty; each axis needs a positive multiple of "
+                f"the downsampling factor {self.factor}"
+            )
         if any(n % f for n, f in zip(spatial, self.factor)):
             raise ValueError(
                 f"input spatial size {spatial} is not divisible by the encoder's downsampling "

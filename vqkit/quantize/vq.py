@@ -105,7 +105,7 @@ class VectorQuantizer(Quantizer):
     # ------------------------------------------------------------------------------------------
     def _rows(self, z: Tensor) -> tuple[Tensor, list]:
         """``(B, D, *spatial)`` -> float32 rows ``(N * heads, code_dim)`` in lookup space."""
-        if z.shape[1] != self.dim:
+        if z.dim() >= 2 and z.shape[1] != self.dim:  # fewer axes: channels_last says so
             raise ValueError(
                 f"expected {self.dim} channels at axis 1 (input (B, D, *spatial)), got shape "
                 f"{tuple(z.shape)}"
@@ -135,6 +135,8 @@ class VectorQuantizer(Quantizer):
         """Quantise ``z`` ``(B, D, *spatial)``; updates codebook state in training mode."""
         with torch.autocast(device_type=z.device.type, enabled=False):
             rows, ps = self._rows(z)
+            if rows.shape[0] == 0:  # the losses would be NaN and k-means would have no data
+                raise ValueError(f"nothing to quantize: the input {tuple(z.shape)} is empty")
             if self.training and not bool(self.initialized):
                 self._kmeans_init(rows.detach())
             table = self._lookup_table()

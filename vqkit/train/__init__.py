@@ -18,10 +18,11 @@ from vqkit.train.device import (
     seed_everything,
     set_rng_state,
 )
-from vqkit.train.loop import EpochBatchSampler, TrainConfig, TrainResult, fit
+from vqkit.train.loop import DivergenceError, EpochBatchSampler, TrainConfig, TrainResult, fit
 
 __all__ = [
     "CheckpointError",
+    "DivergenceError",
     "EpochBatchSampler",
     "TrainConfig",
     "TrainResult",

@@ -50,8 +50,20 @@ from vqkit.train.device import (
     seed_everything,
     set_rng_state,
 )
+from vqkit.train.distributed import (
+    agree,
+    broadcast_object,
+    is_main,
+    mean_over_ranks,
+    on_main,
+    rank,
+    rank_device,
+    world,
+    wrap_ddp,
+)
 
 log = logging.getLogger("vqkit.train")
+_MAX_RESTORES = 3  # restores of one checkpoint before a run of non-finite steps is fatal
 _SHOWN = ("loss", "usage", "perplexity")  # logs shown on the progress bar (by key suffix)
 
 StepFn = Callable[[nn.Module, Any], "tuple[Tensor, Mapping[str, float | Tensor]]"]
@@ -66,7 +78,9 @@ class TrainConfig:
         steps: optimizer steps in the whole run (a resumed run continues up to it).
         lr: peak learning rate of Adam.
         weight_decay: Adam's L2 penalty.
-        batch_size: items per batch; the last incomplete batch of an epoch is dropped.
+        batch_size: items per batch; the last incomplete batch of an epoch is dropped. It is the
+            global batch: in a distributed run each of N processes takes batch_size / N items of
+            it, so N processes see exactly the batches that one process sees.
         grad_clip: max global gradient norm, or None for no clipping.
         device: "auto", "cpu", "cuda" or "cuda:N".
         amp: bf16 autocast on CUDA (ignored on the CPU).
@@ -77,6 +91,13 @@ class TrainConfig:
         warmup_steps: linear warmup from 0 to ``lr``.
         lr_schedule: "constant" or "cosine" (to 0 at ``steps``) after the warmup.
         keep_checkpoints: step directories kept in ``ckpt/`` (the newest ones).
+        max_bad_steps: after this many non-finite steps in a row, go back to the last
+            checkpoint (model, optimizer, scheduler, data position) and lower the learning rate.
+        bad_step_lr_factor: what the learning rate is multiplied by at each such restore (the
+            reduced factor is kept in later checkpoints, so a resume keeps it).
+        collapse_usage: warn (once) when a logged ``*usage`` (fraction of codes used) falls
+            below this after ``collapse_warmup`` steps; 0 turns the check off.
+        collapse_warmup: steps before the codebook-collapse check starts.
     """
 
     steps: int
@@ -93,12 +114,17 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine"] = "constant"
     keep_checkpoints: int = 2
+    max_bad_steps: int = 5
+    bad_step_lr_factor: float = 0.5
+    collapse_usage: float = 0.05
+    collapse_warmup: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("steps", "warmup_steps", "num_workers", "seed"):
+        for name in ("steps", "warmup_steps", "num_workers", "seed", "collapse_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "ckpt_every", "log_every", "keep_checkpoints"):
+        positive = ("batch_size", "ckpt_every", "log_every", "keep_checkpoints", "max_bad_steps")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -111,6 +137,17 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
             )
+        if not 0 < self.bad_step_lr_factor <= 1:
+            raise ValueError(
+                f"bad_step_lr_factor must lie in (0, 1], got {self.bad_step_lr_factor}"
+            )
+        if not 0 <= self.collapse_usage < 1:
+            raise ValueError(f"collapse_usage must lie in [0, 1), got {self.collapse_usage}")
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite losses ``max_bad_steps`` times in a row and could not recover
+    (no checkpoint to go back to, or the same one restored too often)."""
 
 
 @dataclass
@@ -139,14 +176,30 @@ class EpochBatchSampler(Sampler[list[int]]):
     """Endless batches: a permutation seeded by ``seed + epoch`` per epoch, drop_last.
 
     Iteration starts at ``(start_epoch, start_batch)`` so a resumed run sees the same batches.
+    With ``shard=(rank, world)`` it yields rank's contiguous slice of each global batch of
+    ``batch_size`` items: the ranks' slices, in rank order, make up exactly the batch a single
+    process sees, and the data position (epoch, batch) means the same on every rank.
     """
 
     def __init__(
-        self, num_items: int, batch_size: int, seed: int, start_epoch: int = 0, start_batch: int = 0
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        start_epoch: int = 0,
+        start_batch: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start_epoch, self.start_batch = start_epoch, start_batch
         self.batches_per_epoch = num_items // batch_size
+        index, count = shard
+        if not 0 <= index < count or batch_size % count:
+            raise ValueError(
+                f"cannot split batches of {batch_size} into {count} equal shards (shard {index}); "
+                f"batch_size is global: make it a multiple of the number of processes"
+            )
+        self.slice = slice(index * batch_size // count, (index + 1) * batch_size // count)
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch, first = self.start_epoch, self.start_batch
@@ -155,8 +208,15 @@ class EpochBatchSampler(Sampler[list[int]]):
                 self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)
             )
             for b in range(first, self.batches_per_epoch):
-                yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+                yield order[b * self.batch_size : (b + 1) * self.batch_size][self.slice].tolist()
             epoch, first = epoch + 1, 0
+
+    def indices(self, epoch: int, batch: int) -> list[int]:
+        """The data set indices of batch ``batch`` of ``epoch`` (to name a bad batch)."""
+        order = torch.randperm(
+            self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)
+        )
+        return order[batch * self.batch_size : (batch + 1) * self.batch_size].tolist()
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -173,16 +233,20 @@ class _RunLog:
     """Scalars averaged between log steps, written to history.jsonl, TensorBoard and the bar.
 
     Tensors are summed on their device and read once per log step, so logging costs no
-    device synchronisation on the other steps.
+    device synchronisation on the other steps. In a distributed run every rank averages its
+    scalars with the other ranks' (the same entries in ``history`` everywhere), and only the
+    main rank (``main=True``) writes files, TensorBoard and the bar.
     """
 
-    def __init__(self, out: Path, history: list, *, step: int, steps: int, progress: bool) -> None:
+    def __init__(
+        self, out: Path, history: list, *, step: int, steps: int, progress: bool, main: bool = True
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # slow import; only when training
 
         self.history = history
-        self.writer = SummaryWriter(str(out / "tb"))
-        self.file = (out / "history.jsonl").open("a")
-        self.bar = tqdm(total=steps, initial=step, disable=not progress, desc=out.name)
+        self.writer = SummaryWriter(str(out / "tb")) if main else None
+        self.file = (out / "history.jsonl").open("a") if main else None
+        self.bar = tqdm(total=steps, initial=step, disable=not (progress and main), desc=out.name)
         self.sums: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
         self.since = (time.perf_counter(), step)
@@ -200,13 +264,15 @@ class _RunLog:
 
     def write(self, step: int, **more: float) -> dict[str, float]:
         """Log the means since the last call; returns them (the entry without its step)."""
-        means = {k: float(s) / self.counts[k] for k, s in self.sums.items()}
+        means = mean_over_ranks({k: float(s) / self.counts[k] for k, s in self.sums.items()})
         self.sums, self.counts = {}, {}
         entry = {"step": step, **means, **more}
         self.history.append(entry)
+        scalars = {k: v for k, v in entry.items() if k != "step"}
+        if self.writer is None or self.file is None:  # not the main rank
+            return scalars
         self.file.write(json.dumps(entry) + "\n")
         self.file.flush()  # the curve survives a kill
-        scalars = {k: v for k, v in entry.items() if k != "step"}
         for k, v in scalars.items():
             self.writer.add_scalar(f"train/{k}", v, step)
         t0, s0 = self.since
@@ -216,10 +282,23 @@ class _RunLog:
         self.bar.set_postfix(shown, refresh=False)
         return scalars
 
+    def rewind(self, step: int, file: Path) -> None:
+        """Forget what was logged after ``step`` (in memory and in ``file``, history.jsonl)."""
+        if self.file is None:  # not the main rank: the history mirrors the main rank's file
+            self.history[:] = [e for e in self.history if e["step"] <= step]
+        else:
+            self.file.close()
+            self.history[:] = _read_history(file, upto=step)
+            self.file = file.open("a")
+        self.sums, self.counts = {}, {}
+        self.since = (time.perf_counter(), step)
+        self.bar.n = step
+
     def close(self) -> None:
         self.bar.close()
-        self.writer.close()
-        self.file.close()
+        if self.writer is not None and self.file is not None:
+            self.writer.close()
+            self.file.close()
 
 
 def _snapshot_buffers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
@@ -277,8 +356,12 @@ def _update(
         )
     logs = {"loss": loss.detach(), **{k: v for k, v in (logs or {}).items() if k != "loss"}}
     loss_value = loss.item()
-    if not math.isfinite(loss_value):
-        return f"loss {loss_value}", logs
+    # Ranks skip together: one that skipped the backward would leave the others waiting in
+    # DDP's gradient all-reduce. (The gradient norm below is computed after that all-reduce, so
+    # it is the same on every rank already.)
+    if not agree(math.isfinite(loss_value)):
+        elsewhere = " on another rank" if math.isfinite(loss_value) else ""
+        return f"loss {loss_value}{elsewhere}", logs
     loss.backward()
     if cfg.grad_clip is not None:
         norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -295,11 +378,57 @@ def _read_history(file: Path, upto: int) -> list[dict[str, float]]:
     checkpoint by a run that was then killed) so the resumed run does not log them twice."""
     if not file.is_file():
         return []
-    entries = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-    kept = [e for e in entries if e["step"] <= upto]
-    if len(kept) != len(entries):
+    lines = [line for line in file.read_text().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a crash in the middle of writing it
+            continue
+        if entry["step"] <= upto:
+            kept.append(entry)
+    if len(kept) != len(lines):
         atomic_write_bytes(file, "".join(json.dumps(e) + "\n" for e in kept).encode())
     return kept
+
+
+def _restore(
+    checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`fit` into the training state, RNG streams included.
+
+    Returns:
+        The trainer state: ``step`` and ``extra`` (data position, skipped steps, ...).
+    """
+    load_weights(checkpoint, model)
+    state = load_trainer_state(checkpoint)
+    if state["optimizer"] is None or state["scheduler"] is None or "data" not in state["extra"]:
+        raise CheckpointError(
+            f"{checkpoint} was not written by fit (no optimizer, scheduler or data position); "
+            f"it can be loaded with load_weights but not resumed"
+        )
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state
+
+
+def _warn_collapse(logs: Mapping[str, float], step: int, cfg: TrainConfig) -> bool:
+    """Warn when a logged code usage is below ``cfg.collapse_usage``; True when it warned."""
+    if cfg.collapse_usage <= 0 or step < cfg.collapse_warmup:
+        return False
+    low = {k: v for k, v in logs.items() if k.endswith("usage") and v < cfg.collapse_usage}
+    if not low:
+        return False
+    shown = ", ".join(f"{k}={v:.3g}" for k, v in low.items())
+    log.warning(
+        "codebook collapse at step %d: %s, below collapse_usage=%g (fraction of codes used). "
+        "Likely fixes: k-means initialisation of the codebook (quantizer kmeans_init=true), "
+        "dead-code restarts (quantizer restart_after, e.g. 100), a lower commitment weight "
+        "beta (e.g. 0.1), or a lower learning rate",
+        *(step, shown, cfg.collapse_usage),
+    )
+    return True
 
 
 def fit(
@@ -332,8 +461,14 @@ def fit(
             TensorBoard at each checkpoint; it runs under ``no_grad`` with its own RNG streams.
         progress: show a tqdm bar with the loss and any usage/perplexity logs.
 
+    Distributed (a process group initialised, e.g. by ``vqkit.train.distributed`` under
+    torchrun): the step runs inside DistributedDataParallel, each rank takes its slice of every
+    global batch, logged scalars are averaged over ranks, only rank 0 writes files and shows the
+    bar, and every rank resumes from the same checkpoint (``run_dir`` must be on a filesystem
+    all ranks see).
+
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (the same on every rank).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -347,7 +482,7 @@ def fit(
     t_start = time.perf_counter()
     out = Path(run_dir) / name
     ckpt_root, history_file = out / "ckpt", out / "history.jsonl"
-    device = resolve_device(cfg.device)
+    device = rank_device(resolve_device(cfg.device))
     start = latest_checkpoint(ckpt_root)
     if start is not None and not resume:
         raise ValueError(
@@ -364,36 +499,32 @@ def fit(
     if not params:
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    # lr_scale[0] drops by bad_step_lr_factor at each restore after a run of non-finite steps.
+    lr_scale = [1.0]
+    scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, cfg) * lr_scale[0])
 
     step, epoch, batch_idx, skipped = 0, 0, 0, 0
     history: list[dict[str, float]] = []
     final_logs: dict[str, float] = {}
-    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed)
+    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, shard=(rank(), world()))
+    collapse_warned = False
     if start is not None:
-        load_weights(start, model)
-        state = load_trainer_state(start)
+        state = _restore(start, model, optimizer, scheduler)
         extra = state["extra"]
-        if state["optimizer"] is None or state["scheduler"] is None or "data" not in extra:
-            raise CheckpointError(
-                f"{start} was not written by fit (no optimizer, scheduler or data position); "
-                f"it can be loaded with load_weights but not resumed"
-            )
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        lr_scale[0] = extra.get("lr_scale", 1.0)
+        collapse_warned = extra.get("collapse_warned", False)
         step, skipped = state["step"], extra.get("skipped_steps", 0)
         epoch, batch_idx = extra["data"]["epoch"], extra["data"]["batch"]
         final_logs = extra.get("final_logs", {})
         if batch_idx >= sampler.batches_per_epoch:  # the dataset shrank since the checkpoint
             epoch, batch_idx = epoch + 1, 0
-        history = _read_history(history_file, upto=step)
-        set_rng_state(state["rng"])
+        history = broadcast_object(_read_history(history_file, upto=step) if is_main() else None)
         log.info("resumed %s from %s at step %d", name, start, step)
         if step >= cfg.steps:
             return TrainResult(
                 step, history, time.perf_counter() - t_start, skipped, final_logs, start
             )
-    else:
+    elif is_main():
         out.mkdir(parents=True, exist_ok=True)
         history_file.write_text("")  # a run killed before its first checkpoint left lines here
 
@@ -407,12 +538,16 @@ def fit(
         # Worker seeds come from this generator, not the global RNG that a resume restores.
         generator=torch.Generator().manual_seed(cfg.seed + step),
     )
-    runlog = _RunLog(out, history, step=step, steps=cfg.steps, progress=progress)
+    runlog = _RunLog(out, history, step=step, steps=cfg.steps, progress=progress, main=is_main())
+    # In a distributed run: DDP around the step; the same step function in one process.
+    train_model, train_step = wrap_ddp(model, step_fn, device)
     checkpoint = start
+    bad_run, restores = 0, 0  # non-finite steps in a row; restores of `checkpoint` so far
     batches = iter(loader)
     try:
         while step < cfg.steps:
             batch = move_to_device(next(batches), device)
+            position = (epoch, batch_idx)  # of this batch in the data order, to name it
             where = f"epoch {epoch} batch {batch_idx}"
             batch_idx += 1
             if batch_idx == sampler.batches_per_epoch:
@@ -421,17 +556,50 @@ def fit(
             lr = optimizer.param_groups[0]["lr"]
 
             buffers = _snapshot_buffers(model)
-            problem, logs = _update(model, step_fn, batch, optimizer, params, cfg, device)
+            problem, logs = _update(train_model, train_step, batch, optimizer, params, cfg, device)
             if problem is None:
+                bad_run = 0
                 runlog.add(logs)
             else:
                 for buf, saved in buffers:  # e.g. an EMA codebook updated by the NaN forward
                     buf.copy_(saved)
-                skipped += 1
+                skipped, bad_run = skipped + 1, bad_run + 1
                 log.warning(
-                    "step %d (%s): non-finite %s; skipped the update (%d skipped so far)",
-                    *(step, where, problem, skipped),
+                    "step %d (%s): non-finite %s on dataset items %s; skipped the update "
+                    "(%d skipped so far, %d in a row)",
+                    *(step, where, problem, sampler.indices(*position), skipped, bad_run),
                 )
+                if bad_run >= cfg.max_bad_steps:
+                    restores += 1
+                    if checkpoint is None or restores > _MAX_RESTORES:
+                        raise DivergenceError(
+                            f"{name}: {bad_run} non-finite steps in a row up to step {step} and "
+                            + (
+                                "no checkpoint to go back to yet"
+                                if checkpoint is None
+                                else f"{checkpoint} already restored {_MAX_RESTORES} times"
+                            )
+                            + "; lower the learning rate, set grad_clip, or check the data "
+                            "items named in the warnings above"
+                        )
+                    lr_scale[0] *= cfg.bad_step_lr_factor
+                    state = _restore(checkpoint, model, optimizer, scheduler)
+                    step, extra = state["step"], state["extra"]
+                    epoch, batch_idx = extra["data"]["epoch"], extra["data"]["batch"]
+                    final_logs, bad_run = extra.get("final_logs", {}), 0
+                    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                        group["lr"] = base * lr_factor(scheduler.last_epoch, cfg) * lr_scale[0]
+                    runlog.rewind(step, history_file)
+                    del batches  # restart the data order at the checkpoint's position
+                    sampler.start_epoch, sampler.start_batch = epoch, batch_idx
+                    batches = iter(loader)
+                    log.warning(
+                        "%s: went back to %s (step %d) after %d non-finite steps in a row; "
+                        "learning rate multiplied by %g (now x%g of the schedule)",
+                        *(name, checkpoint, step, cfg.max_bad_steps),
+                        *(cfg.bad_step_lr_factor, lr_scale[0]),
+                    )
+                    continue
             with warnings.catch_warnings():  # a skipped first step is not a misuse
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
                 scheduler.step()
@@ -439,24 +607,42 @@ def fit(
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 final_logs = runlog.write(step, lr=lr, skipped_steps=skipped)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                if not collapse_warned:
+                    collapse_warned = _warn_collapse(final_logs, step, cfg)
+            # No periodic checkpoint inside a run of non-finite steps: it may be the state that
+            # a restore has to go back past.
+            if (step % cfg.ckpt_every == 0 and bad_run == 0) or step == cfg.steps:
                 extra = {
                     "data": {"epoch": epoch, "batch": batch_idx},
                     "skipped_steps": skipped,
                     "final_logs": final_logs,
+                    "lr_scale": lr_scale[0],
+                    "collapse_warned": collapse_warned,
                 }
-                checkpoint = save_latest(
-                    ckpt_root,
-                    model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    step=step,
-                    extra=extra,
-                    keep=cfg.keep_checkpoints,
-                )
-                if image_fn is not None:
-                    _log_images(runlog.writer, image_fn, model, step, device)
-                runlog.writer.flush()
+                try:
+                    saved = on_main(  # every rank gets the path (or the error)
+                        save_latest,
+                        ckpt_root,
+                        model,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        step=step,
+                        extra=extra,
+                        keep=cfg.keep_checkpoints,
+                    )
+                except CheckpointError as e:
+                    kept = f"{checkpoint} is intact" if checkpoint else "there is no earlier one"
+                    raise CheckpointError(
+                        f"{name}: training stopped at step {step}: {e}. The last complete "
+                        f"checkpoint {kept}; free disk space (or lower keep_checkpoints) and "
+                        f"continue with resume=True (`vqkit run ... --resume`)"
+                    ) from e
+                if saved != checkpoint:
+                    checkpoint, restores = saved, 0
+                if runlog.writer is not None:  # the main rank
+                    if image_fn is not None:
+                        _log_images(runlog.writer, image_fn, model, step, device)
+                    runlog.writer.flush()
     finally:
         del batches  # shuts down worker processes
         runlog.close()

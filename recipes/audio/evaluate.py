@@ -1,0 +1,434 @@
+"""Data loading and evaluation for the audio recipe: utterances as mu-law classes, unit metrics
+(accuracy, purity, PNMI, ABX), reconstruction and prior scores, conversion scoring, plots."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vqkit.audio import MuLawDecode, MuLawEncode, load_audio
+from vqkit.datasets import SpeakerAudioFolder, SpeechCorpus, build_speech_corpus
+from vqkit.datasets.alignments import Segment, frame_labels
+from vqkit.datasets.speech_corpus import SILENCES, FestivalNotFoundError
+from vqkit.metrics import abx_error, chance_accuracy, code_label_accuracy, pnmi, purity
+from vqkit.metrics.conversion import LogMel, accuracy, predict, train_classifier
+from vqkit.metrics.units import cluster_purity
+from vqkit.report import svg_codes_vs_labels
+from vqkit.runs import recipes_dir
+
+SILENCE_CLASS = 128  # mu-law class of 0.0
+KINDS = ("builtin", "fsdd", "vctk", "folder")
+_LAYOUT = {"fsdd": "fsdd", "vctk": "vctk", "folder": "speaker_dirs"}
+
+
+@dataclass
+class Split:
+    """Utterances of one split held in memory.
+
+    Attributes:
+        audio: per utterance ``(T_i,)`` uint8 mu-law classes at ``sample_rate``.
+        speakers, ids: speaker and utterance id of each.
+        labels: per utterance its phone segments (``label_kind == "phones"``) or its word, an
+            int (``"words"``, FSDD digits); None when the data has no labels.
+        sample_rate: samples per second.
+    """
+
+    audio: list[torch.Tensor]
+    speakers: list[str]
+    ids: list[str]
+    labels: list | None
+    label_kind: str | None
+    sample_rate: int
+
+    def subset(self, idx: list[int]) -> Split:
+        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+        return Split(
+            pick(self.audio),
+            pick(self.speakers),
+            pick(self.ids),
+            pick(self.labels),
+            self.label_kind,
+            self.sample_rate,
+        )
+
+    def segments(self, i: int) -> list[Segment]:
+        """Phone segments of utterance i, or one segment spanning it labelled with its word."""
+        if self.label_kind == "phones":
+            return self.labels[i]
+        if self.label_kind == "words":
+            return [Segment(0.0, len(self.audio[i]) / self.sample_rate, str(self.labels[i]))]
+        raise ValueError("this data has no phone or word labels")
+
+    def waveform(self, i: int) -> torch.Tensor:
+        """``(T_i,)`` float waveform (mu-law decoded)."""
+        return MuLawDecode(256)(self.audio[i].long())
+
+
+def spread(n: int, k: int | None) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (all of them when ``k`` is None or >= n)."""
+    if k is None or k >= n:
+        return list(range(n))
+    if k <= 0:
+        raise ValueError(f"a count of files or utterances must be positive, got {k}")
+    return sorted({(i * n) // k for i in range(k)})
+
+
+def load_classes(path, sample_rate: int, max_seconds: float | None) -> torch.Tensor:
+    """An audio file as ``(T,)`` uint8 mu-law classes at ``sample_rate``."""
+    wav, _ = load_audio(path, sample_rate=sample_rate)
+    return _to_classes(wav, sample_rate, max_seconds)
+
+
+def _to_classes(wav: torch.Tensor, sample_rate: int, max_seconds: float | None) -> torch.Tensor:
+    wav = wav.reshape(-1)
+    if max_seconds is not None:
+        wav = wav[: int(max_seconds * sample_rate)]
+    return MuLawEncode(256)(wav).to(torch.uint8)
+
+
+def corpus_root(data) -> Path:
+    """The festival corpus folder, built there first when it has no manifest."""
+    root = Path(data.root) if data.root else recipes_dir().parent / "data" / "generated" / "speech"
+    if not (root / "manifest.json").is_file():
+        print(f"vqkit: building the festival speech corpus in {root} (once; a few minutes)")
+        try:
+            build_speech_corpus(root, num_sentences=data.num_sentences)
+        except FestivalNotFoundError as e:
+            raise FileNotFoundError(str(e)) from None
+    return root
+
+
+def load_split(data, split: str) -> Split:
+    """The ``split`` ("train" or "test") of the data set ``data`` (a DataConfig)."""
+    if data.kind not in KINDS:
+        raise ValueError(f"data.kind must be one of {KINDS}, got {data.kind!r}")
+    sr = data.sample_rate
+    if data.kind == "builtin":
+        ds = SpeechCorpus(corpus_root(data), split=split, sample_rate=sr)
+        idx = spread(len(ds), data.max_files)
+        audio = [_to_classes(ds[i][0], sr, data.max_seconds) for i in idx]
+        utts = [ds.utterances[i] for i in idx]
+        return Split(
+            audio,
+            [u["speaker"] for u in utts],
+            [u["id"] for u in utts],
+            [ds.phones(i) for i in idx],
+            "phones",
+            sr,
+        )
+    if data.root is None:
+        raise ValueError(f"data.kind={data.kind!r} needs a data folder: pass --data DIR")
+    ds = SpeakerAudioFolder(data.root, layout=_LAYOUT[data.kind], split=split, sample_rate=sr)
+    idx = spread(len(ds), data.max_files)
+    items = [ds.items[i] for i in idx]
+    audio = [load_classes(it.path, sr, data.max_seconds) for it in items]
+    words = ds.layout == "fsdd"
+    return Split(
+        audio,
+        [it.speaker for it in items],
+        [it.utterance for it in items],
+        [it.label for it in items] if words else None,
+        "words" if words else None,
+        sr,
+    )
+
+
+def load_labelled(root: Path, data) -> Split:
+    """Held-out labelled utterances of a folder for ``vqkit units``: a festival corpus (phones) or
+    FSDD (words)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    kind = "builtin" if (root / "manifest.json").is_file() else "fsdd"
+    cfg = type(data)(**{**data.__dict__, "kind": kind, "root": str(root), "max_files": None})
+    try:
+        test = load_split(cfg, "test")
+    except ValueError as e:
+        raise ValueError(
+            f"{root} holds no labelled speech: `vqkit units` needs a festival corpus (made by "
+            f"`vqkit data speech`, phone labels) or FSDD recordings (word labels); {e}"
+        ) from None
+    return test
+
+
+# --- codes -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_utterance(vqvae, audio: torch.Tensor, device) -> torch.Tensor:
+    """``(T,)`` mu-law classes -> ``(ceil(T / hop),)`` codes (the tail padded with silence)."""
+    x = audio.long().to(device)
+    pad = -len(x) % vqvae.hop
+    x = F.pad(x, (0, pad), value=SILENCE_CLASS) if pad or len(x) == 0 else x
+    if len(x) == 0:
+        x = torch.full((vqvae.hop,), SILENCE_CLASS, device=device)
+    return vqvae.encode(x[None])[0]
+
+
+def codebook_vectors(vqvae) -> torch.Tensor:
+    """``(K, D)`` the vector each code decodes to."""
+    k = vqvae.quantizer.num_codes
+    with torch.no_grad():
+        table = vqvae.quantizer.decode(torch.arange(k, device=_device(vqvae))[None])  # (1, D, K)
+    return table[0].t().cpu()
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def pick_sources(test: Split, speakers: list[str], n: int) -> list[int]:
+    """``n`` test utterances by training speakers, spread over the (sorted) list."""
+    known = [i for i, s in enumerate(test.speakers) if s in speakers]
+    if not known:
+        raise ValueError("no test utterance is by a training speaker; nothing to convert")
+    return [known[i] for i in spread(len(known), n)]
+
+
+# --- unit discovery --------------------------------------------------------------------------
+
+
+def _segment_frames(seg: Segment, rate: float, num_frames: int) -> list[int]:
+    """Frames whose centre lies in the segment, or the frame holding its midpoint."""
+    first = math.ceil(seg.start_s * rate - 0.5)
+    last = math.ceil(seg.end_s * rate - 0.5)  # exclusive
+    frames = [f for f in range(max(first, 0), min(last, num_frames))]
+    if not frames:
+        frames = [min(max(int((seg.start_s + seg.end_s) / 2 * rate), 0), num_frames - 1)]
+    return frames
+
+
+def unit_metrics(codes: list[torch.Tensor], test: Split, rate: float, cfg, *, codebook) -> dict:
+    """Frame accuracy (paper), chance, purity, cluster purity, PNMI and ABX of held-out codes."""
+    if test.label_kind is None:
+        return {}
+    labels = [frame_labels(test.segments(i), rate, len(c)) for i, c in enumerate(codes)]
+    arrays = [c.numpy() for c in codes]
+    out = {
+        "unit_labels": test.label_kind,
+        "unit_accuracy": code_label_accuracy(arrays, labels),
+        "unit_chance": chance_accuracy(labels),
+        "unit_purity": purity(arrays, labels),
+        "unit_cluster_purity": cluster_purity(arrays, labels),
+        "unit_pnmi": pnmi(arrays, labels),
+    }
+    segs, seg_labels, seg_speakers = [], [], []
+    for i, c in enumerate(codes):
+        for seg in test.segments(i):
+            if seg.label in SILENCES:
+                continue
+            segs.append(c[_segment_frames(seg, rate, len(c))].numpy())
+            seg_labels.append(seg.label)
+            seg_speakers.append(test.speakers[i])
+    for within in (True, False):
+        key = "unit_abx_within" if within else "unit_abx_across"
+        try:
+            out[key] = abx_error(
+                segs,
+                seg_labels,
+                seg_speakers,
+                within_speaker=within,
+                codebook=codebook,
+                num_triples=cfg.abx_triples,
+            )
+        except ValueError as e:  # too few segments (tiny runs): say so instead of failing
+            out[key] = f"n/a: {e}"
+    return out
+
+
+def plot_codes(run_dir: Path, codes, test: Split, rate: float, count: int) -> list[str]:
+    """SVG plots of codes over time against the labels of the first ``count`` test utterances."""
+    if test.label_kind is None:
+        return []
+    paths = []
+    for i in range(min(count, len(codes))):
+        svg = svg_codes_vs_labels(
+            codes[i].tolist(),
+            rate,
+            test.segments(i),
+            title=f"{test.ids[i]} ({test.speakers[i]}): codes vs {test.label_kind}",
+        )
+        path = f"codes_{test.ids[i]}.svg"
+        (run_dir / path).write_text(svg)
+        paths.append(path)
+    return paths
+
+
+# --- reconstruction, prior, generation speed -------------------------------------------------
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    vqvae,
+    test: Split,
+    speakers,
+    result: dict,
+    device,
+    *,
+    nll_utterances: int = 16,
+    nll_seconds: float = 2.0,
+) -> dict:
+    """Teacher-forced test NLL, log-mel distance of generated reconstructions, decoding speed."""
+    out = {}
+    known = [i for i, s in enumerate(test.speakers) if s in speakers]
+    bits = []
+    for i in known[:nll_utterances]:
+        n = min(len(test.audio[i]), int(nll_seconds * test.sample_rate)) // vqvae.hop * vqvae.hop
+        if n == 0:
+            continue
+        x = test.audio[i][:n].long()[None].to(device)
+        spk = torch.tensor([speakers.index(test.speakers[i])], device=device)
+        bits.append(float(vqvae.nll_bits(x, spk if vqvae.num_speakers else None)))
+    if bits:
+        out["test_nll_bits_per_sample"] = statistics.fmean(bits)
+    mel = LogMel(test.sample_rate)
+    dists = []
+    for (kind, s, t), wav in zip(result["jobs"], result["wavs"]):
+        if kind == "convert" and speakers[t] == test.speakers[s]:
+            ref = test.waveform(s)[: len(wav)]
+            db = 10 / math.log(10)
+            diff = (mel(ref[None]) - mel(wav[None])) * db  # (1, n_mels, F)
+            dists.append(float(diff.pow(2).mean(1).sqrt().mean()))
+    if dists:
+        out["recon_logmel_distance_db"] = statistics.fmean(dists)
+    out.update(generation_speed(vqvae, result, test.sample_rate, device))
+    return out
+
+
+@torch.inference_mode()
+def generation_speed(vqvae, result: dict, sample_rate: int, device, repeats: int = 3) -> dict:
+    """Cached decoding speed (measured on the matrix) against naive decoding, whose steady-state
+    cost per sample is one forward pass over the receptive field (timed directly)."""
+    batch = len(result["jobs"])
+    wavenet = vqvae.decoder.wavenet
+    field = wavenet.receptive_field
+    x = torch.full((batch, field), SILENCE_CLASS, device=device)
+    local = torch.zeros(batch, wavenet.local_channels, field, device=device)
+    spk = torch.zeros(batch, dtype=torch.long, device=device) if wavenet.global_classes else None
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        wavenet(x, local, spk)
+        times.append(time.perf_counter() - t0)
+    cached = result["decoded_samples"] / result["decode_s"]  # samples/s over the whole batch
+    naive = batch / statistics.median(times)
+    per_stream = sample_rate * batch  # samples/s needed to keep every stream real time
+    return {
+        "decode_batch": batch,
+        "decode_samples_per_s_cached": cached,
+        "decode_samples_per_s_naive": naive,
+        "decode_rtf_cached": per_stream / cached,
+        "decode_rtf_naive": per_stream / naive,
+        "decode_speedup": cached / naive,
+    }
+
+
+@torch.no_grad()
+def prior_metrics(prior, codes_train, codes_test, test: Split, speakers, device) -> dict:
+    """Test NLL of the prior in bits per code, beside log2 K and the unigram entropy."""
+    k = prior.in_classes
+    counts = torch.bincount(torch.cat(codes_train), minlength=k).double() + 1.0
+    unigram = -(counts / counts.sum()).log2()
+    bits, uni, n = 0.0, 0.0, 0
+    for c, s in zip(codes_test, test.speakers):
+        if s not in speakers:
+            continue
+        spk = torch.tensor([speakers.index(s)], device=device) if prior.global_classes else None
+        bits += float(prior.nll_bits(c[None].to(device), speaker=spk)) * len(c)
+        uni += float(unigram[c].sum())
+        n += len(c)
+    if n == 0:
+        return {}
+    return {
+        "prior_bits_per_code": bits / n,
+        "unigram_bits_per_code": uni / n,
+        "log2_num_codes": math.log2(k),
+    }
+
+
+# --- conversion ------------------------------------------------------------------------------
+
+
+def _content_targets(split: Split, i: int, clf_rate: float, num_frames: int, vocab: dict):
+    if split.label_kind == "words":
+        return split.labels[i]
+    names = frame_labels(split.segments(i), clf_rate, num_frames)
+    return torch.tensor([vocab.get(p, -100) for p in names])
+
+
+def conversion_metrics(train: Split, test: Split, speakers, result: dict, cfg, device) -> dict:
+    """Speaker and content classifiers trained on real training audio, applied to real test
+    audio (their reference accuracy), reconstructions, conversions and prior samples."""
+    sr, e = train.sample_rate, cfg.eval
+    if len(speakers) < 2:
+        return {}
+    opts = dict(sample_rate=sr, steps=e.classifier_steps, crop=e.classifier_crop, device=device)
+    waves = [train.waveform(i) for i in range(len(train.audio))]
+    spk_clf = train_classifier(
+        waves, [speakers.index(s) for s in train.speakers], num_classes=len(speakers), **opts
+    )
+    known = [i for i, s in enumerate(test.speakers) if s in speakers]
+    test_waves = [test.waveform(i) for i in known]
+    out = {
+        "speaker_clf_test_accuracy": accuracy(
+            predict(spk_clf, test_waves), [speakers.index(test.speakers[i]) for i in known]
+        )
+    }
+
+    content_clf, vocab = None, {}
+    if train.label_kind == "words":
+        num = max(train.labels) + 1
+        content_clf = train_classifier(waves, train.labels, num_classes=num, **opts)
+    elif train.label_kind == "phones":
+        vocab = {p: k for k, p in enumerate(sorted({s.label for seg in train.labels for s in seg}))}
+        rate = LogMel(sr).frame_rate
+        frames = [
+            _content_targets(train, i, rate, LogMel(sr).num_frames(len(w)), vocab)
+            for i, w in enumerate(waves)
+        ]
+        content_clf = train_classifier(
+            waves, frames, num_classes=len(vocab), frame_level=True, **opts
+        )
+    if content_clf is not None:
+        feats = content_clf.features
+        targets = [
+            _content_targets(test, i, feats.frame_rate, feats.num_frames(len(w)), vocab)
+            for i, w in zip(known, test_waves)
+        ]
+        out["content_clf_test_accuracy"] = accuracy(predict(content_clf, test_waves), targets)
+
+    groups: dict[str, tuple[list, list, list]] = {
+        "recon": ([], [], []),
+        "convert": ([], [], []),
+        "sample": ([], [], []),
+    }
+    for (kind, s, t), wav in zip(result["jobs"], result["wavs"]):
+        if kind == "convert":
+            kind = "recon" if speakers[t] == test.speakers[s] else "convert"
+        waves_k, spk_k, content_k = groups[kind]
+        waves_k.append(wav)
+        spk_k.append(t)
+        if content_clf is not None and s is not None:
+            feats = content_clf.features
+            content_k.append(
+                _content_targets(test, s, feats.frame_rate, feats.num_frames(len(wav)), vocab)
+            )
+    names = {"recon": "recon", "convert": "conversion", "sample": "prior_sample"}
+    for kind, (w, spk, content) in groups.items():
+        if not w:
+            continue
+        out[f"{names[kind]}_speaker_rate"] = accuracy(predict(spk_clf, w), spk)
+        if content:
+            out[f"{names[kind]}_content_rate"] = accuracy(predict(content_clf, w), content)
+        out[f"{names[kind]}_count"] = len(w)
+    if "conversion_speaker_rate" in out:
+        out["target_speaker_rate"] = out["conversion_speaker_rate"]
+    if "conversion_content_rate" in out:
+        out["content_kept_rate"] = out["conversion_content_rate"]
+    return out

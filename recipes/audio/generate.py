@@ -1,0 +1,130 @@
+"""Generation for the audio recipe: the conversion matrix and prior samples decoded in one
+batch, their WAV files and report entries."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vqkit.audio import MuLawDecode, save_audio
+from vqkit.runs import add_media
+
+SILENCE_CLASS = 128  # mu-law class of 0.0
+
+
+@contextlib.contextmanager
+def one_thread_on_cpu(device: torch.device):
+    """Cached generation on a CPU runs single-threaded: its per-sample matmuls are too small to
+    split, and splitting them costs more than it saves (much more on a busy machine)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def speaker_arg(model, speaker: torch.Tensor) -> torch.Tensor | None:
+    return speaker if model.num_speakers else None
+
+
+def targets_of(speakers: list[str], max_targets: int | None) -> list[int]:
+    """Target speaker ids for the matrix: all, or ``max_targets`` spread over the list."""
+    n = len(speakers)
+    if max_targets is None or max_targets >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / max(1, max_targets - 1)) for i in range(max_targets)})
+
+
+@torch.no_grad()
+def decode_matrix(vqvae, prior, cfg, test: Any, codes: list, sources: list[int], speakers, device):
+    """Conversions (every source x every target) and prior samples, generated in one batch.
+
+    Args:
+        vqvae, prior: the trained models.
+        cfg: the recipe config (its ``data`` and ``convert`` sections).
+        test: the test split; ``codes`` its codes, one ``(T_i',)`` tensor per utterance.
+        sources: test utterances to convert.
+        speakers: training speaker names.
+        device: where the models are.
+
+    Returns:
+        ``{"jobs": [(kind, source or None, target id)], "wavs": [float waveforms], "sources",
+        "targets", "decode_s", "decoded_samples"}``.
+    """
+    c = cfg.convert
+    rate = cfg.data.sample_rate / vqvae.hop  # codes per second
+    max_codes = max(1, int(c.seconds * rate))
+    targets = targets_of(speakers, c.max_targets)
+    silence = vqvae.encode(torch.full((1, vqvae.hop), SILENCE_CLASS, device=device))[0, 0]
+    jobs, rows, lengths = [], [], []
+    for s in sources:
+        row = codes[s][:max_codes].to(device)
+        for t in targets:
+            jobs.append(("convert", s, t))
+            rows.append(row)
+            lengths.append(min(len(test.audio[s]), len(row) * vqvae.hop))
+    if prior is not None and c.prior_samples > 0:
+        gen = torch.Generator(device=device).manual_seed(c.seed)
+        tgt = torch.tensor(targets, device=device).repeat_interleave(c.prior_samples)
+        sampled = prior.generate(
+            max_codes,
+            speaker=tgt if prior.global_classes else None,
+            batch=len(tgt),
+            temperature=c.temperature,
+            generator=gen,
+        )
+        for t, row in zip(tgt.tolist(), sampled):
+            jobs.append(("sample", None, t))
+            rows.append(row)
+            lengths.append(max_codes * vqvae.hop)
+    width = max(len(r) for r in rows)
+    batch = torch.stack([F.pad(r, (0, width - len(r)), value=int(silence)) for r in rows])
+    speaker = torch.tensor([t for _, _, t in jobs], device=device)
+    gen = torch.Generator(device=device).manual_seed(c.seed + 1)
+    t0 = time.perf_counter()
+    audio = vqvae.decode(
+        batch, speaker_arg(vqvae, speaker), temperature=c.temperature, generator=gen
+    )
+    seconds = time.perf_counter() - t0
+    wavs = [MuLawDecode(256)(a[:n].cpu()) for a, n in zip(audio, lengths)]
+    return {
+        "jobs": jobs,
+        "wavs": wavs,
+        "sources": sources,
+        "targets": targets,
+        "decode_s": seconds,
+        "decoded_samples": int(audio.numel()),
+    }
+
+
+def write_media(run_dir: Path, result: dict, test: Any, speakers: list[str], sr: int) -> None:
+    """WAVs of originals, reconstructions, the conversion matrix and prior samples + media.json."""
+    for s in result["sources"]:
+        name = f"originals/{test.ids[s]}.wav"
+        save_audio(run_dir / name, MuLawDecode(256)(test.audio[s].long()), sr)
+        add_media(run_dir, "audio", name, f"{test.ids[s]} ({test.speakers[s]})", "Originals")
+    counts: dict[str, int] = {}
+    for (kind, s, t), wav in zip(result["jobs"], result["wavs"]):
+        target = speakers[t]
+        if kind == "sample":
+            counts[target] = counts.get(target, 0) + 1
+            name = f"samples/{target}_{counts[target]}.wav"
+            title, group = f"prior sample as {target}", "Prior samples (codes from the prior)"
+        elif target == test.speakers[s]:
+            name = f"reconstructions/{test.ids[s]}.wav"
+            title, group = f"{test.ids[s]} ({target})", "Reconstructions (own speaker)"
+        else:
+            name = f"conversions/{test.ids[s]}__to_{target}.wav"
+            title = f"{test.ids[s]} ({test.speakers[s]}) as {target}"
+            group = f"Conversions of {test.ids[s]} ({test.speakers[s]})"
+        save_audio(run_dir / name, wav, sr)
+        add_media(run_dir, "audio", name, title, group)

@@ -1,0 +1,648 @@
+"""The video recipe: train VQ-VAE -> encode -> train prior -> reconstruct -> predict continuations
+from context frames -> action-conditioned rollouts -> evaluate -> report.
+
+Run it with ``vqkit run video [--preset builtin|folder] [--set key=value ...]``, then
+``vqkit predict RUN_DIR --context CLIP [--actions up,up,left]`` on the finished run.
+
+The prior is a causal transformer over the ``(T', H', W')`` code volume conditioned on one
+condition per frame (the built-in set's actions, or a folder's class label repeated over the
+frames). A prediction encodes the context frames *alone* (so no code sees the future), keeps
+their codes as a prefix and samples the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from vqkit.config import save_config
+from vqkit.datasets.synthetic_video import (
+    ACTIONS,
+    SyntheticVideo,
+    action_ids,
+    action_path,
+    controlled_mask,
+)
+from vqkit.datasets.video import VideoFolder, read_video, write_video
+from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
+from vqkit.metrics.video import (
+    copy_last_frame,
+    direction_agreement,
+    path_error,
+    psnr_per_frame,
+    track_centroids,
+)
+from vqkit.models.video_prior import video_prior
+from vqkit.models.vqvae import vqvae_video
+from vqkit.report import build_report
+from vqkit.runs import add_media, write_json
+from vqkit.train import TrainConfig, fit, load_model, resolve_device
+from vqkit.train.distributed import is_main, rank_device
+
+LN2 = math.log(2)
+
+
+@dataclass
+class DataConfig:
+    """Which clips. ``kind``: builtin (synthetic sprites, no files) or folder (video files under
+    ``root``: ``root/train`` + ``root/test``, or a tenth of the videos held out)."""
+
+    kind: str = "builtin"
+    root: str | None = None
+    num_frames: int = 16
+    context_frames: int = 6
+    frame_size: int = 32
+    train_size: int | None = 2000  # builtin: clips; folder: at most this many (None: all)
+    test_size: int | None = 64
+    num_sprites: int = 3  # builtin: distractor sprites
+    frame_rate: float | None = None  # folder: resample to this many fps
+    frames_between_clips: int | None = None  # folder: default num_frames
+    skip_bad_videos: bool = False  # folder: leave unreadable or empty files out
+    seed: int = 0
+
+
+@dataclass
+class QuantizerConfig:
+    beta: float = 0.25
+    ema: bool = True
+    decay: float = 0.99
+    kmeans_init: bool = True
+    restart_after: int | None = 100
+
+
+@dataclass
+class VQVAEConfig:
+    hidden: int = 64
+    res_hidden: int = 32
+    num_res_blocks: int = 2
+    num_codes: int = 256
+    code_dim: int = 64
+    # Per stage, per axis (time, height, width): time x2 and space x4.
+    strides: list[list[int]] = field(default_factory=lambda: [[2, 2, 2], [1, 2, 2]])
+    likelihood: str = "gaussian"
+    normalize_by_variance: bool = True  # Sonnet's recipe: beta keeps its meaning at any scale
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+
+@dataclass
+class PriorConfig:
+    dim: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    conditional: bool = True  # actions (builtin) or classes (a folder with several)
+
+
+@dataclass
+class PredictConfig:
+    temperature: float = 1.0
+    seed: int = 0
+    rollouts: int = 64  # builtin: test clips steered by new action sequences
+    gif_clips: int = 4  # clips shown in each GIF
+    fps: float = 6.0
+    upscale: int = 3
+
+
+@dataclass
+class VideoRecipeConfig:
+    modality: str = "video"
+    data: DataConfig = field(default_factory=DataConfig)
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    vqvae_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1500, batch_size=8, lr=1e-3)
+    )
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    prior_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1500, batch_size=8, lr=1e-3)
+    )
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    eval_batch_size: int = 32
+
+
+CONFIG = VideoRecipeConfig
+TRAIN_STAGES = ("vqvae_train", "prior_train")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def datasets(cfg: VideoRecipeConfig) -> tuple[Dataset, Dataset]:
+    """Train and test clip sets returning ``(clip (3, T, H, W) in [0, 1], cond)``."""
+    d = cfg.data
+    if d.context_frames < 1 or d.context_frames >= d.num_frames:
+        raise ValueError(
+            f"data.context_frames={d.context_frames} must lie in [1, num_frames={d.num_frames})"
+        )
+    if d.kind == "builtin":
+        common = dict(num_frames=d.num_frames, frame_size=d.frame_size, seed=d.seed)
+        return (
+            SyntheticVideo(split="train", size=d.train_size, num_sprites=d.num_sprites, **common),
+            SyntheticVideo(split="test", size=d.test_size, num_sprites=d.num_sprites, **common),
+        )
+    if d.kind == "folder":
+        if d.root is None:
+            raise ValueError("data.kind=folder needs a folder of videos: pass --data ROOT")
+        common = dict(
+            clip_length=d.num_frames,
+            frames_between_clips=d.frames_between_clips,
+            frame_rate=d.frame_rate,
+            size=d.frame_size,
+            on_error="skip" if d.skip_bad_videos else "raise",
+        )
+        return VideoFolder(d.root, split="train", **common), VideoFolder(
+            d.root, split="test", **common
+        )
+    raise ValueError(f"data.kind must be 'builtin' or 'folder', got {d.kind!r}")
+
+
+def materialize(dataset: Dataset, limit: int | None) -> TensorDataset:
+    """The first ``limit`` clips as uint8 ``(N, 3, T, H, W)`` and per-frame conditions ``(N, T)``.
+
+    Clips are decoded (or drawn) once: training then reads memory, not files. Evenly spaced
+    clips are kept when a folder has more than ``limit``.
+    """
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    order = np.linspace(0, len(dataset) - 1, n).round().astype(int) if n else []
+    clips, conds = [], []
+    for i in order:
+        clip, cond = dataset[int(i)]
+        clips.append((clip * 255).round().to(torch.uint8))
+        cond = torch.as_tensor(cond, dtype=torch.long)
+        conds.append(cond if cond.dim() else cond.expand(clip.shape[1]))  # a label per frame
+    return TensorDataset(torch.stack(clips), torch.stack(conds))
+
+
+def as_float(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 clips -> float in ``[0, 1]``."""
+    return clips.float() / 255
+
+
+def num_conds(cfg: VideoRecipeConfig, train: Dataset) -> int | None:
+    """Size of the condition vocabulary, or None for an unconditional prior."""
+    if not cfg.prior.conditional:
+        return None
+    if isinstance(train, SyntheticVideo):
+        return len(ACTIONS)
+    classes = len(getattr(train, "classes", []))
+    return classes if classes > 1 else None
+
+
+def step_conds(frame_conds: torch.Tensor, time_factor: int) -> torch.Tensor:
+    """Per-frame conditions ``(B, T)`` -> per code step ``(B, T', time_factor)``."""
+    b, t = frame_conds.shape
+    return frame_conds.reshape(b, t // time_factor, time_factor)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def build_vqvae(cfg: VQVAEConfig):
+    q = cfg.quantizer
+    return vqvae_video(
+        hidden=cfg.hidden,
+        res_hidden=cfg.res_hidden,
+        num_res_blocks=cfg.num_res_blocks,
+        num_codes=cfg.num_codes,
+        code_dim=cfg.code_dim,
+        strides=[list(s) for s in cfg.strides],
+        likelihood=cfg.likelihood,
+        quantizer=dict(
+            beta=q.beta,
+            ema=q.ema,
+            decay=q.decay,
+            kmeans_init=q.kmeans_init,
+            restart_after=q.restart_after,
+        ),
+    )
+
+
+def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
+    model = build_vqvae(cfg.vqvae)
+    scale = 1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0
+
+    def step(model, batch):
+        clips, _ = batch
+        out = model(as_float(clips) - 0.5)
+        loss = scale * out.recon_loss + out.quant.loss
+        return loss, {
+            "recon_loss": out.recon_loss,
+            "vq_loss": out.quant.loss,
+            "perplexity": out.quant.perplexity,
+            "usage": out.quant.usage,
+        }
+
+    result = fit(
+        model,
+        step,
+        train_set,
+        cfg=cfg.vqvae_train,
+        run_dir=run_dir,
+        name="vqvae",
+        resume=resume,
+        progress=progress,
+    )
+    return model.eval(), result
+
+
+@torch.no_grad()
+def encode_all(vqvae, clips: torch.Tensor, device, batch_size: int) -> torch.Tensor:
+    """uint8 clips ``(N, 3, T, H, W)`` -> codes ``(N, T', H', W')`` on the CPU."""
+    return torch.cat(
+        [
+            vqvae.encode(as_float(clips[i : i + batch_size].to(device)) - 0.5).cpu()
+            for i in range(0, len(clips), batch_size)
+        ]
+    )
+
+
+def train_prior(cfg, codes, conds, vocab, time_factor, run_dir, *, resume, progress):
+    prior = video_prior(
+        num_codes=cfg.vqvae.num_codes,
+        shape=list(codes.shape[1:]),
+        dim=cfg.prior.dim,
+        num_layers=cfg.prior.num_layers,
+        num_heads=cfg.prior.num_heads,
+        num_conds=vocab,
+        cond_per_step=time_factor,
+    )
+
+    def step(prior, batch):
+        c, y = batch
+        loss = prior.loss(c, y if vocab else None)
+        return loss, {"nll_bits": loss / LN2}
+
+    result = fit(
+        prior,
+        step,
+        TensorDataset(codes, step_conds(conds, time_factor)),
+        cfg=cfg.prior_train,
+        run_dir=run_dir,
+        name="prior",
+        resume=resume,
+        progress=progress,
+    )
+    return prior.eval(), result
+
+
+# --- prediction ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_clips(
+    vqvae, prior, context: torch.Tensor, conds: torch.Tensor | None, *, temperature, generator
+) -> torch.Tensor:
+    """Continue context frames ``(B, 3, C, H, W)`` in ``[0, 1]`` to ``(B, 3, T, H, W)``.
+
+    The context is encoded on its own, its codes kept as a prefix, the rest sampled from the
+    prior under ``conds`` (per frame, ``(B, T)``), and the whole volume decoded.
+    """
+    ft = vqvae.factor[0]
+    device = prior.tok.weight.device
+    prefix = vqvae.encode(context.to(device) - 0.5)  # (B, C / ft, H', W')
+    cond = None if conds is None else step_conds(conds.to(device), ft)
+    codes = prior.generate(context=prefix, cond=cond, temperature=temperature, generator=generator)
+    return (vqvae.decode(codes) + 0.5).clamp(0, 1)
+
+
+@contextmanager
+def one_thread():
+    """Sampling runs hundreds of tiny ops per code; on the CPU, waking a second thread for each
+    costs more than it saves (many times more on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def predict_all(vqvae, prior, clips, conds, cfg, device, *, seed_offset=0) -> torch.Tensor:
+    """Predictions for uint8 clips ``(N, 3, T, H, W)`` from their first context frames."""
+    gen = torch.Generator(device=device).manual_seed(cfg.predict.seed + seed_offset)
+    c, bs = cfg.data.context_frames, cfg.eval_batch_size
+    outs = []
+    for i in range(0, len(clips), bs):
+        y = None if conds is None else conds[i : i + bs]
+        context = as_float(clips[i : i + bs, :, :c])
+        with one_thread():
+            pred = predict_clips(
+                vqvae, prior, context, y, temperature=cfg.predict.temperature, generator=gen
+            )
+        outs.append(pred.cpu())
+    return torch.cat(outs)
+
+
+# --- media -----------------------------------------------------------------------------------
+
+
+def _framed(clip: torch.Tensor, colour: tuple[float, float, float], frames: slice) -> torch.Tensor:
+    """A copy of clip ``(3, T, H, W)`` with a 1-pixel border of ``colour`` on ``frames``."""
+    out = clip.clone()
+    rgb = torch.tensor(colour)[:, None, None, None]  # (3, 1, 1, 1)
+    out[:, frames, [0, -1], :] = rgb
+    out[:, frames, :, [0, -1]] = rgb
+    return out
+
+
+def panel_gif(rows: list[list[torch.Tensor]], path: Path, cfg: VideoRecipeConfig) -> None:
+    """A GIF of clips ``(3, T, H, W)`` laid out in rows and columns, 2-pixel white gaps."""
+    pad = lambda x: F.pad(x, (2, 0, 2, 0), value=1.0)  # noqa: E731
+    grid = torch.cat([torch.cat([pad(c) for c in row], dim=3) for row in rows], dim=2)
+    grid = F.pad(grid, (0, 2, 0, 2), value=1.0)
+    up = cfg.predict.upscale
+    grid = F.interpolate(grid.transpose(0, 1), scale_factor=up, mode="nearest").transpose(0, 1)
+    write_video(path, grid, fps=cfg.predict.fps)
+
+
+def prediction_rows(originals, recons, preds, context: int) -> list[list[torch.Tensor]]:
+    """Rows of original | reconstruction | prediction; the prediction's context frames carry a
+    green border, its generated frames a red one."""
+    rows = []
+    for x, r, p in zip(originals, recons, preds):
+        p = _framed(
+            _framed(p, (0.1, 0.8, 0.1), slice(0, context)), (0.9, 0.1, 0.1), slice(context, None)
+        )
+        rows.append([x, r, p])
+    return rows
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reconstruct_all(vqvae, clips, device, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and reconstructions in ``[0, 1]`` of uint8 clips."""
+    codes, recons = [], []
+    for i in range(0, len(clips), batch_size):
+        c = vqvae.encode(as_float(clips[i : i + batch_size].to(device)) - 0.5)
+        codes.append(c.cpu())
+        recons.append((vqvae.decode(c) + 0.5).clamp(0, 1).cpu())
+    return torch.cat(codes), torch.cat(recons)
+
+
+@torch.no_grad()
+def prior_bits(prior, codes, conds, time_factor, batch_size, *, from_step=0) -> float:
+    """Mean bits per code of ``codes`` under the prior (steps ``>= from_step``)."""
+    device, total = prior.tok.weight.device, 0.0
+    for i in range(0, len(codes), batch_size):
+        y = None if prior.num_conds is None else step_conds(conds[i : i + batch_size], time_factor)
+        c = codes[i : i + batch_size].to(device)
+        total += prior.nll_bits(c, None if y is None else y.to(device), from_step=from_step).sum()
+    return float(total) / len(codes)
+
+
+def action_following(vqvae, prior, test: SyntheticVideo, clips, conds, cfg, device) -> dict:
+    """Steer the controlled sprite with new action sequences; score how well it follows.
+
+    Each test clip's future gets fresh actions (the set's own sticky process, seeded); the
+    commanded path is where those actions take the sprite from its true place at the last
+    context frame. The same contexts are then rolled out under the *shuffled* commands (each
+    clip gets another clip's) and scored against the same commanded paths: a prior that ignores
+    its actions scores alike on both.
+    """
+    n, c = min(cfg.predict.rollouts, len(clips)), cfg.data.context_frames
+    rng = np.random.default_rng(cfg.predict.seed + 7)
+    commanded = conds[:n].clone()
+    commanded[:, c:] = torch.from_numpy(np.stack([test.sample_actions(rng) for _ in range(n)]))[
+        :, c:
+    ]
+    starts = torch.stack([test.controlled_path(i)[c - 1] for i in range(n)])  # (n, 2)
+    path = torch.from_numpy(
+        action_path(starts, commanded[:, c - 1 :], frame_size=test.frame_size, speed=test.speed)
+    )  # (n, T - c + 1, 2): frames c - 1 .. T - 1
+    shuffled = commanded.clone()
+    shuffled[:, c:] = commanded[torch.roll(torch.arange(n), 1), c:]
+    out = {}
+    for name, actions in (("commanded", commanded), ("shuffled", shuffled)):
+        frames = predict_all(vqvae, prior, clips[:n], actions, cfg, device, seed_offset=1)
+        tracked, found = track_centroids(controlled_mask(frames[:, :, c - 1 :]))
+        out[f"action_error_px_{name}"] = float(path_error(tracked[:, 1:], path[:, 1:]).mean())
+        out[f"action_direction_agreement_{name}"] = direction_agreement(tracked, path)
+        out[f"action_sprite_found_{name}"] = float(found[:, 1:].float().mean())
+    return out
+
+
+@torch.no_grad()
+def evaluate(vqvae, prior, cfg, test_set, clips, conds, codes_train, variance, device) -> dict:
+    """Reconstruction, prior NLL, prediction by horizon against copy-last-frame, actions."""
+    c, ft = cfg.data.context_frames, vqvae.factor[0]
+    bs = cfg.eval_batch_size
+    x = as_float(clips)
+    codes, recons = reconstruct_all(vqvae, clips, device, bs)
+    recon_frames = psnr_per_frame(recons, x)  # (T,)
+    vocab = prior.num_conds
+    preds = predict_all(vqvae, prior, clips, conds if vocab else None, cfg, device)
+    future = x[:, :, c:]
+    pred_h = psnr_per_frame(preds[:, :, c:], future)  # (T - c,)
+    copy_h = psnr_per_frame(copy_last_frame(x, c), future)
+    hist = code_histogram(codes, vqvae.quantizer.num_codes)
+    mse = float(F.mse_loss(recons, x))
+    metrics = {
+        "recon_psnr": float(
+            psnr(recons.transpose(1, 2).flatten(0, 1), x.transpose(1, 2).flatten(0, 1))
+        ),
+        "recon_mse": mse,
+        "data_variance": variance,
+        "recon_mse_over_variance": mse / variance,
+        "prior_bits_per_code": prior_bits(prior, codes, conds, ft, bs),
+        "prior_bits_per_code_future": prior_bits(prior, codes, conds, ft, bs, from_step=c // ft),
+        "unigram_bits_per_code": float(unigram_bits(codes_train, codes, vqvae.quantizer.num_codes)),
+        "log2_num_codes": math.log2(vqvae.quantizer.num_codes),
+        "test_perplexity": float(perplexity(hist)),
+        "test_usage": float(usage(hist)),
+        "pred_psnr_mean": float(pred_h.mean()),
+        "copy_last_psnr_mean": float(copy_h.mean()),
+        "recon_psnr_future_mean": float(recon_frames[c:].mean()),
+        "pred_beats_copy_last_horizons": int((pred_h > copy_h).sum()),
+        "horizons": len(pred_h),
+    }
+    for h, (p, b) in enumerate(zip(pred_h.tolist(), copy_h.tolist()), start=1):
+        metrics[f"pred_psnr_h{h:02d}"] = p
+        metrics[f"copy_last_psnr_h{h:02d}"] = b
+    if isinstance(test_set, SyntheticVideo) and vocab:
+        paths = torch.stack([test_set.controlled_path(i) for i in range(len(clips))])
+        tracked, _ = track_centroids(controlled_mask(preds[:, :, c - 1 :]))
+        metrics["action_error_px_true_actions"] = float(
+            path_error(tracked[:, 1:], paths[:, c:]).mean()
+        )
+        metrics.update(action_following(vqvae, prior, test_set, clips, conds, cfg, device))
+    lists = {
+        "recon_psnr_per_frame": recon_frames.tolist(),
+        "pred_psnr_by_horizon": pred_h.tolist(),
+        "copy_last_psnr_by_horizon": copy_h.tolist(),
+        "latent_shape": list(codes.shape[1:]),
+    }
+    return metrics, lists, hist, recons, preds
+
+
+@torch.no_grad()
+def rollout_rows(vqvae, prior, clips, cfg, device) -> list[list[torch.Tensor]]:
+    """Per clip: the true clip, then rollouts where every future frame has one action."""
+    c, t = cfg.data.context_frames, clips.shape[2]
+    rows = []
+    for action in range(1, len(ACTIONS)):  # up, down, left, right
+        actions = torch.zeros(len(clips), t, dtype=torch.long)
+        actions[:, c:] = action
+        rows.append(predict_all(vqvae, prior, clips, actions, cfg, device, seed_offset=2))
+    out = []
+    for i in range(len(clips)):
+        steer = [_framed(r[i], (0.9, 0.1, 0.1), slice(c, None)) for r in rows]
+        out.append([as_float(clips[i]), *steer])
+    return out
+
+
+def run(
+    cfg: VideoRecipeConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
+) -> dict:
+    """Run every stage; returns the metrics written to ``run_dir/metrics.json``."""
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    if is_main():  # under torchrun every rank trains; rank 0 alone writes the run's files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    device = rank_device(resolve_device(cfg.vqvae_train.device))
+    times = {}
+
+    t = time.perf_counter()
+    train_raw, test_raw = datasets(cfg)
+    train = materialize(train_raw, cfg.data.train_size)
+    test = materialize(test_raw, cfg.data.test_size)
+    variance = data_variance(as_float(train.tensors[0][:500]))
+    times["time_data_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    vqvae, vq_result = train_vqvae(
+        cfg, train, run_dir, resume=resume, progress=progress, variance=variance
+    )
+    times["time_vqvae_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    codes_train = encode_all(vqvae, train.tensors[0], device, cfg.eval_batch_size)
+    times["time_encode_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ft, vocab = vqvae.factor[0], num_conds(cfg, train_raw)
+    prior, prior_result = train_prior(
+        cfg, codes_train, train.tensors[1], vocab, ft, run_dir, resume=resume, progress=progress
+    )
+    times["time_prior_s"] = time.perf_counter() - t
+    if not is_main():  # prediction, evaluation and the report are rank 0's
+        return {}
+
+    t = time.perf_counter()
+    clips, conds = test.tensors
+    metrics, lists, hist, recons, preds = evaluate(
+        vqvae, prior, cfg, test_raw, clips, conds, codes_train, variance, device
+    )
+    k, c = min(cfg.predict.gif_clips, len(clips)), cfg.data.context_frames
+    panel_gif(
+        prediction_rows(as_float(clips[:k]), recons[:k], preds[:k], c),
+        run_dir / "predictions.gif",
+        cfg,
+    )
+    add_media(
+        run_dir,
+        "image",
+        "predictions.gif",
+        f"Test clips: original | reconstruction | prediction from the first {c} frames "
+        "(green border: context, red border: generated)",
+        "Predictions",
+    )
+    if isinstance(test_raw, SyntheticVideo) and vocab:
+        panel_gif(rollout_rows(vqvae, prior, clips[:k], cfg, device), run_dir / "rollouts.gif", cfg)
+        add_media(
+            run_dir,
+            "image",
+            "rollouts.gif",
+            f"Action-conditioned rollouts: true clip | every generated frame (red border) "
+            f"commanded up | down | left | right, from the same {c} context frames",
+            "Rollouts",
+        )
+    times["time_eval_s"] = time.perf_counter() - t
+
+    metrics.update(
+        vqvae_steps=vq_result.step,
+        prior_steps=prior_result.step,
+        skipped_steps=vq_result.skipped_steps + prior_result.skipped_steps,
+        device=str(device),
+        torch_threads=torch.get_num_threads(),
+        **times,
+        wall_time_s=time.perf_counter() - t_start,
+        cpu_time_s=time.process_time() - cpu_start,
+    )
+    write_json(run_dir / "metrics.json", {**metrics, **lists})
+    write_json(run_dir / "code_usage.json", hist.tolist())
+    build_report(run_dir)
+    return metrics
+
+
+# --- commands on a finished run --------------------------------------------------------------
+
+
+def predict(
+    cfg: VideoRecipeConfig,
+    run_dir: Path,
+    *,
+    context: Path,
+    actions: str | None = None,
+    label: int | None = None,
+    out: Path | None = None,
+    temperature: float | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+) -> Path:
+    """Continue the first ``context_frames`` of a video file; writes context + prediction.
+
+    Args:
+        context: a video file (mp4, webm, avi, gif, ...) with at least ``context_frames`` frames;
+            frames are resized and centre-cropped to the run's frame size.
+        actions: builtin runs: comma-separated action names or ids for the generated frames
+            (one for all, or one per generated frame); default "none".
+        label: class-conditional folder runs: the class id (default 0).
+        out: a .gif, .mp4 or .webm file; default ``RUN_DIR/predict.gif``.
+    """
+    dev = resolve_device(device)
+    vqvae = load_model(run_dir / "vqvae" / "ckpt", device=dev).eval()
+    prior = load_model(run_dir / "prior" / "ckpt", device=dev).eval()
+    d = cfg.data
+    c, t = d.context_frames, d.num_frames
+    frames = read_video(
+        context,
+        size=d.frame_size,
+        frame_rate=d.frame_rate if d.kind == "folder" else None,
+        num_frames=c,
+    )  # (3, c, S, S)
+    conds = None
+    if prior.num_conds is not None and d.kind == "builtin":
+        ids = action_ids(actions or "none")
+        if len(ids) not in (1, t - c):
+            raise ValueError(
+                f"--actions takes one action or one per generated frame ({t - c}), got {len(ids)}"
+            )
+        conds = torch.zeros(1, t, dtype=torch.long)
+        conds[0, c:] = torch.tensor(ids if len(ids) > 1 else ids * (t - c))
+    elif prior.num_conds is not None:
+        if actions is not None:
+            raise ValueError("this run is conditioned on classes, not actions: pass --label")
+        y = 0 if label is None else label
+        if not 0 <= y < prior.num_conds:
+            raise ValueError(f"--label must lie in [0, {prior.num_conds}), got {y}")
+        conds = torch.full((1, t), y, dtype=torch.long)
+    elif actions is not None or label is not None:
+        raise ValueError("this run's prior is unconditional: drop --actions/--label")
+    gen = torch.Generator(device=dev).manual_seed(cfg.predict.seed if seed is None else seed)
+    temp = cfg.predict.temperature if temperature is None else temperature
+    pred = predict_clips(vqvae, prior, frames[None], conds, temperature=temp, generator=gen)[0]
+    pred = _framed(pred.cpu(), (0.9, 0.1, 0.1), slice(c, None))
+    out = out or run_dir / "predict.gif"
+    if out.suffix.lower() == ".gif":
+        panel_gif([[pred]], out, cfg)
+    else:
+        write_video(out, pred, fps=cfg.predict.fps)
+    return out

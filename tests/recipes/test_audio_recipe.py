@@ -1,0 +1,253 @@
+"""The audio recipe end to end through the CLI, on tiny models and data (seconds of training):
+the festival corpus (phones) and FSDD (digits), then `vqkit convert` and `vqkit units`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from vqkit.cli import main
+from vqkit.datasets.speech_corpus import FESTIVAL_APT_COMMAND, SPEAKERS, build_speech_corpus
+
+SHARED = Path(
+    os.environ.get("VQKIT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared/data")
+)
+FSDD = SHARED / "fsdd"
+
+TINY = [
+    "threads=1",
+    "vqvae.hidden=8",
+    "vqvae.res_hidden=4",
+    "vqvae.num_res_blocks=1",
+    "vqvae.num_codes=16",
+    "vqvae.code_dim=4",
+    "vqvae.strides=[2,2,2,2]",
+    "vqvae.residual_channels=6",
+    "vqvae.layers_per_stack=3",
+    "vqvae.stacks=1",
+    "vqvae.crop=512",
+    "vqvae_train.steps=4",
+    "vqvae_train.batch_size=4",
+    "vqvae_train.log_every=2",
+    "prior.residual_channels=6",
+    "prior.layers_per_stack=2",
+    "prior.stacks=1",
+    "prior.crop=16",
+    "prior_train.steps=3",
+    "prior_train.batch_size=4",
+    "prior_train.log_every=1",
+    "convert.sources=2",
+    "convert.max_targets=3",
+    "convert.seconds=0.05",
+    "eval.classifier_steps=2",
+    "eval.abx_triples=20",
+]
+UNIT_KEYS = (
+    "unit_accuracy",
+    "unit_chance",
+    "unit_purity",
+    "unit_cluster_purity",
+    "unit_pnmi",
+    "unit_abx_within",
+    "unit_abx_across",
+)
+
+
+def sets(values: list[str]) -> list[str]:
+    return [x for v in values for x in ("--set", v)]
+
+
+def run_audio(out: Path, *args: str) -> dict:
+    assert main(["run", "audio", "--out", str(out), "--device", "cpu", "--no-progress", *args]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    if shutil.which("festival") is None:
+        pytest.skip(f"festival is not installed; install it with: {FESTIVAL_APT_COMMAND}")
+    return build_speech_corpus(tmp_path_factory.mktemp("speech"), num_sentences=3)
+
+
+@pytest.fixture(scope="module")
+def builtin_run(corpus, tmp_path_factory) -> tuple[Path, dict]:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("runs") / "builtin"
+    return out, run_audio(out, "--data", str(corpus), *sets(TINY))
+
+
+def test_builtin_run_writes_metrics_matrix_and_report(builtin_run):
+    out, metrics = builtin_run
+    speakers = json.loads((out / "speakers.json").read_text())
+    assert speakers == sorted(s.name for s in SPEAKERS)
+    assert metrics["num_codes"] == 16 and metrics["hop"] == 16
+    assert metrics["code_rate_hz"] == 8000 / 16 and metrics["vqvae_steps"] == 4
+    for key in (
+        *UNIT_KEYS,
+        "test_nll_bits_per_sample",
+        "recon_logmel_distance_db",
+        "prior_bits_per_code",
+        "log2_num_codes",
+        "target_speaker_rate",
+        "content_kept_rate",
+        "speaker_clf_test_accuracy",
+        "content_clf_test_accuracy",
+        "decode_samples_per_s_cached",
+        "decode_rtf_cached",
+        "decode_speedup",
+        "wall_time_s",
+    ):
+        assert key in metrics, key
+    assert metrics["unit_labels"] == "phones"
+    assert 0 < metrics["unit_chance"] <= metrics["unit_accuracy"] <= 1
+    assert metrics["unit_accuracy"] == pytest.approx(metrics["unit_purity"])
+    # The matrix: 2 sources x 3 targets; a source's own speaker is its reconstruction.
+    convs = sorted((out / "conversions").glob("*.wav"))
+    recons = sorted((out / "reconstructions").glob("*.wav"))
+    assert len(convs) + len(recons) == 6 and len(list((out / "originals").glob("*.wav"))) == 2
+    assert metrics["conversion_count"] == len(convs) and metrics.get("recon_count", 0) == len(
+        recons
+    )
+    assert len(list((out / "samples").glob("*.wav"))) == 3  # one prior sample per target
+    info = sf.info(str(convs[0]))
+    assert info.samplerate == 8000 and 0 < info.frames <= 0.05 * 8000 + 16
+    page = (out / "report.html").read_text()
+    assert page.count("<audio controls") == 2 + 6 + 3
+    assert "data:image/svg+xml;base64," in page  # codes-vs-phones plots
+    assert len(list(out.glob("codes_*.svg"))) == 2
+    assert 'data-key="unit_accuracy"' in page
+
+
+def test_convert_command_and_unknown_speaker(builtin_run, corpus, tmp_path, capsys):
+    out, _ = builtin_run
+    wav, rate = sf.read(str(next((corpus / "wav" / "kal").glob("*.wav"))))
+    source = tmp_path / "kal_clip.wav"
+    sf.write(str(source), wav[: rate // 10], rate)  # 0.1 s: generation is one sample a step
+    target = tmp_path / "as_slt.wav"
+    assert (
+        main(
+            [
+                "convert",
+                str(out),
+                "--source",
+                str(source),
+                "--speaker",
+                "slt",
+                "--out",
+                str(target),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    info = sf.info(str(target))
+    assert info.samplerate == 8000 and info.frames == 800
+    assert (
+        main(
+            [
+                "convert",
+                str(out),
+                "--source",
+                str(source),
+                "--speaker",
+                "nobody",
+                "--out",
+                str(tmp_path / "x.wav"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "unknown speaker 'nobody'" in err and "kal_high" in err and "slt_deep" in err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_sample_command_and_reconstruct_is_refused(builtin_run, tmp_path, capsys):
+    out, _ = builtin_run
+    target = tmp_path / "samples.wav"
+    assert main(["sample", str(out), "--out", str(target), "--device", "cpu"]) == 0
+    # One prior sample per target speaker (3) of 0.05 s (1 code of 16 samples at least), each
+    # followed by 0.3 s of silence.
+    frames = sf.info(str(target)).frames
+    assert frames == 3 * (16 * max(1, int(0.05 * 8000 / 16)) + int(0.3 * 8000))
+    assert main(["reconstruct", str(out), str(target)]) == 2
+    assert "does not apply to audio runs" in capsys.readouterr().err
+
+
+def test_units_command_prints_every_metric_with_k_and_rate(builtin_run, corpus, capsys):
+    out, metrics = builtin_run
+    capsys.readouterr()
+    assert main(["units", str(out), "--data", str(corpus), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "K = 16 codes at 500 Hz" in text and "phones" in text
+    for name in (
+        "accuracy",
+        "chance",
+        "purity",
+        "cluster_purity",
+        "pnmi",
+        "abx_within",
+        "abx_across",
+    ):
+        assert re.search(rf"^\s+{name}\s+\S", text, re.M), name
+    # The same held-out utterances as the run's own evaluation give the same accuracy.
+    shown = float(re.search(r"^\s+accuracy\s+(\S+)", text, re.M)[1])
+    assert shown == pytest.approx(metrics["unit_accuracy"], abs=1e-4)
+
+
+def test_units_on_unlabelled_folder_says_what_it_needs(builtin_run, tmp_path, capsys):
+    out, _ = builtin_run
+    (tmp_path / "spk").mkdir()
+    sf.write(str(tmp_path / "spk" / "a.wav"), [0.0] * 800, 8000)
+    assert main(["units", str(out), "--data", str(tmp_path)]) == 2
+    assert "labelled speech" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD not found at {FSDD}")
+def test_fsdd_run_scores_digits_and_speakers(tmp_path, capsys):
+    torch.set_num_threads(1)
+    out = tmp_path / "fsdd"
+    metrics = run_audio(
+        out,
+        "--preset",
+        "fsdd",
+        "--data",
+        str(FSDD),
+        *sets([*TINY, "data.max_files=24", "convert.max_targets=null"]),
+    )
+    assert metrics["num_speakers"] == 4 and metrics["unit_labels"] == "words"
+    assert metrics["train_utterances"] == 24 and metrics["test_utterances"] == 24
+    for key in (
+        *UNIT_KEYS[:5],
+        "unit_abx_across",
+        "target_speaker_rate",
+        "content_kept_rate",
+        "content_clf_test_accuracy",
+    ):
+        assert key in metrics, key
+    assert 0 <= metrics["content_kept_rate"] <= 1 and 0 <= metrics["target_speaker_rate"] <= 1
+    # 2 sources x all 4 speakers
+    assert (
+        len(list((out / "conversions").glob("*.wav")))
+        + len(list((out / "reconstructions").glob("*.wav")))
+        == 8
+    )
+    capsys.readouterr()
+    assert main(["units", str(out), "--data", str(FSDD), "--max-utterances", "12"]) == 0
+    assert "words" in capsys.readouterr().out
+
+
+def test_missing_festival_is_explained(tmp_path, monkeypatch, capsys):
+    from vqkit.datasets import speech_corpus
+
+    monkeypatch.setattr(speech_corpus.shutil, "which", lambda name: None)
+    assert main(["data", "speech", "--out", str(tmp_path / "c"), "--num-sentences", "1"]) == 2
+    assert "apt-get install -y festival" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""The image recipe end to end through the CLI, on tiny models (seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vqkit.cli import main
+
+SHARED = Path(os.environ.get("VQKIT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared/data"))
+CIFAR = SHARED / "cifar10-jpg"
+
+TINY = [
+    "vqvae.hidden=16", "vqvae.res_hidden=8", "vqvae.num_codes=16", "vqvae.code_dim=8",
+    "vqvae_train.steps=6", "vqvae_train.ckpt_every=3", "vqvae_train.batch_size=8",
+    "vqvae_train.log_every=2", "prior.channels=8", "prior.num_layers=2",
+    "prior_train.steps=4", "prior_train.batch_size=8", "prior_train.log_every=2",
+    "sample.per_class=2", "eval_batch_size=64",
+]
+BUILTIN_TINY = [*TINY, "data.train_size=64", "data.test_size=16"]
+
+
+def run_cli(*args: str) -> int:
+    return main(list(args))
+
+
+def sets(values: list[str]) -> list[str]:
+    return [x for v in values for x in ("--set", v)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
+                   *sets(BUILTIN_TINY)) == 0
+    return out
+
+
+def test_run_writes_every_output(tiny_run):
+    for name in ("config.yaml", "metrics.json", "reconstructions.png", "samples.png",
+                 "report.html", "media.json", "code_usage.json"):
+        assert (tiny_run / name).is_file(), name
+    assert (tiny_run / "vqvae" / "ckpt" / "latest").is_file()
+    assert (tiny_run / "prior" / "ckpt" / "latest").is_file()
+    assert list((tiny_run / "vqvae" / "tb").glob("events.out.tfevents.*"))
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("test_mse", "test_psnr", "test_mse_over_variance", "bits_per_dim",
+                "test_perplexity", "test_usage", "prior_bits_per_code", "log2_num_codes",
+                "unigram_bits_per_code", "vqvae_steps", "prior_steps", "wall_time_s"):
+        assert key in metrics and metrics[key] is not None, key
+    assert metrics["vqvae_steps"] == 6 and metrics["prior_steps"] == 4
+    assert metrics["log2_num_codes"] == 4.0
+    assert 0 < metrics["test_usage"] <= 1 and 1 <= metrics["test_perplexity"] <= 16
+    assert metrics["test_mse_over_variance"] == pytest.approx(
+        metrics["test_mse"] / metrics["data_variance"])
+    assert metrics["test_psnr"] == pytest.approx(-10 * math.log10(metrics["test_mse"]), abs=3.0)
+    # bits/dim = reconstruction bits/dim + prior bits of the 8x8 codes spread over 3x32x32 dims.
+    assert metrics["bits_per_dim"] == pytest.approx(
+        metrics["recon_bits_per_dim"] + metrics["prior_bits_per_code"] * 64 / 3072)
+
+
+def test_sample_grid_has_one_row_per_class(tiny_run):
+    # 10 classes x 2 samples, 32x32 upscaled x3 with 2-pixel padding.
+    width, height = Image.open(tiny_run / "samples.png").size
+    assert (width, height) == (2 + 2 * (96 + 2), 2 + 10 * (96 + 2))
+    # Originals above reconstructions: 16 test images, 8 a row -> 4 rows.
+    width, height = Image.open(tiny_run / "reconstructions.png").size
+    assert (width, height) == (2 + 8 * 98, 2 + 4 * 98)
+
+
+def test_report_embeds_media_and_shows_metrics(tiny_run):
+    page = (tiny_run / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 2
+    assert "<svg" in page  # loss curves and the usage histogram
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    shown = dict(re.findall(r'data-key="([^"]+)">([^<]*)<', page))
+    assert float(shown["test_mse"]) == pytest.approx(metrics["test_mse"], rel=1e-3)
+    assert int(shown["vqvae_steps"]) == metrics["vqvae_steps"]
+    # Rebuilding gives the same page.
+    assert run_cli("report", str(tiny_run)) == 0
+    assert (tiny_run / "report.html").read_text() == page
+
+
+def test_sample_and_reconstruct_commands(tiny_run, tmp_path, capsys):
+    out = tmp_path / "new.png"
+    assert run_cli("sample", str(tiny_run), "--out", str(out), "--temperature", "0.5",
+                   "--device", "cpu") == 0
+    assert Image.open(out).size == Image.open(tiny_run / "samples.png").size
+    src = tmp_path / "in.png"
+    Image.new("RGB", (40, 48), (200, 30, 30)).save(src)  # resized and centre-cropped to 32
+    grid = tmp_path / "rec.png"
+    assert run_cli("reconstruct", str(tiny_run), str(src), "--out", str(grid),
+                   "--device", "cpu") == 0
+    assert "PSNR" in capsys.readouterr().out
+    assert Image.open(grid).size == (2 + 1 * 98, 2 + 2 * 98)
+
+
+def test_resume_of_a_finished_run_keeps_its_weights(tiny_run):
+    weights = (tiny_run / "vqvae" / "ckpt" / "latest").read_text()
+    assert run_cli("run", "image", "--out", str(tiny_run), "--resume", "--device", "cpu",
+                   "--no-progress") == 0
+    assert (tiny_run / "vqvae" / "ckpt" / "latest").read_text() == weights
+
+
+def test_existing_run_dir_is_never_overwritten(tiny_run, capsys):
+    before = (tiny_run / "metrics.json").read_text()
+    assert run_cli("run", "image", "--out", str(tiny_run), "--no-progress") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tiny_run / "metrics.json").read_text() == before
+
+
+def test_unknown_key_names_the_keys_that_exist(tmp_path, capsys):
+    assert run_cli("run", "image", "--out", str(tmp_path / "x"), "--set", "vqvae.nope=1") == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "num_codes" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_preset_lists_presets(tmp_path, capsys):
+    assert run_cli("run", "image", "--preset", "nope", "--out", str(tmp_path / "x")) == 2
+    assert "builtin" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not CIFAR.is_dir(), reason=f"real CIFAR-10 folders not found at {CIFAR}")
+def test_cifar10_preset_reads_the_jpeg_folders(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "cifar"
+    assert run_cli("run", "image", "--preset", "cifar10", "--data", str(CIFAR), "--out", str(out),
+                   "--device", "cpu", "--no-progress", *sets(TINY)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["latent_shape"] == [8, 8]
+    assert "test_mse_over_variance" in metrics and "test_perplexity" in metrics
+    # Real photographs: the variance of CIFAR-10 pixels in [0, 1] is about 0.06.
+    assert 0.04 < metrics["data_variance"] < 0.08

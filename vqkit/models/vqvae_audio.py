@@ -1,0 +1,247 @@
+"""The audio VQ-VAE (van den Oord et al. 2017, section 4.3): strided conv encoder -> quantizer ->
+WaveNet decoder conditioned on the codes and on a speaker.
+
+Audio travels as 8-bit mu-law classes ``(B, T)`` int64 in ``[0, 256)`` everywhere: the encoder
+reads them as floats in ``[-1, 1]`` (the companded waveform), the decoder predicts them. Voice
+conversion is ``decode(encode(audio), other_speaker)``.
+
+Example:
+    >>> model = vqvae_audio(num_speakers=3, hidden=16, res_hidden=8, num_codes=16, code_dim=8,
+    ...                     strides=[2, 2], residual_channels=8, layers_per_stack=3, stacks=1)
+    >>> audio, speaker = torch.randint(0, 256, (2, 64)), torch.tensor([0, 2])
+    >>> out = model(audio, speaker)
+    >>> out.logits.shape, out.quant.codes.shape
+    (torch.Size([2, 256, 64]), torch.Size([2, 16]))
+    >>> model.decode(model.encode(audio), torch.tensor([1, 1])).shape  # both as speaker 1
+    torch.Size([2, 64])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqkit.models.registry import register
+from vqkit.models.wavenet_decoder import WaveNetDecoder, wavenet_decoder
+from vqkit.nn.conv import Stride
+from vqkit.nn.encoder import Encoder
+from vqkit.quantize import QuantizerOutput, VectorQuantizer
+
+
+@dataclass
+class AudioVQVAEOutput:
+    """What :meth:`AudioVQVAE.forward` returns.
+
+    Attributes:
+        logits: ``(B, classes, T)`` teacher-forced logits; ``logits[:, :, t]`` predicts sample t.
+        quant: the quantizer's output (codes ``(B, T / hop)``, loss terms, perplexity).
+        recon_loss: mean cross-entropy in nats per sample (scalar).
+        loss: ``recon_loss + quant.loss``, the quantity to minimise.
+    """
+
+    logits: Tensor
+    quant: QuantizerOutput
+    recon_loss: Tensor
+    loss: Tensor
+
+
+class AudioVQVAE(nn.Module):
+    """Encoder -> quantizer -> :class:`~vqkit.models.wavenet_decoder.WaveNetDecoder`.
+
+    Args:
+        encoder: ``(B, 1, T) -> (B, D, T / hop)``, e.g. :class:`vqkit.nn.Encoder` with dims=1.
+        quantizer: a :class:`vqkit.quantize.Quantizer` over ``D`` channels.
+        decoder: a WaveNetDecoder whose ``hop`` equals the encoder's total stride.
+
+    Attributes:
+        config: the dict :func:`vqkit.models.build_model` takes, when built by a builder.
+    """
+
+    def __init__(self, encoder: nn.Module, quantizer: nn.Module, decoder: WaveNetDecoder) -> None:
+        super().__init__()
+        hop = math.prod(encoder.factor)
+        if decoder.hop != hop:
+            raise ValueError(
+                f"the decoder's hop ({decoder.hop}) must equal the encoder's total stride ({hop})"
+            )
+        self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.config: dict | None = None
+
+    @property
+    def hop(self) -> int:
+        """Samples per code."""
+        return self.decoder.hop
+
+    @property
+    def classes(self) -> int:
+        """Mu-law classes of the audio."""
+        return self.decoder.wavenet.in_classes
+
+    @property
+    def num_speakers(self) -> int | None:
+        """Speakers of the decoder's global conditioning (None: no speaker input)."""
+        return self.decoder.wavenet.global_classes
+
+    def _check_audio(self, audio: Tensor) -> None:
+        if not (isinstance(audio, Tensor) and audio.dim() == 2 and audio.dtype == torch.long):
+            got = f"{audio.dtype} {tuple(audio.shape)}" if isinstance(audio, Tensor) else audio
+            raise ValueError(f"audio must be mu-law classes (B, T) int64, got {got}")
+        if audio.shape[1] == 0 or audio.shape[1] % self.hop:
+            raise ValueError(
+                f"audio length {audio.shape[1]} must be a positive multiple of the hop "
+                f"{self.hop}; crop or pad it, e.g. to {max(1, audio.shape[1] // self.hop) * self.hop}"
+            )
+        if int(audio.min()) < 0 or int(audio.max()) >= self.classes:
+            raise ValueError(
+                f"audio classes must lie in [0, {self.classes}), got "
+                f"[{int(audio.min())}, {int(audio.max())}]"
+            )
+
+    def to_float(self, audio: Tensor) -> Tensor:
+        """Mu-law classes ``(B, T)`` -> the encoder's input ``(B, 1, T)`` in ``[-1, 1]``."""
+        scale = 2.0 / (self.classes - 1)
+        return (audio.to(self._dtype()) * scale - 1.0).unsqueeze(1)
+
+    def forward(self, audio: Tensor, speaker: Tensor | None = None) -> AudioVQVAEOutput:
+        """Teacher-forced pass: ``audio`` ``(B, T)`` classes, ``speaker`` ``(B,)`` ids or None."""
+        self._check_audio(audio)
+        z = self.encoder(self.to_float(audio))  # (B, D, T / hop)
+        quant = self.quantizer(z)
+        logits = self.decoder(quant.quantized, speaker, audio)  # (B, classes, T)
+        recon_loss = F.cross_entropy(logits, audio)
+        return AudioVQVAEOutput(logits, quant, recon_loss, recon_loss + quant.loss)
+
+    @torch.no_grad()
+    def encode(self, audio: Tensor) -> Tensor:
+        """``(B, T)`` mu-law classes -> ``(B, T / hop)`` int64 codes."""
+        self._check_audio(audio)
+        return self.quantizer.encode(self.encoder(self.to_float(audio)))
+
+    def latents(self, codes: Tensor) -> Tensor:
+        """Codes ``(B, T')`` -> quantized vectors ``(B, D, T')`` in the decoder's dtype."""
+        return self.quantizer.decode(codes).to(self._dtype())
+
+    @torch.no_grad()
+    def nll_bits(self, audio: Tensor, speaker: Tensor | None = None) -> Tensor:
+        """``(B,)`` teacher-forced reconstruction NLL ``-log2 p(x | z_q(x), speaker)`` per sample.
+
+        Goes through ``encode``, so no codebook state changes.
+        """
+        logits = self.decoder(self.latents(self.encode(audio)), speaker, audio)
+        return F.cross_entropy(logits, audio, reduction="none").mean(1) / math.log(2)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        codes: Tensor,
+        speaker: Tensor | int | None = None,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        cached: bool = True,
+    ) -> Tensor:
+        """Generate audio from codes ``(B, T')``: mu-law classes ``(B, T' * hop)``.
+
+        One sample at a time with the WaveNet's cached sampler (``cached=False``: the slow
+        reference, same samples). Passing another speaker than the one who spoke converts the
+        voice.
+
+        Args:
+            codes: ``(B, T')`` int64 codes.
+            speaker: ``(B,)`` ids or one int, iff the model has speakers.
+            temperature: divides the logits; 0 takes the argmax (usually buzzy: sample instead).
+            generator: for reproducible samples, on the model's device.
+            cached: use the cached sampler.
+        """
+        return self.decoder.generate(
+            self.latents(codes),
+            speaker,
+            temperature=temperature,
+            generator=generator,
+            cached=cached,
+        )
+
+    def _dtype(self) -> torch.dtype:
+        return self.decoder.wavenet.embed.weight.dtype
+
+
+@register("vqvae_audio")
+def vqvae_audio(
+    *,
+    num_speakers: int | None,
+    strides: Sequence[Stride] = (2, 2, 2, 2, 2, 2),
+    hidden: int = 128,
+    res_hidden: int = 32,
+    num_res_blocks: int = 2,
+    num_codes: int = 512,
+    code_dim: int = 64,
+    classes: int = 256,
+    residual_channels: int = 64,
+    skip_channels: int | None = None,
+    gate_channels: int | None = None,
+    local_channels: int | None = None,
+    speaker_channels: int | None = None,
+    kernel_size: int = 2,
+    layers_per_stack: int = 10,
+    stacks: int = 2,
+    upsample: str = "repeat",
+    quantizer: dict[str, Any] | None = None,
+) -> AudioVQVAE:
+    """The audio VQ-VAE: the paper's 6 stride-2 convs (window 4, 64x) and a WaveNet decoder.
+
+    Args:
+        num_speakers: speakers of the decoder's learned speaker embedding (None: none).
+        strides: per-stage encoder strides; their product is the hop (samples per code), e.g.
+            ``[4, 4, 4, 5]`` for 320 (50 Hz at 16 kHz).
+        hidden, res_hidden, num_res_blocks: the encoder's conv stack (:class:`vqkit.nn.Encoder`).
+        num_codes: codebook size K.
+        code_dim: latent channels D.
+        classes: mu-law classes of the audio (256: 8 bit).
+        residual_channels, skip_channels, gate_channels, local_channels, speaker_channels,
+            kernel_size, layers_per_stack, stacks, upsample: the WaveNet decoder
+            (:func:`vqkit.models.wavenet_decoder.wavenet_decoder`).
+        quantizer: further :class:`~vqkit.quantize.VectorQuantizer` keyword arguments.
+
+    Examples:
+        >>> model = vqvae_audio(num_speakers=4)
+        >>> model.hop, model.decoder.wavenet.receptive_field
+        (64, 2047)
+    """
+    extra = dict(quantizer or {})
+    clash = {"num_codes", "dim"} & extra.keys()
+    if clash:
+        raise ValueError(
+            f"quantizer={quantizer!r} sets {sorted(clash)}; pass num_codes= and code_dim= to the "
+            f"builder instead"
+        )
+    encoder = Encoder(
+        1,
+        1,
+        hidden,
+        code_dim,
+        strides=strides,
+        res_hidden=res_hidden,
+        num_res_blocks=num_res_blocks,
+    )
+    decoder = wavenet_decoder(
+        code_dim=code_dim,
+        hop=math.prod(encoder.factor),
+        num_speakers=num_speakers,
+        classes=classes,
+        local_channels=local_channels,
+        residual_channels=residual_channels,
+        skip_channels=skip_channels,
+        gate_channels=gate_channels,
+        speaker_channels=speaker_channels,
+        kernel_size=kernel_size,
+        layers_per_stack=layers_per_stack,
+        stacks=stacks,
+        upsample=upsample,
+    )
+    return AudioVQVAE(encoder, VectorQuantizer(num_codes, code_dim, **extra), decoder)
