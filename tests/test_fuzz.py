@@ -31,7 +31,7 @@ from vqkit.quantize import VectorQuantizer
 from vqkit.runs import load_recipe
 
 FUZZ = settings(
-    max_examples=60,
+    max_examples=40,
     deadline=timedelta(seconds=10),  # generous on a loaded machine; a hang still fails
     derandomize=True,
     database=None,

@@ -31,7 +31,7 @@ from vqkit.datasets.synthetic_video import (
     action_path,
     controlled_mask,
 )
-from vqkit.datasets.video import VideoFolder, read_video, write_video
+from vqkit.datasets.video import VideoFolder, add_border, read_video, video_grid, write_video
 from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
 from vqkit.metrics.video import (
     copy_last_frame,
@@ -40,7 +40,7 @@ from vqkit.metrics.video import (
     psnr_per_frame,
     track_centroids,
 )
-from vqkit.models.video_prior import video_prior
+from vqkit.models.video_prior import predict_video, video_prior
 from vqkit.models.vqvae import vqvae_video
 from vqkit.report import build_report
 from vqkit.runs import add_media, write_json
@@ -48,6 +48,7 @@ from vqkit.train import TrainConfig, fit, load_model, resolve_device
 from vqkit.train.distributed import is_main, rank_device
 
 LN2 = math.log(2)
+GREEN, RED = (0.1, 0.8, 0.1), (0.9, 0.1, 0.1)  # borders: context and generated frames
 
 
 @dataclass
@@ -294,23 +295,6 @@ def train_prior(cfg, codes, conds, vocab, time_factor, run_dir, *, resume, progr
 # --- prediction ------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def predict_clips(
-    vqvae, prior, context: torch.Tensor, conds: torch.Tensor | None, *, temperature, generator
-) -> torch.Tensor:
-    """Continue context frames ``(B, 3, C, H, W)`` in ``[0, 1]`` to ``(B, 3, T, H, W)``.
-
-    The context is encoded on its own, its codes kept as a prefix, the rest sampled from the
-    prior under ``conds`` (per frame, ``(B, T)``), and the whole volume decoded.
-    """
-    ft = vqvae.factor[0]
-    device = prior.tok.weight.device
-    prefix = vqvae.encode(context.to(device) - 0.5)  # (B, C / ft, H', W')
-    cond = None if conds is None else step_conds(conds.to(device), ft)
-    codes = prior.generate(context=prefix, cond=cond, temperature=temperature, generator=generator)
-    return (vqvae.decode(codes) + 0.5).clamp(0, 1)
-
-
 @contextmanager
 def one_thread():
     """Sampling runs hundreds of tiny ops per code; on the CPU, waking a second thread for each
@@ -332,7 +316,7 @@ def predict_all(vqvae, prior, clips, conds, cfg, device, *, seed_offset=0) -> to
         y = None if conds is None else conds[i : i + bs]
         context = as_float(clips[i : i + bs, :, :c])
         with one_thread():
-            pred = predict_clips(
+            pred = predict_video(
                 vqvae, prior, context, y, temperature=cfg.predict.temperature, generator=gen
             )
         outs.append(pred.cpu())
@@ -342,23 +326,9 @@ def predict_all(vqvae, prior, clips, conds, cfg, device, *, seed_offset=0) -> to
 # --- media -----------------------------------------------------------------------------------
 
 
-def _framed(clip: torch.Tensor, colour: tuple[float, float, float], frames: slice) -> torch.Tensor:
-    """A copy of clip ``(3, T, H, W)`` with a 1-pixel border of ``colour`` on ``frames``."""
-    out = clip.clone()
-    rgb = torch.tensor(colour)[:, None, None, None]  # (3, 1, 1, 1)
-    out[:, frames, [0, -1], :] = rgb
-    out[:, frames, :, [0, -1]] = rgb
-    return out
-
-
 def panel_gif(rows: list[list[torch.Tensor]], path: Path, cfg: VideoRecipeConfig) -> None:
-    """A GIF of clips ``(3, T, H, W)`` laid out in rows and columns, 2-pixel white gaps."""
-    pad = lambda x: F.pad(x, (2, 0, 2, 0), value=1.0)  # noqa: E731
-    grid = torch.cat([torch.cat([pad(c) for c in row], dim=3) for row in rows], dim=2)
-    grid = F.pad(grid, (0, 2, 0, 2), value=1.0)
-    up = cfg.predict.upscale
-    grid = F.interpolate(grid.transpose(0, 1), scale_factor=up, mode="nearest").transpose(0, 1)
-    write_video(path, grid, fps=cfg.predict.fps)
+    """A GIF of clips ``(3, T, H, W)`` in rows and columns, upscaled to be seen."""
+    write_video(path, video_grid(rows, scale=cfg.predict.upscale), fps=cfg.predict.fps)
 
 
 def prediction_rows(originals, recons, preds, context: int) -> list[list[torch.Tensor]]:
@@ -366,9 +336,7 @@ def prediction_rows(originals, recons, preds, context: int) -> list[list[torch.T
     green border, its generated frames a red one."""
     rows = []
     for x, r, p in zip(originals, recons, preds):
-        p = _framed(
-            _framed(p, (0.1, 0.8, 0.1), slice(0, context)), (0.9, 0.1, 0.1), slice(context, None)
-        )
+        p = add_border(add_border(p, GREEN, slice(0, context)), RED, slice(context, None))
         rows.append([x, r, p])
     return rows
 
@@ -493,7 +461,7 @@ def rollout_rows(vqvae, prior, clips, cfg, device) -> list[list[torch.Tensor]]:
         rows.append(predict_all(vqvae, prior, clips, actions, cfg, device, seed_offset=2))
     out = []
     for i in range(len(clips)):
-        steer = [_framed(r[i], (0.9, 0.1, 0.1), slice(c, None)) for r in rows]
+        steer = [add_border(r[i], RED, slice(c, None)) for r in rows]
         out.append([as_float(clips[i]), *steer])
     return out
 
@@ -619,6 +587,8 @@ def predict(
         num_frames=c,
     )  # (3, c, S, S)
     conds = None
+    if d.kind == "builtin" and label is not None:
+        raise ValueError("this run is conditioned on actions, not classes: pass --actions")
     if prior.num_conds is not None and d.kind == "builtin":
         ids = action_ids(actions or "none")
         if len(ids) not in (1, t - c):
@@ -638,8 +608,8 @@ def predict(
         raise ValueError("this run's prior is unconditional: drop --actions/--label")
     gen = torch.Generator(device=dev).manual_seed(cfg.predict.seed if seed is None else seed)
     temp = cfg.predict.temperature if temperature is None else temperature
-    pred = predict_clips(vqvae, prior, frames[None], conds, temperature=temp, generator=gen)[0]
-    pred = _framed(pred.cpu(), (0.9, 0.1, 0.1), slice(c, None))
+    pred = predict_video(vqvae, prior, frames[None], conds, temperature=temp, generator=gen)[0]
+    pred = add_border(pred.cpu(), RED, slice(c, None))
     out = out or run_dir / "predict.gif"
     if out.suffix.lower() == ".gif":
         panel_gif([[pred]], out, cfg)

@@ -20,7 +20,7 @@ from vqkit.datasets.synthetic_video import (
     action_path,
     controlled_mask,
 )
-from vqkit.datasets.video import VideoInfo, probe_video, select_frames
+from vqkit.datasets.video import VideoInfo, add_border, probe_video, select_frames, video_grid
 from vqkit.metrics.video import track_centroids
 
 
@@ -62,13 +62,15 @@ def test_the_controlled_sprite_moves_as_its_actions_command():
         np.testing.assert_allclose(path.numpy(), expected, atol=1e-5)
         for t in range(1, 12):
             step = (path[t] - path[t - 1]).numpy()
-            if np.abs(step).sum() > 0:  # not stopped by a border
+            if np.abs(step).sum() > 0:  # a move, shortened only where a border stops it
                 moved += 1
-                np.testing.assert_allclose(step, ds.speed * MOVES[int(actions[t])], atol=1e-5)
+                scale = float(step @ MOVES[int(actions[t])])
+                assert 0 < scale <= ds.speed + 1e-5
+                np.testing.assert_allclose(step, scale * MOVES[int(actions[t])], atol=1e-5)
         # The red square is the only red in the frame, drawn on top: its centroid is the path.
         tracked, found = track_centroids(controlled_mask(clip)[None])
         assert found.all()
-        np.testing.assert_allclose(tracked[0].numpy(), path.numpy(), atol=0.35)
+        np.testing.assert_allclose(tracked[0].numpy(), path.numpy(), atol=0.5)  # a pixel mask
     assert moved > 100  # actions do move the sprite
 
 
@@ -103,10 +105,16 @@ def test_sample_actions_and_action_ids():
 
 
 def test_action_path_stops_at_the_borders():
-    path = action_path([5.0, 5.0], [0, 1, 1, 1, 1, 4], frame_size=32, speed=2.0)
-    low = 0.1 * 32 + 0.5
-    np.testing.assert_allclose(path[:, 0], [5.0, 3.0, low, low, low, low])
+    path = action_path([8.0, 5.0], [0, 1, 1, 1, 1, 4], frame_size=32, speed=2.0)
+    low = 0.1 * 32 + 0.5  # the square's half size plus half a pixel: 3.7
+    np.testing.assert_allclose(path[:, 0], [8.0, 6.0, 4.0, low, low, low], rtol=1e-6)
     np.testing.assert_allclose(path[:, 1], [5.0] * 5 + [7.0])
+    # Batched: (B, T) actions give (B, T, 2) paths, each as if computed alone.
+    batch = action_path([[8.0, 5.0], [20.0, 20.0]], [[0, 1, 1, 1, 1, 4], [0, 2, 3, 0, 4, 4]],
+                        frame_size=32, speed=2.0)
+    np.testing.assert_allclose(batch[0], path)
+    np.testing.assert_allclose(batch[1, :, 0], [20, 22, 22, 22, 22, 22])
+    np.testing.assert_allclose(batch[1, :, 1], [20, 20, 18, 18, 20, 22])
 
 
 # ---------------------------------------------------------------- video files
@@ -237,3 +245,15 @@ def test_write_video_round_trip(tmp_path, suffix):
     np.testing.assert_allclose(means, [t / 5 for t in range(5)], atol=0.03)
     with pytest.raises(ValueError, match="gif"):
         write_video(tmp_path / "out.png", clip)
+
+
+def test_video_grid_and_borders():
+    a, b = torch.zeros(3, 2, 4, 5), torch.full((3, 2, 4, 5), 0.5)
+    grid = video_grid([[a, b], [b, a]], padding=1, scale=2)
+    assert grid.shape == (3, 2, 2 * (2 * 5 + 1), 2 * (2 * 6 + 1))
+    assert float(grid[0, 0, 0, 0]) == 1.0  # padding
+    assert float(grid[0, 0, 2, 2]) == 0.0 and float(grid[0, 0, 2, 14]) == 0.5  # a, then b
+    framed = add_border(a, (1.0, 0.0, 0.5), slice(1, None))
+    assert torch.equal(framed[:, 0], a[:, 0])  # frame 0 untouched
+    assert framed[:, 1, 0].tolist() == [[1.0] * 5, [0.0] * 5, [0.5] * 5]
+    assert float(framed[:, 1, 1:-1, 1:-1].abs().sum()) == 0 and float(a.sum()) == 0

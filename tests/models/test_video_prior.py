@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vqkit.models import VideoPrior, build_model, video_prior, vqvae_video
+from vqkit.models.video_prior import predict_video
 
 SHAPE = (3, 2, 2)  # (T', H', W'): 12 positions, small enough for all-pairs checks
 N = 12
@@ -240,3 +241,29 @@ def test_bad_inputs_raise_clear_errors():
         video_prior(num_codes=4, shape=SHAPE, dim=10, num_heads=3)
     with pytest.raises(ValueError, match="shape"):
         video_prior(num_codes=4, shape=(2, 2))
+
+
+# ---------------------------------------------------------------- prediction (the Python API)
+
+
+def test_predict_video_keeps_the_context_codes_and_samples_the_rest():
+    torch.manual_seed(0)
+    vqvae = vqvae_video(hidden=8, res_hidden=4, num_res_blocks=1, num_codes=7, code_dim=4,
+                        strides=[(2, 2, 2)]).eval()
+    prior = tiny_prior(num_conds=5, cond_per_step=2)  # codes (3, 2, 2) <- clips (6, 4, 4)
+    clips = torch.rand(2, 3, 6, 4, 4)
+    actions = torch.randint(0, 5, (2, 6), generator=torch.Generator().manual_seed(0))
+    out = predict_video(vqvae, prior, clips[:, :, :2], actions, temperature=0)
+    assert out.shape == (2, 3, 6, 4, 4) and 0 <= float(out.min()) and float(out.max()) <= 1
+    # The same as the pipeline spelt out: encode the context alone, continue, decode.
+    with torch.no_grad():
+        prefix = vqvae.encode(clips[:, :, :2] - 0.5)
+        codes = prior.generate(context=prefix, cond=actions.view(2, 3, 2), temperature=0)
+        torch.testing.assert_close(out, (vqvae.decode(codes) + 0.5).clamp(0, 1))
+    a = predict_video(vqvae, prior, clips[:, :, :2], actions,
+                      generator=torch.Generator().manual_seed(4))
+    b = predict_video(vqvae, prior, clips[:, :, :2], actions,
+                      generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="multiple of the VQ-VAE's time factor 2"):
+        predict_video(vqvae, prior, clips[:, :, :3], actions)

@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -331,3 +332,30 @@ class VideoFolder(Dataset):
         if self.transform is not None:
             clip = self.transform(clip)
         return clip, self.labels[video]
+
+
+def add_border(clip: Tensor, colour: Sequence[float], frames: slice = slice(None)) -> Tensor:
+    """A copy of ``clip`` ``(3, T, H, W)`` with a 1-pixel ``colour`` border on ``frames``
+    (e.g. to mark generated frames)."""
+    out = clip.clone()
+    rgb = torch.tensor(colour, dtype=out.dtype)[:, None, None, None]  # (3, 1, 1, 1)
+    out[:, frames, [0, -1], :] = rgb
+    out[:, frames, :, [0, -1]] = rgb
+    return out
+
+
+def video_grid(
+    rows: Sequence[Sequence[Tensor]], *, padding: int = 2, pad_value: float = 1.0, scale: int = 1
+) -> Tensor:
+    """Lay clips ``(3, T, H, W)`` of one size out in rows and columns, one clip of the grid.
+
+    Like torchvision's ``make_grid`` for video: ``padding`` pixels of ``pad_value`` around
+    every clip, then nearest-neighbour upscaling by ``scale`` so small frames stay visible.
+    """
+    pad = lambda x: F.pad(x, (padding, 0, padding, 0), value=pad_value)  # noqa: E731
+    grid = torch.cat([torch.cat([pad(c) for c in row], dim=3) for row in rows], dim=2)
+    grid = F.pad(grid, (0, padding, 0, padding), value=pad_value)  # (3, T, H', W')
+    if scale != 1:
+        grid = F.interpolate(grid.transpose(0, 1), scale_factor=scale, mode="nearest")
+        grid = grid.transpose(0, 1)
+    return grid

@@ -427,3 +427,48 @@ def video_prior(
         num_conds=num_conds,
         cond_per_step=cond_per_step,
     )
+
+
+@torch.no_grad()
+def predict_video(
+    vqvae: nn.Module,
+    prior: VideoPrior,
+    context: Tensor,
+    frame_cond: Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Continue context frames with a video VQ-VAE and its prior, in latent space.
+
+    The context is encoded *on its own* (no code sees a frame after it), its codes kept as the
+    prior's prefix, the remaining time steps sampled, and the whole volume decoded.
+
+    Args:
+        vqvae: the video VQ-VAE; its time factor ``f`` must divide the context length.
+        prior: a :class:`VideoPrior` over that VQ-VAE's code volumes.
+        context: ``(B, 3, C, H, W)`` frames in ``[0, 1]``.
+        frame_cond: per-frame conditions ``(B, T)`` for all ``T = T' * f`` frames (an action
+            per frame, or a class repeated), iff the prior is conditional.
+        temperature, generator: as in :meth:`VideoPrior.generate`.
+
+    Returns:
+        ``(B, 3, T, H, W)`` in ``[0, 1]``: the decoded context followed by the prediction.
+
+    Example:
+        >>> frames = predict_video(vqvae, prior, clips[:, :, :6], actions)  # doctest: +SKIP
+    """
+    device = prior.tok.weight.device
+    ft = vqvae.factor[0]
+    if context.dim() != 5 or context.shape[2] % ft:
+        raise ValueError(
+            f"context must be (B, 3, C, H, W) with C a multiple of the VQ-VAE's time factor "
+            f"{ft}, got {tuple(context.shape)}"
+        )
+    prefix = vqvae.encode(context.to(device) - 0.5)  # (B, C / ft, H', W')
+    cond = None
+    if frame_cond is not None:
+        b, t = frame_cond.shape
+        cond = frame_cond.to(device).reshape(b, t // ft, ft)  # (B, T', f): one token per frame
+    codes = prior.generate(context=prefix, cond=cond, temperature=temperature, generator=generator)
+    return (vqvae.decode(codes) + 0.5).clamp(0, 1)

@@ -368,6 +368,8 @@ def save_latest(
     for p in root.iterdir():  # leftovers of a save that crashed
         if p.name.startswith(_TMP_PREFIX) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(f".{LATEST}.") and p.name.endswith(".tmp"):  # atomic_write's
+            p.unlink(missing_ok=True)
     name, n = f"step_{step:08d}", 0
     while (root / name).exists():  # re-saving a step after a resume: never touch the old dir
         n += 1
