@@ -337,6 +337,19 @@ def latest_checkpoint(root: Path | str) -> Path | None:
     return root / name
 
 
+def clear_leftovers(root: Path | str) -> None:
+    """Remove what a killed save or prune left in ``root``: temporary step directories and
+    pointer files (never a complete step directory)."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.name.startswith(_TMP_PREFIX) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(f".{LATEST}.") and p.name.endswith(".tmp"):  # atomic_write's
+            p.unlink(missing_ok=True)
+
+
 def _step_key(name: str) -> tuple[int, int]:
     m = _STEP_DIR.match(name)
     assert m is not None
@@ -365,11 +378,7 @@ def save_latest(
         raise ValueError(f"keep must be >= 1, got {keep}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for p in root.iterdir():  # leftovers of a save that crashed
-        if p.name.startswith(_TMP_PREFIX) and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith(f".{LATEST}.") and p.name.endswith(".tmp"):  # atomic_write's
-            p.unlink(missing_ok=True)
+    clear_leftovers(root)
     name, n = f"step_{step:08d}", 0
     while (root / name).exists():  # re-saving a step after a resume: never touch the old dir
         n += 1
@@ -407,4 +416,8 @@ def _prune(root: Path, current: str, keep: int) -> None:
     kept = {current, *older[max(0, len(older) - (keep - 1)) :]} if keep > 1 else {current}
     for n in steps:
         if n not in kept:
-            shutil.rmtree(root / n, ignore_errors=True)
+            # Rename first: a kill mid-delete then leaves a temporary name that the next save
+            # clears, never a half-deleted step directory that looks like a checkpoint.
+            doomed = root / f"{_TMP_PREFIX}old-{n}"
+            os.replace(root / n, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)

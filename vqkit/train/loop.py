@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from vqkit.train.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
+    clear_leftovers,
     latest_checkpoint,
     load_trainer_state,
     load_weights,
@@ -484,6 +485,8 @@ def fit(
     ckpt_root, history_file = out / "ckpt", out / "history.jsonl"
     device = rank_device(resolve_device(cfg.device))
     start = latest_checkpoint(ckpt_root)
+    if resume and is_main():
+        clear_leftovers(ckpt_root)  # a kill mid-save or mid-prune
     if start is not None and not resume:
         raise ValueError(
             f"{out} already holds a checkpoint ({start.name}); pass resume=True to continue it, "
