@@ -98,6 +98,7 @@ class PriorConfig:
     dim: int = 128
     num_layers: int = 4
     num_heads: int = 4
+    prev_kernel: int = 3  # window of previous-step codes each position sees (0: none)
     conditional: bool = True  # actions (builtin) or classes (a folder with several)
 
 
@@ -270,6 +271,7 @@ def train_prior(cfg, codes, conds, vocab, time_factor, run_dir, *, resume, progr
         dim=cfg.prior.dim,
         num_layers=cfg.prior.num_layers,
         num_heads=cfg.prior.num_heads,
+        prev_kernel=cfg.prior.prev_kernel,
         num_conds=vocab,
         cond_per_step=time_factor,
     )

@@ -82,7 +82,9 @@ def test_distractors_bounce_and_occlude():
         ds._background(rng)
         sprites = [ds._distractor(rng) for _ in range(ds.num_sprites)]
         for _, half, _, centres in sprites:
-            assert (centres >= half - 1e-4).all() and (centres <= 32 - half + 1e-4).all()
+            low = np.floor(half) + 0.5  # the pixel centre nearest the border it may reach
+            assert (centres >= low).all() and (centres <= 32 - low).all()
+            assert (centres % 1 == 0.5).all()
             velocity = np.diff(centres, axis=0)
             reversals += int((np.sign(velocity[1:]) * np.sign(velocity[:-1]) < 0).sum())
         for j in range(len(sprites)):
@@ -105,16 +107,20 @@ def test_sample_actions_and_action_ids():
 
 
 def test_action_path_stops_at_the_borders():
-    path = action_path([8.0, 5.0], [0, 1, 1, 1, 1, 4], frame_size=32, speed=2.0)
-    low = 0.1 * 32 + 0.5  # the square's half size plus half a pixel: 3.7
-    np.testing.assert_allclose(path[:, 0], [8.0, 6.0, 4.0, low, low, low], rtol=1e-6)
-    np.testing.assert_allclose(path[:, 1], [5.0] * 5 + [7.0])
+    path = action_path([9.5, 5.5], [0, 1, 1, 1, 1, 4], frame_size=32, speed=2.0)
+    low = 4.5  # the first pixel centre that keeps the square (half size 3.2) inside
+    np.testing.assert_allclose(path[:, 0], [9.5, 7.5, 5.5, low, low, low])
+    np.testing.assert_allclose(path[:, 1], [5.5] * 5 + [7.5])
     # Batched: (B, T) actions give (B, T, 2) paths, each as if computed alone.
-    batch = action_path([[8.0, 5.0], [20.0, 20.0]], [[0, 1, 1, 1, 1, 4], [0, 2, 3, 0, 4, 4]],
+    batch = action_path([[9.5, 5.5], [20.5, 20.5]], [[0, 1, 1, 1, 1, 4], [0, 2, 3, 0, 4, 4]],
                         frame_size=32, speed=2.0)
     np.testing.assert_allclose(batch[0], path)
-    np.testing.assert_allclose(batch[1, :, 0], [20, 22, 22, 22, 22, 22])
-    np.testing.assert_allclose(batch[1, :, 1], [20, 20, 18, 18, 20, 22])
+    np.testing.assert_allclose(batch[1, :, 0], [20.5, 22.5, 22.5, 22.5, 22.5, 22.5])
+    np.testing.assert_allclose(batch[1, :, 1], [20.5, 20.5, 18.5, 18.5, 20.5, 22.5])
+    # Sprites sit on pixel centres and move by whole pixels (a discrete, game-like world).
+    ds = SyntheticVideo(split="test", size=8, num_frames=10, frame_size=32)
+    for i in range(8):
+        assert torch.equal(ds.controlled_path(i) % 1, torch.full((10, 2), 0.5))
 
 
 # ---------------------------------------------------------------- video files

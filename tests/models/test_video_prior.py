@@ -110,8 +110,9 @@ def test_forward_shape_loss_and_config_round_trip():
 # ---------------------------------------------------------------- causality
 
 
-def test_logits_ignore_codes_at_and_after_their_position_exactly():
-    prior = tiny_prior()
+@pytest.mark.parametrize("prev_kernel", [0, 3, 5])
+def test_logits_ignore_codes_at_and_after_their_position_exactly(prev_kernel):
+    prior = tiny_prior(prev_kernel=prev_kernel)
     codes = random_codes()
     base = prior(codes).flatten(2)  # (B, K, N)
     for p in range(N):
@@ -156,6 +157,26 @@ def test_conditions_reach_their_own_and_later_steps_only():
 
 
 # ---------------------------------------------------------------- generation
+
+
+def test_previous_step_window_indices():
+    prior = tiny_prior(prev_kernel=3)  # (T', H', W') = (3, 2, 2): positions t * 4 + y * 2 + x
+    none = N
+    assert prior.prev_index.shape == (N, 9)
+    assert (prior.prev_index[:4] == none).all()  # step 0 has no previous step
+    # (t=1, y=0, x=1): window rows y-1..y+1, columns x-1..x+1 of step 0.
+    assert prior.prev_index[4 + 1].tolist() == [none, none, none, 0, 1, none, 2, 3, none]
+    assert prior.prev_index[8 + 2].tolist() == [none, 4, 5, none, 6, 7, none, none, none]
+    # The window reaches the input itself: position 4 (t=1, y=0, x=0) reads code 0 (t=0, y=0,
+    # x=0) through it, while without a window its input holds only code 3.
+    codes = random_codes()
+    changed = codes.clone()
+    changed[:, 0, 0, 0] = (changed[:, 0, 0, 0] + 1) % 7
+    h0 = prior.embed(codes.flatten(1), None, 4, 5)
+    h1 = prior.embed(changed.flatten(1), None, 4, 5)
+    assert not torch.equal(h0, h1)
+    assert torch.equal(tiny_prior(prev_kernel=0).embed(codes.flatten(1), None, 4, 5),
+                       tiny_prior(prev_kernel=0).embed(changed.flatten(1), None, 4, 5))
 
 
 @pytest.mark.parametrize("context_steps", [0, 1, 2, 3])

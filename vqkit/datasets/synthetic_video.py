@@ -9,7 +9,8 @@ colours) with several *distractor* sprites (discs, squares, triangles, rings, cr
 that move at constant velocity, bounce off the borders and pass over one another (a fixed
 drawing order per clip, so they occlude each other), and one *controlled* sprite: a red square
 that moves by ``speed`` pixels per frame in the direction of that frame's action and stops at the
-borders. It is drawn last, so it is always visible, and no other colour in the clip is that red,
+borders. As in a 2D game, sprites sit on pixel centres and move by whole pixels, and colours and
+textures come from small palettes; the world is discrete but for where things are. It is drawn last, so it is always visible, and no other colour in the clip is that red,
 so :func:`controlled_mask` finds it in any frame, generated ones included.
 
 The action of frame ``t`` is the move that took the controlled sprite from frame ``t - 1`` to
@@ -19,7 +20,6 @@ frame ``t`` (``actions[0]`` is always "none"). Actions are sticky (kept with pro
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 from collections.abc import Callable
 
@@ -35,6 +35,24 @@ ACTIONS: tuple[str, ...] = ("none", "up", "down", "left", "right")
 MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.float32)
 CONTROLLED_COLOUR = (0.95, 0.12, 0.1)
 _SPRITE_SHAPES = (0, 1, 2, 3, 4, 6)  # synthetic_images shape ids: no random-angle stripes
+# Muted colour pairs for the backgrounds and clear non-red colours for the distractors: a small
+# palette, so a codebook can give every texture patch its own codes.
+_BACKGROUNDS = (
+    ((0.55, 0.55, 0.6), (0.35, 0.38, 0.42)),
+    ((0.62, 0.6, 0.5), (0.45, 0.47, 0.4)),
+    ((0.45, 0.55, 0.5), (0.3, 0.36, 0.35)),
+    ((0.6, 0.55, 0.62), (0.42, 0.4, 0.5)),
+    ((0.7, 0.7, 0.7), (0.5, 0.5, 0.5)),
+    ((0.5, 0.52, 0.62), (0.34, 0.34, 0.45)),
+)
+_SPRITE_COLOURS = (
+    (0.95, 0.85, 0.2),  # yellow
+    (0.3, 0.85, 0.3),  # green
+    (0.2, 0.8, 0.9),  # cyan
+    (0.25, 0.35, 0.95),  # blue
+    (0.65, 0.3, 0.9),  # purple
+    (0.95, 0.95, 0.95),  # white
+)
 _SPLITS = ("train", "test")
 _DEFAULT_SIZE = {"train": 4000, "test": 256}
 _STICKY = 0.75
@@ -94,7 +112,7 @@ def controlled_mask(frames: Tensor) -> Tensor:
         ``(..., T, H, W)`` bool.
     """
     r, g, b = frames.unbind(dim=-4)
-    return (r > 0.5) & (r - torch.maximum(g, b) > 0.4)
+    return (r > 0.5) & (r - torch.maximum(g, b) > 0.3)
 
 
 def _controlled_half(frame_size: int) -> float:
@@ -102,9 +120,9 @@ def _controlled_half(frame_size: int) -> float:
 
 
 def _controlled_bounds(frame_size: int) -> tuple[float, float]:
-    """Lowest and highest centre coordinate that keeps the controlled sprite inside the frame."""
-    half = _controlled_half(frame_size)
-    return half + 0.5, frame_size - half - 0.5
+    """Lowest and highest centre, on pixel centres, that keep the controlled sprite inside."""
+    low = float(np.ceil(_controlled_half(frame_size))) + 0.5
+    return low, frame_size - low
 
 
 class SyntheticVideo(Dataset):
@@ -227,7 +245,7 @@ class SyntheticVideo(Dataset):
         background = self._background(rng)  # (3, H, W)
         sprites = [self._distractor(rng) for _ in range(self.num_sprites)]
         low, high = _controlled_bounds(n)
-        start = rng.uniform(low, high, size=2).astype(np.float32)
+        start = (low + rng.integers(0, int(high - low) + 1, size=2)).astype(np.float32)
         actions = self.sample_actions(rng)
         path = action_path(start, actions, frame_size=n, speed=self.speed)  # (T, 2)
         if not draw:
@@ -240,21 +258,18 @@ class SyntheticVideo(Dataset):
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
         """A muted two-colour texture ``(3, H, W)``: never saturated enough to pass for red."""
-        grey = rng.uniform(0.3, 0.7, size=(2, 1))
-        tint = rng.uniform(-0.08, 0.08, size=(2, 3))
-        c0, c1 = (grey + tint).astype(np.float32)
-        n = self.frame_size
-        xs, ys = self._xs / n, self._ys / n  # (H, W) in (0, 1)
-        kind = int(rng.integers(3))
-        if kind == 0:  # linear gradient in a random direction
-            angle = float(rng.uniform(0, 2 * np.pi))
+        c0, c1 = np.array(_BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))], dtype=np.float32)
+        if rng.random() < 0.5:
+            c0, c1 = c1, c0
+        xs, ys = self._xs / self.frame_size, self._ys / self.frame_size  # (H, W) in (0, 1)
+        kind = int(rng.integers(4))
+        if kind == 0:  # a linear gradient along one of four directions
+            angle = float(rng.integers(4)) * np.pi / 4
             t = 0.5 + 0.7 * (np.cos(angle) * (xs - 0.5) + np.sin(angle) * (ys - 0.5))
-        elif kind == 1:  # low-frequency waves
-            fx, fy = rng.uniform(1.0, 3.0, size=2) * 2 * np.pi
-            px, py = rng.uniform(0, 2 * np.pi, size=2)
-            t = 0.5 + 0.25 * (np.sin(fx * xs + px) + np.sin(fy * ys + py))
-        else:  # a soft checkerboard of 4-8 cells a side
-            cells = float(rng.integers(4, 9)) * np.pi
+        elif kind == 1:  # waves, two cycles across the frame
+            t = 0.5 + 0.25 * (np.sin(4 * np.pi * xs) + np.sin(4 * np.pi * ys))
+        else:  # a soft checkerboard of 4 or 8 cells a side
+            cells = (2.0 if kind == 2 else 4.0) * np.pi
             t = 0.5 + 0.5 * np.tanh(3.0 * np.sin(cells * xs) * np.sin(cells * ys))
         t = np.clip(t, 0.0, 1.0).astype(np.float32)[None]  # (1, H, W)
         return c0[:, None, None] * (1.0 - t) + c1[:, None, None] * t
@@ -263,17 +278,16 @@ class SyntheticVideo(Dataset):
         """``(shape, half size, colour (3,), centres (T, 2))`` of a bouncing sprite."""
         n = self.frame_size
         shape = int(rng.choice(_SPRITE_SHAPES))
-        half = float(rng.uniform(0.08, 0.16)) * n
-        # Any hue but red's neighbourhood, so only the controlled sprite looks red.
-        hue = float(rng.uniform(0.15, 0.85))
-        colour = np.array(
-            colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0)),
-            dtype=np.float32,
-        )
-        low, high = half, n - half
-        pos = rng.uniform(low, high, size=2)
-        angle = float(rng.uniform(0, 2 * np.pi))
-        vel = float(rng.uniform(0.04, 0.1)) * n * np.array([np.sin(angle), np.cos(angle)])
+        half = float(rng.choice((0.08, 0.11, 0.14))) * n
+        colour = np.array(_SPRITE_COLOURS[int(rng.integers(len(_SPRITE_COLOURS)))], np.float32)
+        # Centres on pixel centres and whole-pixel velocities: reflections keep them there.
+        low = np.floor(half) + 0.5
+        high = n - low
+        pos = low + rng.integers(0, int(high - low) + 1, size=2).astype(np.float64)
+        top = max(1, n // 16)  # pixels per frame
+        vel = np.zeros(2)
+        while not vel.any():
+            vel = rng.integers(-top, top + 1, size=2).astype(np.float64)
         centres = np.empty((self.num_frames, 2), dtype=np.float32)
         for t in range(self.num_frames):
             centres[t] = pos

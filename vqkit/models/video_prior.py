@@ -9,6 +9,12 @@ so its input carries two positions: *where the input code sits* (``p - 1``) and 
 predicted* (``p``), each a sum of a learned time and a learned spatial embedding. Attention then
 finds "the same place one step earlier" from the keys' and queries' positions alone.
 
+Each position also sees the codes of the previous time step around its own place (a
+``prev_kernel x prev_kernel`` window, one embedding table per offset: a causal convolution over
+one-hot codes). In video most codes repeat or move by a cell from one step to the next; this
+direct path makes that the first thing the prior learns, and attention models the rest. All of
+step ``t - 1`` precedes step ``t`` in the flattened order, so causality is untouched.
+
 Conditioning (an action per frame, or a class) enters as one embedding per time step, added to
 the inputs of every position that predicts a code of that step: the codes of step ``t`` see the
 conditions of steps ``<= t`` and never those of later steps. A step may carry several condition
@@ -117,6 +123,8 @@ class VideoPrior(nn.Module):
         num_conds: If set, the model is conditional: every call takes ``cond`` ``(B, T', S)``
             with values in ``[0, num_conds)`` (actions or classes).
         cond_per_step: S, condition tokens per time step (e.g. the VQ-VAE's time stride).
+        prev_kernel: Odd width of the window of previous-step codes each position sees; 0 for
+            none (a plain transformer).
 
     Shape:
         codes ``(B, T', H', W')`` int64 -> logits ``(B, K, T', H', W')``.
@@ -133,6 +141,7 @@ class VideoPrior(nn.Module):
         mlp_ratio: int = 4,
         num_conds: int | None = None,
         cond_per_step: int = 1,
+        prev_kernel: int = 3,
     ) -> None:
         super().__init__()
         shape = tuple(shape)
@@ -152,12 +161,19 @@ class VideoPrior(nn.Module):
             raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
         if num_conds is not None and (not isinstance(num_conds, int) or num_conds < 1):
             raise ValueError(f"num_conds must be None or an int >= 1, got {num_conds!r}")
+        if (
+            isinstance(prev_kernel, bool)
+            or not isinstance(prev_kernel, int)
+            or (prev_kernel < 0 or prev_kernel % 2 == 0 and prev_kernel != 0)
+        ):
+            raise ValueError(f"prev_kernel must be 0 or an odd int >= 1, got {prev_kernel!r}")
         self.num_codes = num_codes
         self.shape = shape
         self.dim = dim
         self.num_heads = num_heads
         self.num_conds = num_conds
         self.cond_per_step = cond_per_step
+        self.prev_kernel = prev_kernel
         steps, height, width = shape
         self.step_size = height * width  # codes per time step
         self.length = steps * self.step_size  # N, the flattened sequence
@@ -169,6 +185,8 @@ class VideoPrior(nn.Module):
         self.src_space = nn.Embedding(self.step_size, dim)
         self.tgt_space = nn.Embedding(self.step_size, dim)
         self.cond = nn.Embedding(cond_per_step * num_conds, dim) if num_conds else None
+        # One table per window offset; code K stands for "outside the volume".
+        self.prev = nn.Embedding(prev_kernel**2 * (num_codes + 1), dim) if prev_kernel else None
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_codes)
@@ -177,6 +195,25 @@ class VideoPrior(nn.Module):
         pos = torch.arange(self.length)
         self.register_buffer("time_of", pos // self.step_size, persistent=False)
         self.register_buffer("space_of", pos % self.step_size, persistent=False)
+        self.register_buffer("prev_index", self._window(prev_kernel), persistent=False)
+
+    def _window(self, kernel: int) -> Tensor:
+        """``(N, kernel**2)`` flat positions of each position's previous-step window; ``N``
+        where the window leaves the volume (or there is no previous step)."""
+        steps, height, width = self.shape
+        r = kernel // 2
+        t, y, x = torch.meshgrid(
+            torch.arange(steps), torch.arange(height), torch.arange(width), indexing="ij"
+        )
+        dy, dx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
+        t, y, x = (
+            t.reshape(-1, 1) - 1,
+            y.reshape(-1, 1) + dy.reshape(1, -1),
+            x.reshape(-1, 1) + dx.reshape(1, -1),
+        )
+        inside = (t >= 0) & (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        flat = (t * height + y) * width + x
+        return torch.where(inside, flat, torch.full_like(flat, self.length))
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -236,8 +273,8 @@ class VideoPrior(nn.Module):
         """Inputs of positions ``start .. end - 1``, ``(B, end - start, dim)``.
 
         Args:
-            flat: Codes ``(B, >= end - 1)`` in flattened order; only those before ``end - 1``
-                are read.
+            flat: Codes ``(B, N)`` in flattened order; position ``p`` reads only codes before
+                ``p`` (so later entries may hold anything, e.g. zeros during generation).
             cond_emb: From :meth:`cond_embedding`, or None.
         """
         src = torch.arange(max(start - 1, 0), end - 1, device=flat.device)
@@ -250,6 +287,11 @@ class VideoPrior(nn.Module):
             h = torch.cat([self.start.expand(flat.shape[0], 1, -1), h], dim=1)
         tgt = torch.arange(start, end, device=flat.device)
         h = h + self.tgt_time(self.time_of[tgt]) + self.tgt_space(self.space_of[tgt])
+        if self.prev is not None:
+            padded = torch.cat([flat, flat.new_full((flat.shape[0], 1), self.num_codes)], dim=1)
+            window = padded[:, self.prev_index[tgt]]  # (B, L, k * k) codes of step t - 1
+            offsets = torch.arange(window.shape[-1], device=flat.device) * (self.num_codes + 1)
+            h = h + self.prev(window + offsets).sum(dim=2)
         if cond_emb is not None:
             h = h + cond_emb[:, self.time_of[tgt]]
         return h
@@ -408,6 +450,7 @@ def video_prior(
     mlp_ratio: int = 4,
     num_conds: int | None = None,
     cond_per_step: int = 1,
+    prev_kernel: int = 3,
 ) -> VideoPrior:
     """Build a :class:`VideoPrior`; `register` records every argument in ``model.config``.
 
@@ -426,6 +469,7 @@ def video_prior(
         mlp_ratio=mlp_ratio,
         num_conds=num_conds,
         cond_per_step=cond_per_step,
+        prev_kernel=prev_kernel,
     )
 
 
