@@ -302,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("run_dir", help="a run directory made by `vqkit run`")
     sample.add_argument(
-        "--out", type=Path, default=None, help="output file; None: RUN_DIR/samples_new.png (audio: .wav)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output file; None: RUN_DIR/samples_new.png (audio: .wav)",
     )
     sample.add_argument(
         "--temperature",

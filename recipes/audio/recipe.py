@@ -14,7 +14,6 @@ import importlib.util
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +24,9 @@ from torch.utils.data import Dataset
 from vqkit.audio import MuLawDecode, save_audio
 from vqkit.config import save_config
 from vqkit.models import vqvae_audio, wavenet_prior
+from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
-from vqkit.runs import add_media, write_json
+from vqkit.runs import Stages, add_media, write_json
 from vqkit.train import TrainConfig, fit, load_model, resolve_device
 
 
@@ -63,15 +63,6 @@ class DataConfig:
     sample_rate: int = 8000
     max_files: int | None = None  # per split, spread evenly over the files (tiny runs)
     max_seconds: float | None = 8.0  # longer utterances are cut to this
-
-
-@dataclass
-class QuantizerConfig:
-    beta: float = 0.25
-    ema: bool = True
-    decay: float = 0.99
-    kmeans_init: bool = True
-    restart_after: int | None = 100
 
 
 @dataclass
@@ -208,13 +199,7 @@ def build_vqvae(cfg: AudioRecipeConfig, num_speakers: int):
         layers_per_stack=v.layers_per_stack,
         stacks=v.stacks,
         upsample=v.upsample,
-        quantizer=dict(
-            beta=q.beta,
-            ema=q.ema,
-            decay=q.decay,
-            kmeans_init=q.kmeans_init,
-            restart_after=q.restart_after,
-        ),
+        quantizer=q.kwargs(),
     )
 
 
@@ -285,91 +270,86 @@ def run(
     cfg: AudioRecipeConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
 ) -> dict:
     """Run every stage; returns the metrics written to ``run_dir/metrics.json``."""
-    t_start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     device = resolve_device(cfg.vqvae_train.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    times = {}
+    stages = Stages()
 
-    t = time.perf_counter()
-    train, test = ev.load_split(cfg.data, "train"), ev.load_split(cfg.data, "test")
-    speakers = sorted(set(train.speakers))
-    write_json(run_dir / "speakers.json", speakers)
-    times["time_data_s"] = time.perf_counter() - t
+    with stages("data"):
+        train, test = ev.load_split(cfg.data, "train"), ev.load_split(cfg.data, "test")
+        speakers = sorted(set(train.speakers))
+        write_json(run_dir / "speakers.json", speakers)
 
-    t = time.perf_counter()
-    vqvae, vq_result = train_vqvae(cfg, train, speakers, run_dir, resume=resume, progress=progress)
-    times["time_vqvae_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    codes_train = [ev.encode_utterance(vqvae, a, device).cpu() for a in train.audio]
-    codes_test = [ev.encode_utterance(vqvae, a, device).cpu() for a in test.audio]
-    times["time_encode_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    spk_train = [speakers.index(s) for s in train.speakers]
-    prior, prior_result = train_prior(
-        cfg,
-        codes_train,
-        spk_train,
-        len(speakers),
-        vqvae.quantizer.num_codes,
-        run_dir,
-        resume=resume,
-        progress=progress,
-    )
-    times["time_prior_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    with generation.one_thread_on_cpu(device):
-        sources = ev.pick_sources(test, speakers, cfg.convert.sources)
-        result = generation.decode_matrix(
-            vqvae, prior, cfg, test, codes_test, sources, speakers, device
+    with stages("vqvae"):
+        vqvae, vq_result = train_vqvae(
+            cfg, train, speakers, run_dir, resume=resume, progress=progress
         )
-    generation.write_media(run_dir, result, test, speakers, cfg.data.sample_rate)
-    times["time_decode_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    metrics = {
-        "num_codes": vqvae.quantizer.num_codes,
-        "code_rate_hz": cfg.data.sample_rate / vqvae.hop,
-        "sample_rate": cfg.data.sample_rate,
-        "hop": vqvae.hop,
-        "num_speakers": len(speakers),
-        "train_utterances": len(train.audio),
-        "test_utterances": len(test.audio),
-    }
-    metrics.update(ev.reconstruction_metrics(vqvae, test, speakers, result, device))
-    metrics.update(ev.prior_metrics(prior, codes_train, codes_test, test, speakers, device))
-    metrics.update(
-        ev.unit_metrics(
-            codes_test, test, metrics["code_rate_hz"], cfg.eval, codebook=ev.codebook_vectors(vqvae)
-        )
-    )
-    metrics.update(ev.conversion_metrics(train, test, speakers, result, cfg, device))
-    for k, path in enumerate(
-        ev.plot_codes(run_dir, codes_test, test, metrics["code_rate_hz"], cfg.eval.plots)
-    ):
-        add_media(
-            run_dir, "image", path, f"Codes of {test.ids[k]} against its labels", "Codes over time"
-        )
-    write_json(
-        run_dir / "code_usage.json",
-        torch.bincount(torch.cat(codes_test), minlength=vqvae.quantizer.num_codes).tolist(),
-    )
-    times["time_eval_s"] = time.perf_counter() - t
+    with stages("encode"):
+        codes_train = [ev.encode_utterance(vqvae, a, device).cpu() for a in train.audio]
+        codes_test = [ev.encode_utterance(vqvae, a, device).cpu() for a in test.audio]
 
-    metrics.update(
-        vqvae_steps=vq_result.step,
-        prior_steps=prior_result.step,
-        skipped_steps=vq_result.skipped_steps + prior_result.skipped_steps,
-        device=str(device),
-        torch_threads=torch.get_num_threads(),
-        **times,
-        wall_time_s=time.perf_counter() - t_start,
-    )
+    with stages("prior"):
+        spk_train = [speakers.index(s) for s in train.speakers]
+        prior, prior_result = train_prior(
+            cfg,
+            codes_train,
+            spk_train,
+            len(speakers),
+            vqvae.quantizer.num_codes,
+            run_dir,
+            resume=resume,
+            progress=progress,
+        )
+
+    with stages("decode"):
+        with generation.one_thread_on_cpu(device):
+            sources = ev.pick_sources(test, speakers, cfg.convert.sources)
+            result = generation.decode_matrix(
+                vqvae, prior, cfg, test, codes_test, sources, speakers, device
+            )
+        generation.write_media(run_dir, result, test, speakers, cfg.data.sample_rate)
+
+    with stages("eval"):
+        metrics = {
+            "num_codes": vqvae.quantizer.num_codes,
+            "code_rate_hz": cfg.data.sample_rate / vqvae.hop,
+            "sample_rate": cfg.data.sample_rate,
+            "hop": vqvae.hop,
+            "num_speakers": len(speakers),
+            "train_utterances": len(train.audio),
+            "test_utterances": len(test.audio),
+        }
+        metrics.update(ev.reconstruction_metrics(vqvae, test, speakers, result, device))
+        metrics.update(ev.prior_metrics(prior, codes_train, codes_test, test, speakers, device))
+        metrics.update(
+            ev.unit_metrics(
+                codes_test,
+                test,
+                metrics["code_rate_hz"],
+                cfg.eval,
+                codebook=ev.codebook_vectors(vqvae),
+            )
+        )
+        metrics.update(ev.conversion_metrics(train, test, speakers, result, cfg, device))
+        for k, path in enumerate(
+            ev.plot_codes(run_dir, codes_test, test, metrics["code_rate_hz"], cfg.eval.plots)
+        ):
+            add_media(
+                run_dir,
+                "image",
+                path,
+                f"Codes of {test.ids[k]} against its labels",
+                "Codes over time",
+            )
+        write_json(
+            run_dir / "code_usage.json",
+            torch.bincount(torch.cat(codes_test), minlength=vqvae.quantizer.num_codes).tolist(),
+        )
+
+    metrics.update(stages.summary(device, vqvae=vq_result, prior=prior_result))
     write_json(run_dir / "metrics.json", metrics)
     build_report(run_dir, title=f"vqkit audio run: {run_dir.name}")
     return metrics

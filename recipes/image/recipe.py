@@ -8,7 +8,6 @@ presets beside this file are small YAML files over the defaults of :class:`Image
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from vqkit.config import save_config
 from vqkit.datasets import build_image_dataset, load_rgb, resize_center_crop
 from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
 from vqkit.models import gated_pixelcnn, vqvae_image
+from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
-from vqkit.runs import add_media, write_json
+from vqkit.runs import Stages, add_media, write_json
 from vqkit.train import TrainConfig, fit, load_model, resolve_device
 from vqkit.train.distributed import is_main, rank_device
 
@@ -46,15 +46,8 @@ class DataConfig:
 
 
 @dataclass
-class QuantizerConfig:
-    beta: float = 0.25
-    ema: bool = True
-    decay: float = 0.99
-    kmeans_init: bool = True
-    restart_after: int | None = 100
-    cosine: bool = False
-    code_dim: int | None = None
-    heads: int = 1
+class ImageQuantizerConfig(QuantizerConfig):
+    heads: int = 1  # codes per position (the paper's CIFAR-10 latent has 10)
 
 
 @dataclass
@@ -69,7 +62,7 @@ class VQVAEConfig:
     # Divide the reconstruction loss by the data variance (Sonnet's recipe), so beta keeps
     # its meaning whatever the scale of the data.
     normalize_by_variance: bool = True
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    quantizer: ImageQuantizerConfig = field(default_factory=ImageQuantizerConfig)
 
 
 @dataclass
@@ -134,16 +127,7 @@ def build_vqvae(cfg: VQVAEConfig):
         code_dim=cfg.code_dim,
         strides=list(cfg.strides),
         likelihood=cfg.likelihood,
-        quantizer=dict(
-            beta=q.beta,
-            ema=q.ema,
-            decay=q.decay,
-            kmeans_init=q.kmeans_init,
-            restart_after=q.restart_after,
-            cosine=q.cosine,
-            code_dim=q.code_dim,
-            heads=q.heads,
-        ),
+        quantizer=q.kwargs(),
     )
 
 
@@ -334,7 +318,6 @@ def run(
     cfg: ImageRecipeConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
 ) -> dict:
     """Run every stage; returns the metrics written to ``run_dir/metrics.json``."""
-    t_start = time.perf_counter()
     if is_main():  # under torchrun every rank trains; rank 0 alone writes the run's files
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -342,63 +325,55 @@ def run(
     train_set, test_set = datasets(cfg)
     classes = num_classes(train_set)
     variance = data_variance(train_set, max_items=5000)
-    times = {}
+    stages = Stages()
 
-    t = time.perf_counter()
-    vqvae, vq_result = train_vqvae(
-        cfg, train_set, run_dir, resume=resume, progress=progress, variance=variance
-    )
-    times["time_vqvae_s"] = time.perf_counter() - t
+    with stages("vqvae"):
+        vqvae, vq_result = train_vqvae(
+            cfg, train_set, run_dir, resume=resume, progress=progress, variance=variance
+        )
 
-    t = time.perf_counter()
-    # On every rank of a distributed run: each trains the prior on these codes.
-    bar = progress and is_main()
-    codes_train, labels_train = encode_all(
-        vqvae, train_set, device, cfg.eval_batch_size, progress=bar
-    )
-    codes_test, labels_test = encode_all(vqvae, test_set, device, cfg.eval_batch_size, progress=bar)
-    times["time_encode_s"] = time.perf_counter() - t
+    with stages("encode"):
+        # On every rank of a distributed run: each trains the prior on these codes.
+        bar = progress and is_main()
+        codes_train, labels_train = encode_all(
+            vqvae, train_set, device, cfg.eval_batch_size, progress=bar
+        )
+        codes_test, labels_test = encode_all(
+            vqvae, test_set, device, cfg.eval_batch_size, progress=bar
+        )
 
-    t = time.perf_counter()
-    prior, prior_result = train_prior(
-        cfg, codes_train, labels_train, classes, run_dir, resume=resume, progress=progress
-    )
-    times["time_prior_s"] = time.perf_counter() - t
+    with stages("prior"):
+        prior, prior_result = train_prior(
+            cfg, codes_train, labels_train, classes, run_dir, resume=resume, progress=progress
+        )
     if not is_main():  # sampling, evaluation and the report are rank 0's
         return {}
 
-    t = time.perf_counter()
-    samples, per_row = draw_samples(vqvae, prior, cfg.sample, tuple(codes_test.shape[1:]), device)
-    save_image(upscale(samples), run_dir / "samples.png", nrow=per_row, padding=2)
-    times["time_sample_s"] = time.perf_counter() - t
+    with stages("sample"):
+        samples, per_row = draw_samples(
+            vqvae, prior, cfg.sample, tuple(codes_test.shape[1:]), device
+        )
+        save_image(upscale(samples), run_dir / "samples.png", nrow=per_row, padding=2)
 
-    t = time.perf_counter()
-    metrics, hist = evaluate(
-        vqvae,
-        prior,
-        cfg,
-        train_set,
-        test_set,
-        codes_train,
-        codes_test,
-        labels_test,
-        variance,
-        device,
-    )
-    originals = torch.stack([test_set[i][0] for i in range(min(16, len(test_set)))])
-    with torch.no_grad():
-        recons = (vqvae.decode(vqvae.encode(originals.to(device) - 0.5)) + 0.5).clamp(0, 1)
-    save_pairs(originals, recons.cpu(), run_dir / "reconstructions.png")
-    times["time_eval_s"] = time.perf_counter() - t
+    with stages("eval"):
+        metrics, hist = evaluate(
+            vqvae,
+            prior,
+            cfg,
+            train_set,
+            test_set,
+            codes_train,
+            codes_test,
+            labels_test,
+            variance,
+            device,
+        )
+        originals = torch.stack([test_set[i][0] for i in range(min(16, len(test_set)))])
+        with torch.no_grad():
+            recons = (vqvae.decode(vqvae.encode(originals.to(device) - 0.5)) + 0.5).clamp(0, 1)
+        save_pairs(originals, recons.cpu(), run_dir / "reconstructions.png")
 
-    metrics.update(
-        vqvae_steps=vq_result.step,
-        prior_steps=prior_result.step,
-        skipped_steps=vq_result.skipped_steps + prior_result.skipped_steps,
-        device=str(device),
-        **times,
-        wall_time_s=time.perf_counter() - t_start,
-    )
+    metrics.update(stages.summary(device, vqvae=vq_result, prior=prior_result))
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "code_usage.json", hist.tolist())
     add_media(

@@ -13,7 +13,6 @@ their codes as a prefix and samples the rest.
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +41,9 @@ from vqkit.metrics.video import (
 )
 from vqkit.models.video_prior import predict_video, video_prior
 from vqkit.models.vqvae import vqvae_video
+from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
-from vqkit.runs import add_media, write_json
+from vqkit.runs import Stages, add_media, write_json
 from vqkit.train import TrainConfig, fit, load_model, resolve_device
 from vqkit.train.distributed import is_main, rank_device
 
@@ -68,15 +68,6 @@ class DataConfig:
     frames_between_clips: int | None = None  # folder: default num_frames
     skip_bad_videos: bool = False  # folder: leave unreadable or empty files out
     seed: int = 0
-
-
-@dataclass
-class QuantizerConfig:
-    beta: float = 0.25
-    ema: bool = True
-    decay: float = 0.99
-    kmeans_init: bool = True
-    restart_after: int | None = 100
 
 
 @dataclass
@@ -215,13 +206,7 @@ def build_vqvae(cfg: VQVAEConfig):
         code_dim=cfg.code_dim,
         strides=[list(s) for s in cfg.strides],
         likelihood=cfg.likelihood,
-        quantizer=dict(
-            beta=q.beta,
-            ema=q.ema,
-            decay=q.decay,
-            kmeans_init=q.kmeans_init,
-            restart_after=q.restart_after,
-        ),
+        quantizer=q.kwargs(),
     )
 
 
@@ -472,80 +457,67 @@ def run(
     cfg: VideoRecipeConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
 ) -> dict:
     """Run every stage; returns the metrics written to ``run_dir/metrics.json``."""
-    t_start, cpu_start = time.perf_counter(), time.process_time()
     if is_main():  # under torchrun every rank trains; rank 0 alone writes the run's files
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     device = rank_device(resolve_device(cfg.vqvae_train.device))
-    times = {}
+    stages = Stages()
 
-    t = time.perf_counter()
-    train_raw, test_raw = datasets(cfg)
-    train = materialize(train_raw, cfg.data.train_size)
-    test = materialize(test_raw, cfg.data.test_size)
-    variance = data_variance(as_float(train.tensors[0][:500]))
-    times["time_data_s"] = time.perf_counter() - t
+    with stages("data"):
+        train_raw, test_raw = datasets(cfg)
+        train = materialize(train_raw, cfg.data.train_size)
+        test = materialize(test_raw, cfg.data.test_size)
+        variance = data_variance(as_float(train.tensors[0][:500]))
 
-    t = time.perf_counter()
-    vqvae, vq_result = train_vqvae(
-        cfg, train, run_dir, resume=resume, progress=progress, variance=variance
-    )
-    times["time_vqvae_s"] = time.perf_counter() - t
+    with stages("vqvae"):
+        vqvae, vq_result = train_vqvae(
+            cfg, train, run_dir, resume=resume, progress=progress, variance=variance
+        )
 
-    t = time.perf_counter()
-    codes_train = encode_all(vqvae, train.tensors[0], device, cfg.eval_batch_size)
-    times["time_encode_s"] = time.perf_counter() - t
+    with stages("encode"):
+        codes_train = encode_all(vqvae, train.tensors[0], device, cfg.eval_batch_size)
 
-    t = time.perf_counter()
-    ft, vocab = vqvae.factor[0], num_conds(cfg, train_raw)
-    prior, prior_result = train_prior(
-        cfg, codes_train, train.tensors[1], vocab, ft, run_dir, resume=resume, progress=progress
-    )
-    times["time_prior_s"] = time.perf_counter() - t
+    with stages("prior"):
+        ft, vocab = vqvae.factor[0], num_conds(cfg, train_raw)
+        prior, prior_result = train_prior(
+            cfg, codes_train, train.tensors[1], vocab, ft, run_dir, resume=resume, progress=progress
+        )
     if not is_main():  # prediction, evaluation and the report are rank 0's
         return {}
 
-    t = time.perf_counter()
-    clips, conds = test.tensors
-    metrics, lists, hist, recons, preds = evaluate(
-        vqvae, prior, cfg, test_raw, clips, conds, codes_train, variance, device
-    )
-    k, c = min(cfg.predict.gif_clips, len(clips)), cfg.data.context_frames
-    panel_gif(
-        prediction_rows(as_float(clips[:k]), recons[:k], preds[:k], c),
-        run_dir / "predictions.gif",
-        cfg,
-    )
-    add_media(
-        run_dir,
-        "image",
-        "predictions.gif",
-        f"Test clips: original | reconstruction | prediction from the first {c} frames "
-        "(green border: context, red border: generated)",
-        "Predictions",
-    )
-    if isinstance(test_raw, SyntheticVideo) and vocab:
-        panel_gif(rollout_rows(vqvae, prior, clips[:k], cfg, device), run_dir / "rollouts.gif", cfg)
+    with stages("eval"):
+        clips, conds = test.tensors
+        metrics, lists, hist, recons, preds = evaluate(
+            vqvae, prior, cfg, test_raw, clips, conds, codes_train, variance, device
+        )
+        k, c = min(cfg.predict.gif_clips, len(clips)), cfg.data.context_frames
+        panel_gif(
+            prediction_rows(as_float(clips[:k]), recons[:k], preds[:k], c),
+            run_dir / "predictions.gif",
+            cfg,
+        )
         add_media(
             run_dir,
             "image",
-            "rollouts.gif",
-            f"Action-conditioned rollouts: true clip | every generated frame (red border) "
-            f"commanded up | down | left | right, from the same {c} context frames",
-            "Rollouts",
+            "predictions.gif",
+            f"Test clips: original | reconstruction | prediction from the first {c} frames "
+            "(green border: context, red border: generated)",
+            "Predictions",
         )
-    times["time_eval_s"] = time.perf_counter() - t
+        if isinstance(test_raw, SyntheticVideo) and vocab:
+            panel_gif(
+                rollout_rows(vqvae, prior, clips[:k], cfg, device), run_dir / "rollouts.gif", cfg
+            )
+            add_media(
+                run_dir,
+                "image",
+                "rollouts.gif",
+                f"Action-conditioned rollouts: true clip | every generated frame (red border) "
+                f"commanded up | down | left | right, from the same {c} context frames",
+                "Rollouts",
+            )
 
-    metrics.update(
-        vqvae_steps=vq_result.step,
-        prior_steps=prior_result.step,
-        skipped_steps=vq_result.skipped_steps + prior_result.skipped_steps,
-        device=str(device),
-        torch_threads=torch.get_num_threads(),
-        **times,
-        wall_time_s=time.perf_counter() - t_start,
-        cpu_time_s=time.process_time() - cpu_start,
-    )
+    metrics.update(stages.summary(device, vqvae=vq_result, prior=prior_result))
     write_json(run_dir / "metrics.json", {**metrics, **lists})
     write_json(run_dir / "code_usage.json", hist.tolist())
     build_report(run_dir)

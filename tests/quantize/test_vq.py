@@ -161,6 +161,57 @@ def test_dead_codes_are_restarted_from_encoder_outputs(dims):
     assert vq.unused_steps[5] == 0
 
 
+def rows_as_z(rows: torch.Tensor, dims: int) -> torch.Tensor:
+    """``(N, D)`` rows -> ``(1, D, N, 1, ...)`` with ``dims`` spatial axes (rows in order)."""
+    return rows.t().reshape(1, rows.shape[1], rows.shape[0], *([1] * (dims - 1)))
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_rarely_used_codes_are_restarted_by_usage_ema(dims):
+    # Codes 0, 1, 2 get 4, 2 and 2 rows a step; code 3 none. Usage starts at the mean count
+    # (2) and follows usage <- decay * usage + (1 - decay) * counts, with decay 0.5:
+    # code 3 goes 1.0, 0.5, 0.25 and is re-seeded at the third step (strictly below 0.5).
+    vq = VectorQuantizer(4, 2, decay=0.5, restart_below=0.5)
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [100.0, 100.0]]))
+    rows = torch.tensor([[0.1, 0], [0, 0.1], [-0.1, 0], [0, -0.1], [10, 0.1], [10, -0.1],
+                         [0.1, 10], [-0.1, 10]])
+    z = rows_as_z(rows, dims)
+    expected = [[3.0, 2.0, 2.0, 1.0], [3.5, 2.0, 2.0, 0.5]]
+    for step in range(2):
+        vq(z)
+        torch.testing.assert_close(vq.usage, torch.tensor(expected[step]))
+        assert torch.equal(vq.codebook[3], torch.tensor([100.0, 100.0]))
+    vq(z)
+    assert (vq.codebook[3] - rows).abs().sum(1).min() == 0  # one of this step's rows
+    assert vq.usage[3] == 2.0  # a restarted code starts at the mean count
+    torch.testing.assert_close(vq.usage[:3], torch.tensor([3.75, 2.0, 2.0]))
+
+
+def test_usage_restart_catches_codes_that_count_based_restart_misses():
+    # Code 3 wins one row every step, so it is never "unused"; with 5 rows on each other code
+    # its use (1 a step) is far below the mean (4): restart_below=1.5 moves it (within 17
+    # steps at decay 0.9).
+    gen = torch.Generator().manual_seed(0)
+    table = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [100.0, 100.0]])
+    noise = 0.1 * torch.randn(15, 2, generator=gen)
+    rows = torch.cat([table[:3].repeat_interleave(5, dim=0) + noise, table[3:] - 1.0])
+    by_count = VectorQuantizer(4, 2, decay=0.9, restart_after=2)
+    by_usage = VectorQuantizer(4, 2, decay=0.9, restart_after=2, restart_below=1.5)
+    for vq in (by_count, by_usage):
+        with torch.no_grad():
+            vq.codebook.copy_(table)
+        for _ in range(100):
+            vq(rows_as_z(rows, 2))
+    assert torch.equal(by_count.codebook[3], table[3])
+    assert not torch.equal(by_usage.codebook[3], table[3])
+
+
+def test_restart_below_must_be_positive():
+    with pytest.raises(ValueError, match="restart_below"):
+        VectorQuantizer(4, 2, restart_below=0.0)
+
+
 def test_restart_never_fires_when_disabled():
     vq = VectorQuantizer(8, 8)
     with torch.no_grad():

@@ -12,8 +12,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-# Upper bound on the number of distance entries held at once (N_chunk x K floats, 64 MiB).
-MAX_DISTANCE_ELEMENTS = 1 << 24
+# Upper bound on the number of distance entries held at once (N_chunk x K floats, 2 MiB): small
+# enough that argmin reads each chunk from cache right after addmm wrote it (faster than one big
+# product on CPU, benchmarks/quantizer.py) and that memory stays flat whatever N is.
+MAX_DISTANCE_ELEMENTS = 1 << 19
 
 
 def nearest_code(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -9,6 +11,46 @@ from torch import Tensor, nn
 
 from vqkit.quantize import codebook as cb
 from vqkit.quantize.base import Quantizer, QuantizerOutput, channels_last, code_stats, restore
+
+
+class _LookupWithLosses(torch.autograd.Function):
+    """Codebook lookup, straight-through output and both loss terms in one pass.
+
+    ``(rows (N, C), table (K, C), ids (N,))`` -> ``(out, codebook_loss, commitment_loss)`` with
+
+    * ``out`` = ``table[ids]`` in value, gradient the identity to ``rows`` (straight-through);
+    * ``codebook_loss`` = ``mean((sg[rows] - table[ids])^2)``: gradient to ``table`` only;
+    * ``commitment_loss`` = ``mean((rows - sg[table[ids]])^2)``: gradient to ``rows`` only.
+
+    The two losses have the same value, so the difference ``rows - table[ids]`` is formed once
+    and kept for the backward pass, which writes each gradient directly: the codebook's as one
+    ``index_add`` over the rows (no one-hot), the rows' as one fused multiply-add.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, table: Tensor, ids: Tensor):  # noqa: D102
+        quantized = table.index_select(0, ids)
+        diff = rows - quantized
+        flat = diff.view(-1)
+        loss = torch.dot(flat, flat) / flat.numel()
+        ctx.save_for_backward(diff, ids)
+        ctx.num_codes = table.shape[0]
+        ctx.mark_non_differentiable(ids)
+        return quantized, loss, loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_codebook, grad_commitment):  # noqa: D102
+        diff, ids = ctx.saved_tensors
+        scale = 2.0 / diff.numel()
+        grad_rows = grad_table = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = diff * (scale * grad_commitment)
+            if grad_out is not None:
+                grad_rows += grad_out
+        if ctx.needs_input_grad[1]:
+            grad_table = diff.new_zeros(ctx.num_codes, diff.shape[1]).index_add_(0, ids, diff)
+            grad_table *= -scale * grad_codebook
+        return grad_rows, grad_table, None
 
 
 class VectorQuantizer(Quantizer):
@@ -35,6 +77,10 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: Lloyd iterations of that k-means.
         restart_after: re-seed codes unused for this many training steps from the current
             encoder outputs (None: never).
+        restart_below: also re-seed codes whose average use per step (an EMA with ``decay``
+            of their counts, starting at the mean count of the first step) falls below this
+            many vectors (None: never). Rarely used codes then move to where the data is dense,
+            which evens out usage and raises perplexity (as in Jukebox, Dhariwal et al. 2020).
         cosine: l2-normalise inputs and codes (distances are then cosine distances).
         code_dim: look codes up in this smaller dimension (linear projections in and out).
         heads: split D into this many groups, each quantised with the shared codebook
@@ -62,6 +108,7 @@ class VectorQuantizer(Quantizer):
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         restart_after: int | None = None,
+        restart_below: float | None = None,
         cosine: bool = False,
         code_dim: int | None = None,
         heads: int = 1,
@@ -76,11 +123,14 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"decay must lie in (0, 1), got {decay}")
         if restart_after is not None and restart_after < 1:
             raise ValueError(f"restart_after must be >= 1 or None, got {restart_after}")
+        if restart_below is not None and not restart_below > 0:
+            raise ValueError(f"restart_below must be > 0 or None, got {restart_below}")
         self.num_codes, self.dim, self.heads = num_codes, dim, heads
         self.beta, self.codebook_weight = beta, codebook_weight
         self.ema, self.decay, self.eps = ema, decay, eps
         self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
         self.restart_after, self.cosine, self.seed = restart_after, cosine, seed
+        self.restart_below = restart_below
         head_dim = dim // heads
         self.code_dim = code_dim or head_dim
         if code_dim is not None and code_dim != head_dim:
@@ -101,6 +151,9 @@ class VectorQuantizer(Quantizer):
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("unused_steps", torch.zeros(num_codes, dtype=torch.long))
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+        if restart_below is not None:  # only then, so older checkpoints load unchanged
+            # EMA of each code's count per step; negative until the first step sets it.
+            self.register_buffer("usage", torch.full((num_codes,), -1.0))
 
     # ------------------------------------------------------------------------------------------
     def _rows(self, z: Tensor) -> tuple[Tensor, list]:
@@ -141,16 +194,9 @@ class VectorQuantizer(Quantizer):
                 self._kmeans_init(rows.detach())
             table = self._lookup_table()
             ids = cb.nearest_code(rows.detach(), table.detach())
-            quantized = F.embedding(ids, table)  # (N * heads, code_dim), gradient to codebook
-
-            if self.ema:
-                codebook_loss = rows.new_zeros(())
-            else:
-                codebook_loss = F.mse_loss(quantized, rows.detach())
-            commitment_loss = F.mse_loss(rows, quantized.detach())
-            # Value exactly quantized (so decode(encode(z)) matches bit for bit), gradient the
-            # identity to rows: the straight-through estimator.
-            straight = quantized.detach() + (rows - rows.detach())
+            straight, codebook_loss, commitment_loss = _LookupWithLosses.apply(rows, table, ids)
+            if self.ema:  # the EMA moves the codebook; no loss term does
+                codebook_loss = codebook_loss.detach().zero_()
 
             if self.training:
                 self._update_state(rows.detach(), ids)
@@ -225,12 +271,20 @@ class VectorQuantizer(Quantizer):
             )
             self.codebook.copy_(new)
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
-        if self.restart_after is not None:
-            self._restart_dead(rows)
+        if self.restart_below is not None:
+            if bool((self.usage < 0).all()):
+                self.usage.fill_(float(counts.mean()))
+            self.usage.lerp_(counts, 1.0 - self.decay)
+        if self.restart_after is not None or self.restart_below is not None:
+            self._restart_dead(rows, float(counts.mean()))
 
     @torch.no_grad()
-    def _restart_dead(self, rows: Tensor) -> None:
-        dead = self.unused_steps >= self.restart_after
+    def _restart_dead(self, rows: Tensor, mean_count: float) -> None:
+        dead = torch.zeros_like(self.unused_steps, dtype=torch.bool)
+        if self.restart_after is not None:
+            dead |= self.unused_steps >= self.restart_after
+        if self.restart_below is not None:
+            dead |= self.usage < self.restart_below
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
@@ -246,6 +300,8 @@ class VectorQuantizer(Quantizer):
             self.cluster_size[dead] = 1.0
             self.embed_sum[dead] = fresh
         self.unused_steps[dead] = 0
+        if self.restart_below is not None:
+            self.usage[dead] = mean_count  # a fresh code gets the average use to prove itself
 
     def extra_repr(self) -> str:
         opts = [f"num_codes={self.num_codes}", f"dim={self.dim}", f"beta={self.beta}"]
@@ -254,8 +310,30 @@ class VectorQuantizer(Quantizer):
                 opts.append(f"{name}=True")
         if self.restart_after is not None:
             opts.append(f"restart_after={self.restart_after}")
+        if self.restart_below is not None:
+            opts.append(f"restart_below={self.restart_below}")
         if self.heads > 1:
             opts.append(f"heads={self.heads}")
         if self.code_dim != self.dim // self.heads:
             opts.append(f"code_dim={self.code_dim}")
         return ", ".join(opts)
+
+
+@dataclasses.dataclass
+class QuantizerConfig:
+    """The :class:`VectorQuantizer` options a recipe exposes (``--set
+    vqvae.quantizer.<name>=<value>``), with the defaults vqkit's presets start from: EMA
+    updates, k-means initialisation and dead-code restarts. :meth:`kwargs` gives the keyword
+    arguments of :class:`VectorQuantizer` (and of the ``vqvae_*`` builders' ``quantizer=``)."""
+
+    beta: float = 0.25
+    ema: bool = True
+    decay: float = 0.99
+    kmeans_init: bool = True
+    restart_after: int | None = 100
+    restart_below: float | None = None
+    cosine: bool = False
+    code_dim: int | None = None
+
+    def kwargs(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,116 @@
+"""Prior sampling speed, cached against naive: the Gated PixelCNN and the video prior.
+
+* PixelCNN: ``gated_pixelcnn(num_codes=512)`` (default 128 channels, 12 layers), 32x32 code maps,
+  batch 16. The cached sampler computes one horizontal pixel per layer per code and one
+  vertical row per layer per finished row (Ramachandran et al. 2017).
+* Video prior: ``video_prior`` at the video recipe's default size (K=256, an 8x8x8 volume,
+  dim 128, 4 layers, action-conditioned), batch 8, continuing 3 context steps (6 frames).
+  The cached sampler keeps keys and values of every layer and computes one position per code.
+
+Naive sampling runs one full forward pass per code, so its time is ``codes x (time of one
+forward pass over the whole map + one draw)``; that per-code time is measured (median of
+interleaved repeats) and multiplied out rather than spending minutes on a full naive run. The
+cached samplers are timed end to end. Exactness of cached against naive sampling is a test
+(``tests/models/test_pixelcnn.py``, ``tests/models/test_video_prior.py``), not part of this script.
+
+Run: ``uv run python benchmarks/sampling.py [--threads N] [--repeats N] [--only pixelcnn|video]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_medians, machine_line  # noqa: E402
+
+from vqkit.models import gated_pixelcnn  # noqa: E402
+from vqkit.models.video_prior import video_prior  # noqa: E402
+from vqkit.models.wavenet import sample_logits  # noqa: E402
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pixelcnn(args) -> tuple[str, float, float, int]:
+    torch.manual_seed(0)
+    model = gated_pixelcnn(
+        num_codes=512, channels=args.pixelcnn_channels, num_layers=args.pixelcnn_layers
+    ).eval()
+    n, size = args.pixelcnn_batch, 32
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 512, (n, size, size), generator=gen)
+
+    @torch.inference_mode()
+    def naive_code() -> None:  # what the naive sampler does for every one of the H*W codes
+        model._pick(model(codes)[:, :, 0, 0], 1.0, gen)
+
+    per_code = interleaved_medians({"naive": naive_code}, repeats=args.repeats)["naive"]
+    model.sample((n, 4, 4), generator=gen)  # warm-up
+    cached = timed(lambda: model.sample((n, size, size), generator=gen), max(1, args.repeats // 3))
+    label = (
+        f"PixelCNN {args.pixelcnn_channels} ch x {args.pixelcnn_layers} layers, K=512, "
+        f"32x32, batch {n}"
+    )
+    return label, per_code * size * size, cached, n
+
+
+def video(args) -> tuple[str, float, float, int]:
+    torch.manual_seed(0)
+    shape = (8, 8, 8)
+    model = video_prior(num_codes=256, shape=shape, num_conds=5, cond_per_step=2).eval()
+    b, context_steps = args.video_batch, 3
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 256, (b, *shape), generator=gen)
+    cond = torch.randint(0, 5, (b, shape[0], 2), generator=gen)
+    context = codes[:, :context_steps]
+    new_codes = (shape[0] - context_steps) * shape[1] * shape[2]
+
+    @torch.inference_mode()
+    def naive_code() -> None:  # one full forward pass over the volume, then a draw
+        sample_logits(model(codes, cond).flatten(2)[:, :, -1], 1.0, gen)
+
+    per_code = interleaved_medians({"naive": naive_code}, repeats=args.repeats)["naive"]
+    model.generate(context=codes[:, : shape[0] - 1], cond=cond, generator=gen)  # warm-up
+
+    def cached() -> None:
+        model.generate(context=context, cond=cond, generator=gen)
+
+    cached_s = timed(cached, max(1, args.repeats // 3))
+    label = f"video prior dim 128 x 4 layers, K=256, 8x8x8 from 3 context steps, batch {b}"
+    return label, per_code * new_codes, cached_s, b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--only", choices=["pixelcnn", "video"])
+    parser.add_argument("--pixelcnn-channels", type=int, default=128)
+    parser.add_argument("--pixelcnn-layers", type=int, default=12)
+    parser.add_argument("--pixelcnn-batch", type=int, default=16)
+    parser.add_argument("--video-batch", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(machine_line())
+    print(f"{'model':<78} {'naive s':>9} {'cached s':>9} {'speedup':>8}")
+    for name, fn in (("pixelcnn", pixelcnn), ("video", video)):
+        if args.only in (None, name):
+            label, naive_s, cached_s, _ = fn(args)
+            print(f"{label:<78} {naive_s:9.2f} {cached_s:9.3f} {naive_s / cached_s:7.1f}x")
+    print("target: PixelCNN cached >= 100x naive at 32x32, K=512, batch 16")
+
+
+if __name__ == "__main__":
+    main()
