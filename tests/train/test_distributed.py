@@ -21,9 +21,8 @@ from torch.utils.data import TensorDataset
 
 from vqkit.models import vqvae_nd
 from vqkit.quantize import VectorQuantizer
-from vqkit.train import load_weights
+from vqkit.train import EpochBatchSampler, TrainConfig, fit, load_weights
 from vqkit.train.checkpoint import latest_checkpoint
-from vqkit.train.loop import EpochBatchSampler, TrainConfig, fit
 
 WORLD = 2
 TORCHRUN = Path(sys.executable).parent / "torchrun"

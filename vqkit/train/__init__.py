@@ -18,7 +18,8 @@ from vqkit.train.device import (
     seed_everything,
     set_rng_state,
 )
-from vqkit.train.loop import DivergenceError, EpochBatchSampler, TrainConfig, TrainResult, fit
+from vqkit.train.loop import DivergenceError, TrainConfig, TrainResult, fit
+from vqkit.train.sampler import EpochBatchSampler
 
 __all__ = [
     "CheckpointError",

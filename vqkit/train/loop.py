@@ -17,27 +17,22 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, IterableDataset, Sampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, IterableDataset
 
 from vqkit.train.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     clear_leftovers,
     latest_checkpoint,
     load_trainer_state,
@@ -55,20 +50,19 @@ from vqkit.train.distributed import (
     agree,
     broadcast_object,
     is_main,
-    mean_over_ranks,
     on_main,
     rank,
     rank_device,
     world,
     wrap_ddp,
 )
+from vqkit.train.runlog import ImageFn, RunLog, log_images, read_history
+from vqkit.train.sampler import EpochBatchSampler
 
 log = logging.getLogger("vqkit.train")
 _MAX_RESTORES = 3  # restores of one checkpoint before a run of non-finite steps is fatal
-_SHOWN = ("loss", "usage", "perplexity")  # logs shown on the progress bar (by key suffix)
 
 StepFn = Callable[[nn.Module, Any], "tuple[Tensor, Mapping[str, float | Tensor]]"]
-ImageFn = Callable[[nn.Module, int], "Mapping[str, Tensor]"]
 
 
 @dataclass
@@ -173,53 +167,6 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Endless batches: a permutation seeded by ``seed + epoch`` per epoch, drop_last.
-
-    Iteration starts at ``(start_epoch, start_batch)`` so a resumed run sees the same batches.
-    With ``shard=(rank, world)`` it yields rank's contiguous slice of each global batch of
-    ``batch_size`` items: the ranks' slices, in rank order, make up exactly the batch a single
-    process sees, and the data position (epoch, batch) means the same on every rank.
-    """
-
-    def __init__(
-        self,
-        num_items: int,
-        batch_size: int,
-        seed: int,
-        start_epoch: int = 0,
-        start_batch: int = 0,
-        shard: tuple[int, int] = (0, 1),
-    ) -> None:
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.start_epoch, self.start_batch = start_epoch, start_batch
-        self.batches_per_epoch = num_items // batch_size
-        index, count = shard
-        if not 0 <= index < count or batch_size % count:
-            raise ValueError(
-                f"cannot split batches of {batch_size} into {count} equal shards (shard {index}); "
-                f"batch_size is global: make it a multiple of the number of processes"
-            )
-        self.slice = slice(index * batch_size // count, (index + 1) * batch_size // count)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, first = self.start_epoch, self.start_batch
-        while True:
-            order = torch.randperm(
-                self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)
-            )
-            for b in range(first, self.batches_per_epoch):
-                yield order[b * self.batch_size : (b + 1) * self.batch_size][self.slice].tolist()
-            epoch, first = epoch + 1, 0
-
-    def indices(self, epoch: int, batch: int) -> list[int]:
-        """The data set indices of batch ``batch`` of ``epoch`` (to name a bad batch)."""
-        order = torch.randperm(
-            self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)
-        )
-        return order[batch * self.batch_size : (batch + 1) * self.batch_size].tolist()
-
-
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of ``cfg.lr`` for the update made at ``step`` (0-based)."""
     if step < cfg.warmup_steps:
@@ -230,106 +177,9 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class _RunLog:
-    """Scalars averaged between log steps, written to history.jsonl, TensorBoard and the bar.
-
-    Tensors are summed on their device and read once per log step, so logging costs no
-    device synchronisation on the other steps. In a distributed run every rank averages its
-    scalars with the other ranks' (the same entries in ``history`` everywhere), and only the
-    main rank (``main=True``) writes files, TensorBoard and the bar.
-    """
-
-    def __init__(
-        self, out: Path, history: list, *, step: int, steps: int, progress: bool, main: bool = True
-    ) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # slow import; only when training
-
-        self.history = history
-        self.writer = SummaryWriter(str(out / "tb")) if main else None
-        self.file = (out / "history.jsonl").open("a") if main else None
-        self.bar = tqdm(total=steps, initial=step, disable=not (progress and main), desc=out.name)
-        self.sums: dict[str, Any] = {}
-        self.counts: dict[str, int] = {}
-        self.since = (time.perf_counter(), step)
-
-    def add(self, logs: Mapping[str, float | Tensor]) -> None:
-        for k, v in logs.items():
-            if isinstance(v, Tensor):
-                if v.numel() != 1:
-                    raise ValueError(f"log {k!r} must be a scalar, got shape {tuple(v.shape)}")
-                v = v.detach().float().reshape(())
-            elif not isinstance(v, (int, float)):
-                raise TypeError(f"log {k!r} must be a float or a scalar tensor, got {type(v)}")
-            self.sums[k] = self.sums.get(k, 0.0) + v
-            self.counts[k] = self.counts.get(k, 0) + 1
-
-    def write(self, step: int, **more: float) -> dict[str, float]:
-        """Log the means since the last call; returns them (the entry without its step)."""
-        means = mean_over_ranks({k: float(s) / self.counts[k] for k, s in self.sums.items()})
-        self.sums, self.counts = {}, {}
-        entry = {"step": step, **means, **more}
-        self.history.append(entry)
-        scalars = {k: v for k, v in entry.items() if k != "step"}
-        if self.writer is None or self.file is None:  # not the main rank
-            return scalars
-        self.file.write(json.dumps(entry) + "\n")
-        self.file.flush()  # the curve survives a kill
-        for k, v in scalars.items():
-            self.writer.add_scalar(f"train/{k}", v, step)
-        t0, s0 = self.since
-        self.since = (now := time.perf_counter(), step)
-        self.writer.add_scalar("speed/steps_per_s", (step - s0) / max(now - t0, 1e-9), step)
-        shown = {k: f"{v:.4g}" for k, v in scalars.items() if k.endswith(_SHOWN)}
-        self.bar.set_postfix(shown, refresh=False)
-        return scalars
-
-    def rewind(self, step: int, file: Path) -> None:
-        """Forget what was logged after ``step`` (in memory and in ``file``, history.jsonl)."""
-        if self.file is None:  # not the main rank: the history mirrors the main rank's file
-            self.history[:] = [e for e in self.history if e["step"] <= step]
-        else:
-            self.file.close()
-            self.history[:] = _read_history(file, upto=step)
-            self.file = file.open("a")
-        self.sums, self.counts = {}, {}
-        self.since = (time.perf_counter(), step)
-        self.bar.n = step
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.writer is not None and self.file is not None:
-            self.writer.close()
-            self.file.close()
-
-
 def _snapshot_buffers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
     """Copies of float buffers (EMA codebooks, norm statistics) a NaN forward could poison."""
     return [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
-
-
-def _log_images(writer: Any, image_fn: ImageFn, model: nn.Module, step: int, device) -> None:
-    """Run ``image_fn`` without disturbing the training RNG streams, so resume stays exact."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda = (
-        [device.index if device.index is not None else torch.cuda.current_device()]
-        if device.type == "cuda"
-        else []
-    )
-    was_training = model.training
-    try:
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
-            images = image_fn(model, step)
-    finally:
-        model.train(was_training)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-    for tag, img in images.items():
-        if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] not in (1, 3):
-            raise ValueError(
-                f"image_fn must return (3, H, W) or (1, H, W) tensors; {tag!r} is "
-                f"{getattr(img, 'shape', type(img))}"
-            )
-        writer.add_image(tag, img.detach().float().clamp(0, 1).cpu(), step)
 
 
 def _update(
@@ -372,25 +222,6 @@ def _update(
             return f"gradient norm {norm.item()}", logs
     optimizer.step()
     return None, logs
-
-
-def _read_history(file: Path, upto: int) -> list[dict[str, float]]:
-    """Entries up to step ``upto``; rewrites the file without later ones (logged after the
-    checkpoint by a run that was then killed) so the resumed run does not log them twice."""
-    if not file.is_file():
-        return []
-    lines = [line for line in file.read_text().splitlines() if line.strip()]
-    kept = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a crash in the middle of writing it
-            continue
-        if entry["step"] <= upto:
-            kept.append(entry)
-    if len(kept) != len(lines):
-        atomic_write_bytes(file, "".join(json.dumps(e) + "\n" for e in kept).encode())
-    return kept
 
 
 def _restore(
@@ -521,7 +352,7 @@ def fit(
         final_logs = extra.get("final_logs", {})
         if batch_idx >= sampler.batches_per_epoch:  # the dataset shrank since the checkpoint
             epoch, batch_idx = epoch + 1, 0
-        history = broadcast_object(_read_history(history_file, upto=step) if is_main() else None)
+        history = broadcast_object(read_history(history_file, upto=step) if is_main() else None)
         log.info("resumed %s from %s at step %d", name, start, step)
         if step >= cfg.steps:
             return TrainResult(
@@ -541,7 +372,7 @@ def fit(
         # Worker seeds come from this generator, not the global RNG that a resume restores.
         generator=torch.Generator().manual_seed(cfg.seed + step),
     )
-    runlog = _RunLog(out, history, step=step, steps=cfg.steps, progress=progress, main=is_main())
+    runlog = RunLog(out, history, step=step, steps=cfg.steps, progress=progress, main=is_main())
     # In a distributed run: DDP around the step; the same step function in one process.
     train_model, train_step = wrap_ddp(model, step_fn, device)
     checkpoint = start
@@ -644,7 +475,7 @@ def fit(
                     checkpoint, restores = saved, 0
                 if runlog.writer is not None:  # the main rank
                     if image_fn is not None:
-                        _log_images(runlog.writer, image_fn, model, step, device)
+                        log_images(runlog.writer, image_fn, model, step, device)
                     runlog.writer.flush()
     finally:
         del batches  # shuts down worker processes
