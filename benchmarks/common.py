@@ -38,6 +38,16 @@ def machine_line() -> str:
     )
 
 
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` (for runs too long to interleave)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def interleaved_medians(
     fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1
 ) -> dict[str, float]:

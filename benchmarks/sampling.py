@@ -19,28 +19,17 @@ Run: ``uv run python benchmarks/sampling.py [--threads N] [--repeats N] [--only 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, machine_line  # noqa: E402
+from common import interleaved_medians, machine_line, median_seconds  # noqa: E402
 
 from vqkit.models import gated_pixelcnn  # noqa: E402
 from vqkit.models.video_prior import video_prior  # noqa: E402
 from vqkit.models.wavenet import sample_logits  # noqa: E402
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def pixelcnn(args) -> tuple[str, float, float, int]:
@@ -48,7 +37,7 @@ def pixelcnn(args) -> tuple[str, float, float, int]:
     model = gated_pixelcnn(
         num_codes=512, channels=args.pixelcnn_channels, num_layers=args.pixelcnn_layers
     ).eval()
-    n, size = args.pixelcnn_batch, 32
+    n, size = args.pixelcnn_batch, args.pixelcnn_size
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 512, (n, size, size), generator=gen)
 
@@ -58,10 +47,12 @@ def pixelcnn(args) -> tuple[str, float, float, int]:
 
     per_code = interleaved_medians({"naive": naive_code}, repeats=args.repeats)["naive"]
     model.sample((n, 4, 4), generator=gen)  # warm-up
-    cached = timed(lambda: model.sample((n, size, size), generator=gen), max(1, args.repeats // 3))
+    cached = median_seconds(
+        lambda: model.sample((n, size, size), generator=gen), max(1, args.repeats // 3)
+    )
     label = (
         f"PixelCNN {args.pixelcnn_channels} ch x {args.pixelcnn_layers} layers, K=512, "
-        f"32x32, batch {n}"
+        f"{size}x{size}, batch {n}"
     )
     return label, per_code * size * size, cached, n
 
@@ -87,7 +78,7 @@ def video(args) -> tuple[str, float, float, int]:
     def cached() -> None:
         model.generate(context=context, cond=cond, generator=gen)
 
-    cached_s = timed(cached, max(1, args.repeats // 3))
+    cached_s = median_seconds(cached, max(1, args.repeats // 3))
     label = f"video prior dim 128 x 4 layers, K=256, 8x8x8 from 3 context steps, batch {b}"
     return label, per_code * new_codes, cached_s, b
 
@@ -100,6 +91,7 @@ def main() -> None:
     parser.add_argument("--pixelcnn-channels", type=int, default=128)
     parser.add_argument("--pixelcnn-layers", type=int, default=12)
     parser.add_argument("--pixelcnn-batch", type=int, default=16)
+    parser.add_argument("--pixelcnn-size", type=int, default=32, help="H = W of the code map")
     parser.add_argument("--video-batch", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

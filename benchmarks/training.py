@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--paper-batch", type=int, default=16)
+    parser.add_argument("--only", choices=["sonnet", "paper"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = {
@@ -64,6 +65,8 @@ def main() -> None:
     print(machine_line())
     print(f"{'size':<38} {'batch':>5} {'seed img/s':>11} {'vqkit img/s':>12} {'ratio':>6}")
     for label, size in sizes.items():
+        if args.only and not label.lower().startswith(args.only):
+            continue
         x = torch.rand(size["batch"], 3, size["image"], size["image"]) - 0.5
         steps = {
             "seed": step_fn(build(size, True), x),

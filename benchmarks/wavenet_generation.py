@@ -14,23 +14,17 @@ Run: ``uv run python benchmarks/wavenet_generation.py [--threads N] [--samples N
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from vqkit.models.wavenet import WaveNet, sample_logits, wavenet_prior
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_line, median_seconds  # noqa: E402
+
+from vqkit.models.wavenet import WaveNet, sample_logits, wavenet_prior  # noqa: E402
 
 SAMPLE_RATE = 8000
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def conditioning(model: WaveNet, batch: int, n: int) -> dict:
@@ -89,10 +83,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        "WaveNet generation, 2 stacks x 10 dilated layers, 64 residual channels; "
-        f"torch {torch.__version__}, CPU, {torch.get_num_threads()} thread(s)"
-    )
+    print("WaveNet generation, 2 stacks x 10 dilated layers, 64 residual channels")
+    print(machine_line())
     print("targets (reference model): cached >= 50x naive at batch 1, >= 250x at batch 16;")
     print("stretch: >= 8000 samples/s at batch 1 (real time at 8 kHz)")
     for label, model in models().items():
