@@ -196,7 +196,7 @@ class VectorQuantizer(Quantizer):
             ids = cb.nearest_code(rows.detach(), table.detach())
             straight, codebook_loss, commitment_loss = _LookupWithLosses.apply(rows, table, ids)
             if self.ema:  # the EMA moves the codebook; no loss term does
-                codebook_loss = codebook_loss.detach().zero_()
+                codebook_loss = rows.new_zeros(())
 
             if self.training:
                 self._update_state(rows.detach(), ids)
@@ -276,10 +276,10 @@ class VectorQuantizer(Quantizer):
                 self.usage.fill_(float(counts.mean()))
             self.usage.lerp_(counts, 1.0 - self.decay)
         if self.restart_after is not None or self.restart_below is not None:
-            self._restart_dead(rows, float(counts.mean()))
+            self._restart_dead(rows, counts)
 
     @torch.no_grad()
-    def _restart_dead(self, rows: Tensor, mean_count: float) -> None:
+    def _restart_dead(self, rows: Tensor, counts: Tensor) -> None:
         dead = torch.zeros_like(self.unused_steps, dtype=torch.bool)
         if self.restart_after is not None:
             dead |= self.unused_steps >= self.restart_after
@@ -301,7 +301,7 @@ class VectorQuantizer(Quantizer):
             self.embed_sum[dead] = fresh
         self.unused_steps[dead] = 0
         if self.restart_below is not None:
-            self.usage[dead] = mean_count  # a fresh code gets the average use to prove itself
+            self.usage[dead] = counts.mean()  # a fresh code gets the average use to prove itself
 
     def extra_repr(self) -> str:
         opts = [f"num_codes={self.num_codes}", f"dim={self.dim}", f"beta={self.beta}"]
