@@ -28,6 +28,7 @@ __all__ = [
     "save_audio",
     "MuLawEncode",
     "MuLawDecode",
+    "LogMel",
 ]
 
 
@@ -232,3 +233,55 @@ class MuLawDecode(nn.Module):
 
     def extra_repr(self) -> str:
         return f"classes={self.classes}"
+
+
+class LogMel(nn.Module):
+    """Waveforms ``(B, T)`` in [-1, 1] -> log-mel frames ``(B, n_mels, 1 + T // hop)``.
+
+    Args:
+        sample_rate: samples per second.
+        n_mels: mel bands.
+        frame_ms: analysis window in milliseconds.
+        hop_ms: frame step in milliseconds (frame rate ``1000 / hop_ms`` Hz).
+        pad_mode: how the signal is padded by half a window at both ends (``"reflect"``, or
+            ``"constant"`` for zeros, which also accepts inputs shorter than half a window).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        n_mels: int = 40,
+        frame_ms: float = 25.0,
+        hop_ms: float = 10.0,
+        pad_mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        import torchaudio  # imported on first use: it costs seconds
+
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        self.sample_rate = sample_rate
+        self.hop = max(1, round(sample_rate * hop_ms / 1000))
+        win = max(2, round(sample_rate * frame_ms / 1000))
+        n_fft = 1 << (win - 1).bit_length()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate,
+            n_fft=n_fft,
+            win_length=win,
+            hop_length=self.hop,
+            n_mels=n_mels,
+            pad_mode=pad_mode,
+        )
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second."""
+        return self.sample_rate / self.hop
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of a waveform of ``num_samples`` samples."""
+        return 1 + num_samples // self.hop
+
+    def forward(self, wav: Tensor) -> Tensor:
+        return torch.log(self.mel(wav.float()) + 1e-5)

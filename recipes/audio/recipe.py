@@ -67,6 +67,12 @@ class DataConfig:
 
 @dataclass
 class VQVAEConfig:
+    # features: the encoder reads the waveform ("waveform": strides over samples) or log-mel
+    # frames every mel_hop samples ("logmel": strides over frames; hop = mel_hop * prod(strides))
+    features: str = "waveform"
+    mel_hop: int = 80
+    n_mels: int = 40
+    jitter: float = 0.0  # time-jitter probability of the codes while training (0: off)
     strides: list[int] = field(default_factory=lambda: [2] * 8)  # hop 256: 31.25 Hz at 8 kHz
     hidden: int = 64
     res_hidden: int = 32
@@ -199,6 +205,11 @@ def build_vqvae(cfg: AudioRecipeConfig, num_speakers: int):
         layers_per_stack=v.layers_per_stack,
         stacks=v.stacks,
         upsample=v.upsample,
+        features=v.features,
+        sample_rate=cfg.data.sample_rate,
+        mel_hop=v.mel_hop,
+        n_mels=v.n_mels,
+        jitter=v.jitter,
         quantizer=q.kwargs(),
     )
 

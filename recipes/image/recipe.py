@@ -18,7 +18,7 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from vqkit.config import save_config
-from vqkit.datasets import build_image_dataset, load_rgb, resize_center_crop
+from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
 from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
 from vqkit.models import gated_pixelcnn, vqvae_image
 from vqkit.quantize import QuantizerConfig
@@ -43,6 +43,7 @@ class DataConfig:
     test_size: int | None = None  # builtin only
     download: bool = False
     seed: int = 0
+    mirror: bool = False  # train the VQ-VAE on the training images and their mirror images
 
 
 @dataclass
@@ -328,8 +329,9 @@ def run(
     stages = Stages()
 
     with stages("vqvae"):
+        vqvae_set = WithMirrors(train_set) if cfg.data.mirror else train_set
         vqvae, vq_result = train_vqvae(
-            cfg, train_set, run_dir, resume=resume, progress=progress, variance=variance
+            cfg, vqvae_set, run_dir, resume=resume, progress=progress, variance=variance
         )
 
     with stages("encode"):

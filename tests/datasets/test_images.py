@@ -15,7 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vqkit.datasets import CIFAR10, ImageFolder, SyntheticShapes, build_image_dataset, load_rgb
+from vqkit.datasets import (
+    CIFAR10,
+    ImageFolder,
+    SyntheticShapes,
+    WithMirrors,
+    build_image_dataset,
+    load_rgb,
+)
 from vqkit.datasets.synthetic_images import CLASSES, _shape_coverage
 
 
@@ -326,3 +333,19 @@ def test_build_image_dataset_builtin_and_errors():
         build_image_dataset("imagenet", root="x")
     with pytest.raises(ValueError, match="root"):
         build_image_dataset("folder")
+
+
+def test_with_mirrors_appends_each_image_flipped_left_right():
+    base = SyntheticShapes(size=3, image_size=8)
+    ds = WithMirrors(base)
+    assert len(ds) == 6
+    for i in range(3):
+        image, label = base[i]
+        assert torch.equal(ds[i][0], image) and ds[i][1] == label
+        flipped, flipped_label = ds[3 + i]
+        assert flipped_label == label
+        assert torch.equal(flipped[..., 0], image[..., -1])  # first column = last column
+        assert torch.equal(flipped.flip(-1), image)
+    assert torch.equal(ds[-1][0], ds[5][0])
+    with pytest.raises(IndexError, match="out of range for 6 items"):
+        ds[6]

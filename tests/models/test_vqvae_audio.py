@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqkit.audio import MuLawDecode
 from vqkit.models import AudioVQVAE, build_model, vqvae_audio, wavenet_decoder
+from vqkit.models.vqvae_audio import time_jitter
 from vqkit.nn import Encoder
 from vqkit.quantize import VectorQuantizer
 from vqkit.train.checkpoint import load_model, save_checkpoint
@@ -155,3 +157,74 @@ def test_bad_inputs_raise_clear_errors():
     decoder = wavenet_decoder(code_dim=4, hop=8, residual_channels=4, layers_per_stack=2)
     with pytest.raises(ValueError, match="hop"):
         AudioVQVAE(encoder, VectorQuantizer(8, 4), decoder)
+
+
+def tiny_logmel(**kwargs) -> AudioVQVAE:
+    # 40 samples per log-mel frame at 8 kHz (5 ms), then one stride 2: hop 80
+    return tiny(features="logmel", sample_rate=8000, mel_hop=40, n_mels=8, strides=[2], **kwargs)
+
+
+def test_logmel_encoder_reads_the_expanded_waveform_as_log_mel_frames():
+    torch.manual_seed(0)
+    model = tiny_logmel().eval()
+    assert model.hop == 80
+    x = audio(2, 320)
+    encoder = model.encoder
+    # its mel frames are those of the mu-law decoded waveform, one per 40 samples
+    frames = encoder.mel(MuLawDecode(256)(x))[..., :8]
+    with torch.no_grad():
+        via_encoder = encoder.frames(encoder.norm(frames))
+        torch.testing.assert_close(encoder(model.to_float(x)), via_encoder)
+    out = model(x, torch.tensor([0, 2]))
+    assert out.quant.codes.shape == (2, 4) and out.logits.shape == (2, 256, 320)
+    assert torch.equal(model.encode(x), out.quant.codes)
+    assert model.encode(audio(1, 80)).shape == (1, 1)  # shorter than a window: zero-padded
+
+
+def test_logmel_model_trains_every_parameter_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_logmel()
+    model(audio(2, 160), torch.tensor([1, 2])).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    model.eval()
+    save_checkpoint(tmp_path / "ckpt", model, step=1)
+    loaded = load_model(tmp_path / "ckpt").eval()
+    x = audio(2, 160)
+    assert torch.equal(loaded.encode(x), model.encode(x))  # band statistics travel too
+
+
+def test_logmel_needs_a_sample_rate_and_known_features():
+    with pytest.raises(ValueError, match="sample_rate"):
+        tiny(features="logmel")
+    with pytest.raises(ValueError, match="features must be one of"):
+        tiny(features="mfcc")
+    with pytest.raises(ValueError, match="mel_hop must be a positive int"):
+        tiny(features="logmel", sample_rate=8000, mel_hop=0)
+
+
+def test_time_jitter_copies_only_from_neighbours_and_only_while_training():
+    torch.manual_seed(0)
+    z = torch.arange(2 * 3 * 50, dtype=torch.float).reshape(2, 3, 50)
+    out = time_jitter(z, 0.5)
+    src = out[:, 0] - z[:, 0, :1]  # the time index each step copied (channel 0 holds t + const)
+    shift = src - torch.arange(50)
+    assert set(shift.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    assert 0.3 < (shift != 0).float().mean() < 0.7  # about half the steps moved
+    assert torch.equal(out[:, 1] - out[:, 0], z[:, 1] - z[:, 0])  # whole vectors move together
+    assert torch.equal(time_jitter(z, 0.0), z)
+    with pytest.raises(ValueError, match="jitter"):
+        time_jitter(z, 1.5)
+    # in the model: the decoder reads jittered vectors in training mode only
+    model = tiny(jitter=1.0, quantizer={"kmeans_init": True})  # codes that differ in time
+    seen = []
+    model.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x, spk = audio(1, 64), torch.tensor([0])
+    torch.manual_seed(1)
+    out = model(x, spk)
+    torch.manual_seed(1)
+    assert torch.equal(seen[-1], time_jitter(out.quant.quantized, 1.0))
+    assert not torch.equal(seen[-1], out.quant.quantized)
+    model.eval()
+    out = model(x, spk)
+    assert torch.equal(seen[-1], out.quant.quantized)

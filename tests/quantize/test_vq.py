@@ -174,8 +174,9 @@ def test_rarely_used_codes_are_restarted_by_usage_ema(dims):
     vq = VectorQuantizer(4, 2, decay=0.5, restart_below=0.5)
     with torch.no_grad():
         vq.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [100.0, 100.0]]))
-    rows = torch.tensor([[0.1, 0], [0, 0.1], [-0.1, 0], [0, -0.1], [10, 0.1], [10, -0.1],
-                         [0.1, 10], [-0.1, 10]])
+    rows = torch.tensor(
+        [[0.1, 0], [0, 0.1], [-0.1, 0], [0, -0.1], [10, 0.1], [10, -0.1], [0.1, 10], [-0.1, 10]]
+    )
     z = rows_as_z(rows, dims)
     expected = [[3.0, 2.0, 2.0, 1.0], [3.5, 2.0, 2.0, 0.5]]
     for step in range(2):
@@ -205,6 +206,30 @@ def test_usage_restart_catches_codes_that_count_based_restart_misses():
             vq(rows_as_z(rows, 2))
     assert torch.equal(by_count.codebook[3], table[3])
     assert not torch.equal(by_usage.codebook[3], table[3])
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_error_weighted_restart_lands_where_quantisation_error_is(dims):
+    # Rows sit exactly on codes 0, 1 and 2 (error 0) but for one at (5, 5), 50 from each of
+    # them. Code 3 is dead; "error" must re-seed it on (5, 5), while "random" draws by count
+    # (1 row in 10) and here lands on a row that already had its code.
+    table = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [100.0, 100.0]])
+    rows = torch.cat([table[:3].repeat(3, 1), torch.tensor([[5.0, 5.0]])])
+    landed = {}
+    for restart_from in ("error", "random"):
+        vq = VectorQuantizer(4, 2, restart_after=1, restart_from=restart_from)
+        with torch.no_grad():
+            vq.codebook.copy_(table)
+        vq(rows_as_z(rows, dims))
+        landed[restart_from] = vq.codebook[3].clone()
+    assert torch.equal(landed["error"], torch.tensor([5.0, 5.0]))
+    assert not torch.equal(landed["random"], torch.tensor([5.0, 5.0]))
+    assert (landed["random"] - rows).abs().sum(1).min() == 0
+
+
+def test_restart_from_must_be_known():
+    with pytest.raises(ValueError, match="restart_from"):
+        VectorQuantizer(4, 2, restart_after=1, restart_from="worst")
 
 
 def test_restart_below_must_be_positive():

@@ -313,6 +313,34 @@ class CIFAR10(Dataset):
         return image, self._labels[index]
 
 
+class WithMirrors(Dataset):
+    """A set of images followed by their left-right mirror images: twice as many items.
+
+    Item ``i < N`` is ``dataset[i]``; item ``N + i`` is the same image flipped horizontally,
+    with the same label. The augmentation is a fixed doubling of the data, not a random
+    draw, so the training order (and an exact resume, and every DDP rank) needs no extra
+    random state.
+
+    Example:
+        >>> ds = WithMirrors(SyntheticShapes(size=4))
+        >>> len(ds), torch.equal(ds[4][0], ds[0][0].flip(-1))
+        (8, True)
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return 2 * len(self.dataset)
+
+    def __getitem__(self, index: int):
+        n = len(self.dataset)
+        if not -2 * n <= index < 2 * n:
+            raise IndexError(f"index {index} out of range for {2 * n} items")
+        image, label = self.dataset[index % n]
+        return (image.flip(-1) if index % (2 * n) >= n else image), label
+
+
 def build_image_dataset(
     kind: str,
     *,

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 from vqkit.quantize import codebook as cb
 from vqkit.quantize.base import Quantizer, QuantizerOutput, channels_last, code_stats, restore
 
+RESTART_FROM = ("random", "error")  # where restarted codes are drawn from
+
 
 class _LookupWithLosses(torch.autograd.Function):
     """Codebook lookup, straight-through output and both loss terms in one pass.
@@ -81,6 +83,10 @@ class VectorQuantizer(Quantizer):
             of their counts, starting at the mean count of the first step) falls below this
             many vectors (None: never). Rarely used codes then move to where the data is dense,
             which evens out usage and raises perplexity (as in Jukebox, Dhariwal et al. 2020).
+        restart_from: where restarted codes land: ``"random"`` draws encoder outputs of the
+            step uniformly; ``"error"`` draws them with probability proportional to their
+            squared distance from their current code (k-means++ style), so a new code goes
+            where the quantisation error is largest.
         cosine: l2-normalise inputs and codes (distances are then cosine distances).
         code_dim: look codes up in this smaller dimension (linear projections in and out).
         heads: split D into this many groups, each quantised with the shared codebook
@@ -109,6 +115,7 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: int = 10,
         restart_after: int | None = None,
         restart_below: float | None = None,
+        restart_from: str = "random",
         cosine: bool = False,
         code_dim: int | None = None,
         heads: int = 1,
@@ -125,12 +132,14 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"restart_after must be >= 1 or None, got {restart_after}")
         if restart_below is not None and not restart_below > 0:
             raise ValueError(f"restart_below must be > 0 or None, got {restart_below}")
+        if restart_from not in RESTART_FROM:
+            raise ValueError(f"restart_from must be one of {RESTART_FROM}, got {restart_from!r}")
         self.num_codes, self.dim, self.heads = num_codes, dim, heads
         self.beta, self.codebook_weight = beta, codebook_weight
         self.ema, self.decay, self.eps = ema, decay, eps
         self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
         self.restart_after, self.cosine, self.seed = restart_after, cosine, seed
-        self.restart_below = restart_below
+        self.restart_below, self.restart_from = restart_below, restart_from
         head_dim = dim // heads
         self.code_dim = code_dim or head_dim
         if code_dim is not None and code_dim != head_dim:
@@ -264,6 +273,9 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _update_state(self, rows: Tensor, ids: Tensor) -> None:
         counts = cb.all_reduce_sum_(cb.code_counts(ids, self.num_codes))
+        restarts = self.restart_after is not None or self.restart_below is not None
+        # squared error of each row against the code it took (before this step moves codes)
+        error = (rows - self._lookup_table()[ids]).square().sum(1) if restarts else None
         if self.ema:
             sums = cb.all_reduce_sum_(cb.code_sums(rows, ids, self.num_codes))
             new = cb.ema_update(
@@ -275,11 +287,11 @@ class VectorQuantizer(Quantizer):
             if bool((self.usage < 0).all()):
                 self.usage.fill_(float(counts.mean()))
             self.usage.lerp_(counts, 1.0 - self.decay)
-        if self.restart_after is not None or self.restart_below is not None:
-            self._restart_dead(rows, counts)
+        if restarts:
+            self._restart_dead(rows, error, counts)
 
     @torch.no_grad()
-    def _restart_dead(self, rows: Tensor, counts: Tensor) -> None:
+    def _restart_dead(self, rows: Tensor, error: Tensor, counts: Tensor) -> None:
         dead = torch.zeros_like(self.unused_steps, dtype=torch.bool)
         if self.restart_after is not None:
             dead |= self.unused_steps >= self.restart_after
@@ -288,10 +300,18 @@ class VectorQuantizer(Quantizer):
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
-        # Dead codes take encoder outputs of this step, drawn at random (over all ranks'
-        # rows, same draw everywhere), so they land where the data is.
-        data = cb.gather_rows(rows)
-        pick = torch.randint(0, data.shape[0], (num_dead,), generator=self._generator())
+        # Dead codes take encoder outputs of this step, drawn over all ranks' rows (the same
+        # draw everywhere), so they land where the data is.
+        data = cb.gather_rows(torch.cat([rows, error.unsqueeze(1)], dim=1))
+        data, error = data[:, :-1], data[:, -1]
+        if self.restart_from == "error":
+            weight = error.double().cpu() + 1e-12  # > 0, so multinomial always has support
+            many = num_dead > weight.numel()
+            pick = torch.multinomial(
+                weight, num_dead, replacement=many, generator=self._generator()
+            )
+        else:
+            pick = torch.randint(0, data.shape[0], (num_dead,), generator=self._generator())
         fresh = data[pick.to(data.device)]
         if self.cosine:
             fresh = F.normalize(fresh, dim=1)
@@ -312,6 +332,8 @@ class VectorQuantizer(Quantizer):
             opts.append(f"restart_after={self.restart_after}")
         if self.restart_below is not None:
             opts.append(f"restart_below={self.restart_below}")
+        if self.restart_from != "random":
+            opts.append(f"restart_from={self.restart_from!r}")
         if self.heads > 1:
             opts.append(f"heads={self.heads}")
         if self.code_dim != self.dim // self.heads:
@@ -332,6 +354,7 @@ class QuantizerConfig:
     kmeans_init: bool = True
     restart_after: int | None = 100
     restart_below: float | None = None
+    restart_from: str = "random"
     cosine: bool = False
     code_dim: int | None = None
 
