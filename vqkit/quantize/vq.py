@@ -273,9 +273,10 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _update_state(self, rows: Tensor, ids: Tensor) -> None:
         counts = cb.all_reduce_sum_(cb.code_counts(ids, self.num_codes))
-        restarts = self.restart_after is not None or self.restart_below is not None
-        # squared error of each row against the code it took (before this step moves codes)
-        error = (rows - self._lookup_table()[ids]).square().sum(1) if restarts else None
+        # restart_from="error": squared error of each row against the code it took (before this
+        # step moves codes); no other setting pays for it
+        by_error = self.restart_from == "error"
+        error = (rows - self._lookup_table()[ids]).square().sum(1) if by_error else None
         if self.ema:
             sums = cb.all_reduce_sum_(cb.code_sums(rows, ids, self.num_codes))
             new = cb.ema_update(
@@ -287,11 +288,11 @@ class VectorQuantizer(Quantizer):
             if bool((self.usage < 0).all()):
                 self.usage.fill_(float(counts.mean()))
             self.usage.lerp_(counts, 1.0 - self.decay)
-        if restarts:
+        if self.restart_after is not None or self.restart_below is not None:
             self._restart_dead(rows, error, counts)
 
     @torch.no_grad()
-    def _restart_dead(self, rows: Tensor, error: Tensor, counts: Tensor) -> None:
+    def _restart_dead(self, rows: Tensor, error: Tensor | None, counts: Tensor) -> None:
         dead = torch.zeros_like(self.unused_steps, dtype=torch.bool)
         if self.restart_after is not None:
             dead |= self.unused_steps >= self.restart_after
@@ -302,15 +303,16 @@ class VectorQuantizer(Quantizer):
             return
         # Dead codes take encoder outputs of this step, drawn over all ranks' rows (the same
         # draw everywhere), so they land where the data is.
-        data = cb.gather_rows(torch.cat([rows, error.unsqueeze(1)], dim=1))
-        data, error = data[:, :-1], data[:, -1]
-        if self.restart_from == "error":
+        if error is not None:
+            data = cb.gather_rows(torch.cat([rows, error.unsqueeze(1)], dim=1))
+            data, error = data[:, :-1], data[:, -1]
             weight = error.double().cpu() + 1e-12  # > 0, so multinomial always has support
             many = num_dead > weight.numel()
             pick = torch.multinomial(
                 weight, num_dead, replacement=many, generator=self._generator()
             )
         else:
+            data = cb.gather_rows(rows)
             pick = torch.randint(0, data.shape[0], (num_dead,), generator=self._generator())
         fresh = data[pick.to(data.device)]
         if self.cosine:
