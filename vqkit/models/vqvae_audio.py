@@ -93,8 +93,7 @@ class LogMelEncoder(nn.Module):
         self.mel = LogMel(
             sample_rate, n_mels=n_mels, hop_ms=1000.0 * mel_hop / sample_rate, pad_mode="constant"
         )
-        self.log1p_mu = math.log1p(classes - 1)
-        self.mu = float(classes - 1)
+        self.mu = classes - 1  # the companding of MuLawEncode / MuLawDecode
         self.norm = nn.BatchNorm1d(n_mels, affine=False)
         self.frames = Encoder(
             1,
@@ -109,8 +108,9 @@ class LogMelEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 1, T)`` companded waveform -> ``(B, D, T / (mel_hop * prod(strides)))``."""
-        wav = x[:, 0].float()
-        wav = wav.sign() * torch.expm1(wav.abs() * self.log1p_mu) / self.mu  # undo mu-law
+        import torchaudio.functional as AF  # what MuLawDecode uses; it takes float levels too
+
+        wav = AF.mu_law_decoding((x[:, 0].float() + 1.0) * (self.mu / 2.0), self.mu + 1)
         with torch.autocast(device_type=x.device.type, enabled=False):
             mel = self.mel(wav)[..., : wav.shape[-1] // self.mel.hop]  # (B, n_mels, T / mel_hop)
         return self.frames(self.norm(mel).to(x.dtype))
