@@ -27,7 +27,7 @@ from vqkit.models import vqvae_audio, wavenet_prior
 from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
 from vqkit.runs import Stages, add_media, write_json
-from vqkit.train import TrainConfig, fit, load_model, resolve_device
+from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
 
 
 def _sibling(name: str):
@@ -215,6 +215,8 @@ def build_vqvae(cfg: AudioRecipeConfig, num_speakers: int):
 
 
 def train_vqvae(cfg, train: ev.Split, speakers: list[str], run_dir, *, resume, progress):
+    # Torch seeds every new process at random: seed the initial weights.
+    seed_everything(cfg.vqvae_train.seed)
     model = build_vqvae(cfg, len(speakers))
     crop = cfg.vqvae.crop
     if crop % model.hop:
@@ -248,6 +250,8 @@ def train_vqvae(cfg, train: ev.Split, speakers: list[str], run_dir, *, resume, p
 
 def train_prior(cfg, codes, speaker_ids, num_speakers, num_codes, run_dir, *, resume, progress):
     p = cfg.prior
+    # Torch seeds every new process at random: seed the initial weights.
+    seed_everything(cfg.prior_train.seed)
     prior = wavenet_prior(
         num_codes=num_codes,
         num_speakers=num_speakers if p.speaker_conditional else None,

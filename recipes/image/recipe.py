@@ -24,7 +24,7 @@ from vqkit.models import gated_pixelcnn, vqvae_image
 from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
 from vqkit.runs import Stages, add_media, write_json
-from vqkit.train import TrainConfig, fit, load_model, resolve_device
+from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
 from vqkit.train.distributed import is_main, rank_device
 
 LN2 = math.log(2)
@@ -167,6 +167,8 @@ def save_pairs(originals: torch.Tensor, recons: torch.Tensor, path: Path, per_ro
 
 
 def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
+    # Torch seeds every new process at random: seed the initial weights.
+    seed_everything(cfg.vqvae_train.seed)
     model = build_vqvae(cfg.vqvae)
     scale = 1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0
 
@@ -205,6 +207,8 @@ def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
 
 def train_prior(cfg, codes, labels, classes, run_dir, *, resume, progress):
     conditional = cfg.prior.class_conditional
+    # Torch seeds every new process at random: seed the initial weights.
+    seed_everything(cfg.prior_train.seed)
     prior = gated_pixelcnn(
         num_codes=cfg.vqvae.num_codes,
         channels=cfg.prior.channels,

@@ -44,7 +44,7 @@ from vqkit.models.vqvae import vqvae_video
 from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
 from vqkit.runs import Stages, add_media, write_json
-from vqkit.train import TrainConfig, fit, load_model, resolve_device
+from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
 from vqkit.train.distributed import is_main, rank_device
 
 LN2 = math.log(2)
@@ -211,6 +211,8 @@ def build_vqvae(cfg: VQVAEConfig):
 
 
 def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
+    # Torch seeds every new process at random: seed the initial weights.
+    seed_everything(cfg.vqvae_train.seed)
     model = build_vqvae(cfg.vqvae)
     scale = 1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0
 
@@ -250,6 +252,8 @@ def encode_all(vqvae, clips: torch.Tensor, device, batch_size: int) -> torch.Ten
 
 
 def train_prior(cfg, codes, conds, vocab, time_factor, run_dir, *, resume, progress):
+    # Torch seeds every new process at random: seed the initial weights.
+    seed_everything(cfg.prior_train.seed)
     prior = video_prior(
         num_codes=cfg.vqvae.num_codes,
         shape=list(codes.shape[1:]),

@@ -203,6 +203,11 @@ def test_units_command_prints_every_metric_with_k_and_rate(builtin_run, corpus, 
     assert shown == pytest.approx(metrics["unit_accuracy"], abs=1e-4)
 
 
+def test_seed_alone_decides_the_initial_weights(corpus, seed_decides_initial_weights):
+    seed_decides_initial_weights(lambda out: ["run", "audio", "--out", str(out), "--device", "cpu",
+                                              "--no-progress", "--data", str(corpus), *sets(TINY)])
+
+
 def test_units_on_unlabelled_folder_says_what_it_needs(builtin_run, tmp_path, capsys):
     out, _ = builtin_run
     (tmp_path / "spk").mkdir()

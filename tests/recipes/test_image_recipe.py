@@ -110,6 +110,11 @@ def test_resume_of_a_finished_run_keeps_its_weights(tiny_run):
     assert (tiny_run / "vqvae" / "ckpt" / "latest").read_text() == weights
 
 
+def test_seed_alone_decides_the_initial_weights(seed_decides_initial_weights):
+    seed_decides_initial_weights(lambda out: ["run", "image", "--out", str(out), "--device", "cpu",
+                                              "--no-progress", *sets(BUILTIN_TINY)])
+
+
 def test_existing_run_dir_is_never_overwritten(tiny_run, capsys):
     before = (tiny_run / "metrics.json").read_text()
     assert run_cli("run", "image", "--out", str(tiny_run), "--no-progress") == 2

@@ -44,6 +44,11 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
+def test_seed_alone_decides_the_initial_weights(seed_decides_initial_weights):
+    seed_decides_initial_weights(lambda out: ["run", "video", "--out", str(out), "--device", "cpu",
+                                              "--no-progress", *sets(TINY)])
+
+
 def test_run_writes_every_output(tiny_run):
     for name in ("config.yaml", "metrics.json", "predictions.gif", "rollouts.gif", "report.html",
                  "media.json", "code_usage.json"):
