@@ -312,6 +312,23 @@ def test_bad_inputs(tmp_path):
         TrainConfig(steps=1, lr_schedule="linear")
     with pytest.raises(ValueError, match="grad_clip"):
         TrainConfig(steps=1, grad_clip=0.0)
+    with pytest.raises(ValueError, match=r"betas must both lie in \[0, 1\), got \[0.9, 1.0\]"):
+        TrainConfig(steps=1, betas=(0.9, 1.0))
+
+
+def test_adam_betas_reach_the_optimizer(tmp_path):
+    # Same model, data and seed: only Adam's decay rates differ, so the weights must differ,
+    # and the saved optimizer state must carry the configured rates.
+    runs = {}
+    for betas in [(0.9, 0.999), (0.5, 0.9)]:
+        model = _model()
+        cfg = replace(CFG, betas=betas)
+        fit(model, step_fn, _data(), cfg=cfg, run_dir=tmp_path, name=str(betas), progress=False)
+        state = load_trainer_state(tmp_path / str(betas))
+        assert state["optimizer"]["param_groups"][0]["betas"] == betas
+        runs[betas] = model
+    a, b = (m.state_dict() for m in runs.values())
+    assert not torch.equal(a["net.0.weight"], b["net.0.weight"])
 
 
 def test_resolve_device(monkeypatch):
