@@ -226,7 +226,8 @@ def test_fsdd_run_scores_digits_and_speakers(tmp_path, capsys):
         "fsdd",
         "--data",
         str(FSDD),
-        *sets([*TINY, "data.max_files=24", "convert.max_targets=null"]),
+        # The preset's log-mel frames every 128 samples, one stride 2: hop 256.
+        *sets([*TINY, "vqvae.strides=[2]", "data.max_files=24", "convert.max_targets=null"]),
     )
     assert metrics["num_speakers"] == 4 and metrics["unit_labels"] == "words"
     assert metrics["train_utterances"] == 24 and metrics["test_utterances"] == 24
