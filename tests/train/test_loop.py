@@ -312,8 +312,10 @@ def test_bad_inputs(tmp_path):
         TrainConfig(steps=1, lr_schedule="linear")
     with pytest.raises(ValueError, match="grad_clip"):
         TrainConfig(steps=1, grad_clip=0.0)
-    with pytest.raises(ValueError, match=r"betas must both lie in \[0, 1\), got \[0.9, 1.0\]"):
+    with pytest.raises(ValueError, match=r"betas must be two values in \[0, 1\), got \[0.9, 1.0\]"):
         TrainConfig(steps=1, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match=r"betas must be two values in \[0, 1\), got \[0.9\]"):
+        TrainConfig(steps=1, betas=(0.9,))
 
 
 def test_adam_betas_reach_the_optimizer(tmp_path):
