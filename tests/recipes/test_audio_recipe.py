@@ -28,7 +28,6 @@ TINY = [
     "vqvae.num_res_blocks=1",
     "vqvae.num_codes=16",
     "vqvae.code_dim=4",
-    "vqvae.strides=[2,2,2,2]",
     "vqvae.residual_channels=6",
     "vqvae.layers_per_stack=3",
     "vqvae.stacks=1",
@@ -60,6 +59,12 @@ UNIT_KEYS = (
 )
 
 
+# The builtin preset's log-mel encoder, tiny: frames every 8 samples, one stride 2 (hop 16).
+BUILTIN_TINY = [*TINY, "vqvae.mel_hop=8", "vqvae.n_mels=8", "vqvae.strides=[2]"]
+# The waveform encoder (strides over samples), also hop 16.
+WAVEFORM_TINY = [*TINY, "vqvae.features=waveform", "vqvae.strides=[2,2,2,2]"]
+
+
 def sets(values: list[str]) -> list[str]:
     return [x for v in values for x in ("--set", v)]
 
@@ -80,7 +85,7 @@ def corpus(tmp_path_factory) -> Path:
 def builtin_run(corpus, tmp_path_factory) -> tuple[Path, dict]:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("runs") / "builtin"
-    return out, run_audio(out, "--data", str(corpus), *sets(TINY))
+    return out, run_audio(out, "--data", str(corpus), *sets(BUILTIN_TINY))
 
 
 def test_builtin_run_writes_metrics_matrix_and_report(builtin_run):
@@ -88,6 +93,7 @@ def test_builtin_run_writes_metrics_matrix_and_report(builtin_run):
     speakers = json.loads((out / "speakers.json").read_text())
     assert speakers == sorted(s.name for s in SPEAKERS)
     assert metrics["num_codes"] == 16 and metrics["hop"] == 16
+    assert "features: logmel" in (out / "config.yaml").read_text()  # the preset's encoder
     assert metrics["code_rate_hz"] == 8000 / 16 and metrics["vqvae_steps"] == 4
     for key in (
         *UNIT_KEYS,
@@ -205,7 +211,8 @@ def test_units_command_prints_every_metric_with_k_and_rate(builtin_run, corpus, 
 
 def test_seed_alone_decides_the_initial_weights(corpus, seed_decides_initial_weights):
     seed_decides_initial_weights(lambda out: ["run", "audio", "--out", str(out), "--device", "cpu",
-                                              "--no-progress", "--data", str(corpus), *sets(TINY)])
+                                              "--no-progress", "--data", str(corpus),
+                                              *sets(WAVEFORM_TINY)])
 
 
 def test_units_on_unlabelled_folder_says_what_it_needs(builtin_run, tmp_path, capsys):
