@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from vqkit.audio import AudioError, load_audio
 from vqkit.cli import main
-from vqkit.config import load_config, save_config
+from vqkit.config import builder_kwargs, load_config, save_config
 from vqkit.datasets import ImageError, ImageFolder, SpeakerAudioFolder, load_rgb
 from vqkit.models import vqvae_image, vqvae_nd
 from vqkit.runs import load_recipe, preset_path
@@ -235,7 +235,7 @@ def _run_dir(tmp_path: Path, *, hidden: int = 16) -> Path:
     run = tmp_path / "run"
     save_config(cfg, run / "config.yaml")
     cfg.vqvae.hidden = hidden
-    model = recipe.build_vqvae(cfg.vqvae)
+    model = vqvae_image(**builder_kwargs(cfg.vqvae))
     opt = torch.optim.Adam(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     save_latest(run / "vqvae" / "ckpt", model, optimizer=opt, scheduler=sched, step=1,

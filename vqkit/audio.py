@@ -209,6 +209,11 @@ class MuLawEncode(nn.Module):
         return f"classes={self.classes}"
 
 
+def silence_class(classes: int = 256) -> int:
+    """The mu-law class of 0.0 (silence): what :class:`MuLawEncode` gives a zero sample."""
+    return int(MuLawEncode(classes)(torch.zeros(1))[0])
+
+
 class MuLawDecode(nn.Module):
     """Inverse of :class:`MuLawEncode`: integer levels back to ``[-1, 1]`` float audio."""
 

@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import inspect
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
@@ -96,6 +97,79 @@ def save_config(cfg: Any, path: Path | str) -> None:
     from vqkit.train.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(Path(path), text.encode())
+
+
+# --- sections derived from a builder's signature ----------------------------------------------
+
+
+def builder_section(
+    name: str,
+    builder: Any,
+    *,
+    skip: Sequence[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    nested: Mapping[str, type] | None = None,
+    extra: Mapping[str, tuple[Any, Any]] | None = None,
+) -> type:
+    """A config dataclass whose fields are ``builder``'s keyword arguments, so the builder stays
+    the one source of defaults (a preset states only what it changes).
+
+    Args:
+        name: the class name (shown in errors).
+        builder: a function or class; its keyword parameters (annotations, defaults) become the
+            fields, in order. A parameter without a default must be in ``skip``.
+        skip: parameters the recipe sets from the data (``num_classes``, ``num_speakers``...).
+        defaults: defaults that replace the signature's (e.g. a quantizer's preset defaults).
+        nested: fields whose value is a section of its own (``{"quantizer": QuantizerSection}``).
+        extra: the recipe's own keys beside the builder's: ``{name: (type, default)}``; they are
+            never passed to the builder (see :func:`builder_kwargs`).
+
+    Example:
+        >>> Section = builder_section("Prior", gated_pixelcnn, skip=("num_codes", "num_classes"))
+        >>> Section().channels == inspect.signature(gated_pixelcnn).parameters["channels"].default
+        True
+    """
+    fn = inspect.unwrap(builder.__init__ if isinstance(builder, type) else builder)
+    hints = get_type_hints(fn)
+    defaults, nested = dict(defaults or {}), dict(nested or {})
+    fields: list[tuple[str, Any, dataclasses.Field]] = []
+    for param in inspect.signature(fn).parameters.values():
+        if param.name == "self" or param.name in skip:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.name in nested:
+            section = nested[param.name]
+            fields.append((param.name, section, dataclasses.field(default_factory=section)))
+            continue
+        default = defaults.pop(param.name, param.default)
+        if default is inspect.Parameter.empty:
+            raise TypeError(f"{name}: builder argument {param.name!r} has no default; skip it")
+        fields.append((param.name, hints.get(param.name, Any), _field_with(default)))
+    if defaults:
+        raise TypeError(f"{name}: defaults for unknown arguments {sorted(defaults)}")
+    for key, (tp, default) in (extra or {}).items():
+        fields.append((key, tp, _field_with(default)))
+    cls = dataclasses.make_dataclass(name, fields)
+    cls.__builder_params__ = tuple(n for n, _, _ in fields if n not in (extra or {}))
+    cls.__doc__ = f"The arguments of {getattr(builder, '__qualname__', builder)}" + (
+        f", and the recipe's own {', '.join(extra)}." if extra else "."
+    )
+    return cls
+
+
+def builder_kwargs(section: Any) -> dict[str, Any]:
+    """The builder's keyword arguments held by a :func:`builder_section` instance (nested
+    sections become plain dicts; the recipe's own keys are left out)."""
+    return {k: _plain(getattr(section, k)) for k in type(section).__builder_params__}
+
+
+def _field_with(default: Any) -> dataclasses.Field:
+    if isinstance(default, tuple):
+        default = _plain(default)  # as a loaded config holds it (YAML has lists, not tuples)
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))
+    return dataclasses.field(default=default)
 
 
 # --- reading ---------------------------------------------------------------------------------

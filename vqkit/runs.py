@@ -9,6 +9,7 @@ recipe), one folder per trained stage (``vqvae/``, ``prior/``: checkpoints, Tens
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import json
 import os
@@ -26,29 +27,43 @@ MODALITIES = ("image", "audio", "video")
 
 
 def recipes_dir() -> Path:
-    """The ``recipes/`` folder: ``$VQKIT_RECIPES`` or the one beside the package."""
+    """The recipes: ``$VQKIT_RECIPES``, else the copy an installed wheel ships inside the package
+    (``vqkit/recipes/``), else the ``recipes/`` folder of a checkout beside the package."""
     env = os.environ.get("VQKIT_RECIPES")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    if env:
+        path = Path(env)
+    else:
+        package = Path(__file__).resolve().parent
+        shipped = package / "recipes"
+        path = shipped if shipped.is_dir() else package.parent / "recipes"
     if not path.is_dir():
         raise FileNotFoundError(
-            f"recipes folder {path} not found: run vqkit from a checkout of the repository "
-            "(uv sync installs it in editable mode) or set VQKIT_RECIPES=<repo>/recipes"
+            f"recipes folder {path} not found: reinstall vqkit (its wheel ships the recipes), "
+            "run it from a checkout (uv sync), or set VQKIT_RECIPES=<repo>/recipes"
         )
     return path
 
 
 def load_recipe(modality: str) -> ModuleType:
-    """Import ``recipes/<modality>/recipe.py`` as a module."""
+    """Import ``recipes/<modality>/recipe.py`` as the module ``vqkit_recipes_<modality>.recipe``.
+
+    The folder is imported as a package, so a recipe's own modules beside it (the audio
+    recipe's ``evaluate.py``) are relative imports (``from . import evaluate``).
+    """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; vqkit has recipes for {list(MODALITIES)}")
-    path = recipes_dir() / modality / "recipe.py"
-    spec = importlib.util.spec_from_file_location(f"vqkit_recipe_{modality}", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot import the {modality} recipe from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    folder = recipes_dir() / modality
+    package = f"vqkit_recipes_{modality}"
+    if package not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            package, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        if spec is None or spec.loader is None or not (folder / "recipe.py").is_file():
+            raise FileNotFoundError(f"cannot import the {modality} recipe from {folder}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{package}.recipe")
 
 
 def preset_path(modality: str, preset: str) -> Path:

@@ -12,18 +12,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vqkit.audio import MuLawDecode, MuLawEncode, load_audio
+from vqkit.audio import MuLawDecode, MuLawEncode, load_audio, silence_class
 from vqkit.datasets import SpeakerAudioFolder, SpeechCorpus, build_speech_corpus
 from vqkit.datasets.alignments import Segment, frame_labels
 from vqkit.datasets.speech_corpus import SILENCES, FestivalNotFoundError
-from vqkit.metrics import abx_error, chance_accuracy, code_label_accuracy, pnmi, purity
+from vqkit.metrics import (
+    abx_error,
+    chance_accuracy,
+    code_label_accuracy,
+    pnmi,
+    purity,
+    unigram_bits,
+)
 from vqkit.metrics.conversion import LogMel, accuracy, predict, train_classifier
 from vqkit.metrics.units import cluster_purity
 from vqkit.report import svg_codes_vs_labels
-from vqkit.runs import recipes_dir
 
-SILENCE_CLASS = 128  # mu-law class of 0.0
+SILENCE_CLASS = silence_class(256)
 KINDS = ("builtin", "fsdd", "vctk", "folder")
+DEFAULT_CORPUS = Path("data/generated/speech")  # as `vqkit data speech`: below the current folder
 _LAYOUT = {"fsdd": "fsdd", "vctk": "vctk", "folder": "speaker_dirs"}
 
 
@@ -94,7 +101,7 @@ def _to_classes(wav: torch.Tensor, sample_rate: int, max_seconds: float | None) 
 
 def corpus_root(data) -> Path:
     """The festival corpus folder, built there first when it has no manifest."""
-    root = Path(data.root) if data.root else recipes_dir().parent / "data" / "generated" / "speech"
+    root = Path(data.root) if data.root else DEFAULT_CORPUS
     if not (root / "manifest.json").is_file():
         print(f"vqkit: building the festival speech corpus in {root} (once; a few minutes)")
         try:
@@ -331,23 +338,22 @@ def generation_speed(vqvae, result: dict, sample_rate: int, device, repeats: int
 
 @torch.no_grad()
 def prior_metrics(prior, codes_train, codes_test, test: Split, speakers, device) -> dict:
-    """Test NLL of the prior in bits per code, beside log2 K and the unigram entropy."""
+    """Test NLL of the prior in bits per code (utterances of training speakers), beside log2 K
+    and the unigram baseline."""
     k = prior.in_classes
-    counts = torch.bincount(torch.cat(codes_train), minlength=k).double() + 1.0
-    unigram = -(counts / counts.sum()).log2()
-    bits, uni, n = 0.0, 0.0, 0
+    bits, kept = 0.0, []
     for c, s in zip(codes_test, test.speakers):
         if s not in speakers:
             continue
         spk = torch.tensor([speakers.index(s)], device=device) if prior.global_classes else None
         bits += float(prior.nll_bits(c[None].to(device), speaker=spk)) * len(c)
-        uni += float(unigram[c].sum())
-        n += len(c)
-    if n == 0:
+        kept.append(c)
+    if not kept:
         return {}
+    n = sum(len(c) for c in kept)
     return {
         "prior_bits_per_code": bits / n,
-        "unigram_bits_per_code": uni / n,
+        "unigram_bits_per_code": float(unigram_bits(torch.cat(codes_train), torch.cat(kept), k)),
         "log2_num_codes": math.log2(k),
     }
 

@@ -3,7 +3,6 @@ batch, their WAV files and report entries."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -11,25 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vqkit.audio import MuLawDecode, save_audio
+from vqkit.audio import MuLawDecode, save_audio, silence_class
 from vqkit.runs import add_media
-
-SILENCE_CLASS = 128  # mu-law class of 0.0
-
-
-@contextlib.contextmanager
-def one_thread_on_cpu(device: torch.device):
-    """Cached generation on a CPU runs single-threaded: its per-sample matmuls are too small to
-    split, and splitting them costs more than it saves (much more on a busy machine)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def speaker_arg(model, speaker: torch.Tensor) -> torch.Tensor | None:
@@ -64,7 +46,9 @@ def decode_matrix(vqvae, prior, cfg, test: Any, codes: list, sources: list[int],
     rate = cfg.data.sample_rate / vqvae.hop  # codes per second
     max_codes = max(1, int(c.seconds * rate))
     targets = targets_of(speakers, c.max_targets)
-    silence = vqvae.encode(torch.full((1, vqvae.hop), SILENCE_CLASS, device=device))[0, 0]
+    silence = vqvae.encode(torch.full((1, vqvae.hop), silence_class(vqvae.classes), device=device))[
+        0, 0
+    ]
     jobs, rows, lengths = [], [], []
     for s in sources:
         row = codes[s][:max_codes].to(device)

@@ -10,43 +10,24 @@ in ``evaluate.py`` beside this file.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from vqkit.audio import MuLawDecode, save_audio
-from vqkit.config import save_config
+from vqkit.audio import MuLawDecode, save_audio, silence_class
+from vqkit.config import builder_kwargs
+from vqkit.datasets import SequenceCrops
+from vqkit.metrics import LN2, code_histogram
 from vqkit.models import vqvae_audio, wavenet_prior
-from vqkit.quantize import QuantizerConfig
-from vqkit.report import build_report
-from vqkit.runs import Stages, add_media, write_json
-from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
+from vqkit.pipeline import Run, load_stages, model_section, one_thread_on_cpu, sampling
+from vqkit.runs import write_json
+from vqkit.train import TrainConfig
 
-
-def _sibling(name: str):
-    """Import ``<name>.py`` beside this file (recipes are loaded from their path, not a package)."""
-    module_name = f"vqkit_recipe_audio_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            module_name, Path(__file__).with_name(f"{name}.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-ev = _sibling("evaluate")
-generation = _sibling("generate")
-LN2 = math.log(2)
-
+from . import evaluate as ev
+from . import generate as generation
 
 # --- config ----------------------------------------------------------------------------------
 
@@ -65,38 +46,28 @@ class DataConfig:
     max_seconds: float | None = 8.0  # longer utterances are cut to this
 
 
-@dataclass
-class VQVAEConfig:
-    # features: the encoder reads the waveform ("waveform": strides over samples) or log-mel
-    # frames every mel_hop samples ("logmel": strides over frames; hop = mel_hop * prod(strides))
-    features: str = "waveform"
-    mel_hop: int = 80
-    n_mels: int = 40
-    jitter: float = 0.0  # time-jitter probability of the codes while training (0: off)
-    strides: list[int] = field(default_factory=lambda: [2] * 8)  # hop 256: 31.25 Hz at 8 kHz
-    hidden: int = 64
-    res_hidden: int = 32
-    num_res_blocks: int = 2
-    num_codes: int = 128
-    code_dim: int = 64
-    residual_channels: int = 32
-    skip_channels: int | None = 32  # None: 2 * residual_channels
-    kernel_size: int = 2
-    layers_per_stack: int = 8
-    stacks: int = 1
-    upsample: str = "repeat"
-    speaker_conditioning: bool = True
-    crop: int = 2048  # training crop in samples
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-
-
-@dataclass
-class PriorConfig:
-    residual_channels: int = 64
-    layers_per_stack: int = 6
-    stacks: int = 2
-    speaker_conditional: bool = True
-    crop: int = 128  # codes per training sequence (shorter utterances are masked)
+# The model sections are the builders' arguments (the builders hold the defaults), plus the
+# recipe's own keys. vqvae.features: the encoder reads the waveform ("waveform": strides over
+# samples) or log-mel frames every mel_hop samples ("logmel": strides over frames; hop = mel_hop *
+# prod(strides)).
+VQVAEConfig = model_section(
+    "VQVAEConfig",
+    vqvae_audio,
+    skip=("num_speakers", "sample_rate"),  # from the data
+    extra={
+        "speaker_conditioning": (bool, True),  # a speaker embedding in the decoder
+        "crop": (int, 2048),  # training crop in samples
+    },
+)
+PriorConfig = model_section(
+    "PriorConfig",
+    wavenet_prior,
+    skip=("num_codes", "num_speakers"),
+    extra={
+        "speaker_conditional": (bool, True),
+        "crop": (int, 128),  # codes per training sequence (shorter utterances are masked)
+    },
+)
 
 
 @dataclass
@@ -145,86 +116,22 @@ CONFIG = AudioRecipeConfig
 TRAIN_STAGES = ("vqvae_train", "prior_train")
 
 
-# --- data sets for the two training stages ---------------------------------------------------
-
-
-class AudioCrops(Dataset):
-    """Random crops of mu-law utterances: ``(classes (crop,) int64, speaker id)``; utterances
-    shorter than the crop are padded with silence (class ``classes // 2``)."""
-
-    def __init__(self, audio: list[torch.Tensor], speakers: list[int], crop: int) -> None:
-        self.audio, self.speakers, self.crop = audio, speakers, crop
-
-    def __len__(self) -> int:
-        return len(self.audio)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.audio[i].long()
-        if len(x) < self.crop:
-            return F.pad(x, (0, self.crop - len(x)), value=128), self.speakers[i]
-        start = int(torch.randint(len(x) - self.crop + 1, (1,)))
-        return x[start : start + self.crop], self.speakers[i]
-
-
-class CodeCrops(Dataset):
-    """Random crops of code sequences: ``(codes (crop,), mask (crop,), speaker id)``; the mask
-    is False on padding, which the loss leaves out."""
-
-    def __init__(self, codes: list[torch.Tensor], speakers: list[int], crop: int) -> None:
-        self.codes, self.speakers, self.crop = codes, speakers, crop
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        c = self.codes[i]
-        mask = torch.ones(self.crop, dtype=torch.bool)
-        if len(c) < self.crop:
-            mask[len(c) :] = False
-            return F.pad(c, (0, self.crop - len(c))), mask, self.speakers[i]
-        start = int(torch.randint(len(c) - self.crop + 1, (1,)))
-        return c[start : start + self.crop], mask, self.speakers[i]
-
-
 # --- stages ----------------------------------------------------------------------------------
 
 
-def build_vqvae(cfg: AudioRecipeConfig, num_speakers: int):
-    v, q = cfg.vqvae, cfg.vqvae.quantizer
-    return vqvae_audio(
-        num_speakers=num_speakers if v.speaker_conditioning else None,
-        strides=list(v.strides),
-        hidden=v.hidden,
-        res_hidden=v.res_hidden,
-        num_res_blocks=v.num_res_blocks,
-        num_codes=v.num_codes,
-        code_dim=v.code_dim,
-        residual_channels=v.residual_channels,
-        skip_channels=v.skip_channels,
-        kernel_size=v.kernel_size,
-        layers_per_stack=v.layers_per_stack,
-        stacks=v.stacks,
-        upsample=v.upsample,
-        features=v.features,
-        sample_rate=cfg.data.sample_rate,
-        mel_hop=v.mel_hop,
-        n_mels=v.n_mels,
-        jitter=v.jitter,
-        quantizer=q.kwargs(),
-    )
+def train_vqvae(run: Run, train: ev.Split, speakers: list[str]):
+    cfg = run.cfg
+    v = cfg.vqvae
 
-
-def train_vqvae(cfg, train: ev.Split, speakers: list[str], run_dir, *, resume, progress):
-    # Torch seeds every new process at random: seed the initial weights.
-    seed_everything(cfg.vqvae_train.seed)
-    model = build_vqvae(cfg, len(speakers))
-    crop = cfg.vqvae.crop
-    if crop % model.hop:
-        raise ValueError(f"vqvae.crop={crop} must be a multiple of the hop {model.hop}")
-    spk = [speakers.index(s) for s in train.speakers]
+    def build():
+        return vqvae_audio(
+            num_speakers=len(speakers) if v.speaker_conditioning else None,
+            sample_rate=cfg.data.sample_rate,
+            **builder_kwargs(v),
+        )
 
     def step(model, batch):
-        audio, speaker = batch
+        audio, _, speaker = batch
         out = model(audio, generation.speaker_arg(model, speaker))
         return out.loss, {
             "recon_loss": out.recon_loss,
@@ -234,31 +141,23 @@ def train_vqvae(cfg, train: ev.Split, speakers: list[str], run_dir, *, resume, p
             "usage": out.quant.usage,
         }
 
-    dataset = AudioCrops(train.audio, spk, crop)
-    result = fit(
-        model,
-        step,
-        dataset,
-        cfg=cfg.vqvae_train,
-        run_dir=run_dir,
-        name="vqvae",
-        resume=resume,
-        progress=progress,
-    )
-    return model.eval(), result
+    hop = build().hop
+    if v.crop % hop:
+        raise ValueError(f"vqvae.crop={v.crop} must be a multiple of the hop {hop}")
+    spk = [speakers.index(s) for s in train.speakers]
+    crops = SequenceCrops(train.audio, spk, v.crop, pad_value=silence_class(v.classes))
+    return run.train("vqvae", build, step, crops)
 
 
-def train_prior(cfg, codes, speaker_ids, num_speakers, num_codes, run_dir, *, resume, progress):
-    p = cfg.prior
-    # Torch seeds every new process at random: seed the initial weights.
-    seed_everything(cfg.prior_train.seed)
-    prior = wavenet_prior(
-        num_codes=num_codes,
-        num_speakers=num_speakers if p.speaker_conditional else None,
-        residual_channels=p.residual_channels,
-        layers_per_stack=p.layers_per_stack,
-        stacks=p.stacks,
-    )
+def train_prior(run: Run, codes, speaker_ids, num_speakers: int, num_codes: int):
+    p = run.cfg.prior
+
+    def build():
+        return wavenet_prior(
+            num_codes=num_codes,
+            num_speakers=num_speakers if p.speaker_conditional else None,
+            **builder_kwargs(p),
+        )
 
     def step(prior, batch):
         c, mask, speaker = batch
@@ -267,67 +166,44 @@ def train_prior(cfg, codes, speaker_ids, num_speakers, num_codes, run_dir, *, re
         loss = (nll * mask).sum() / mask.sum().clamp_min(1)
         return loss, {"nll_bits": loss / LN2}
 
-    dataset = CodeCrops(codes, speaker_ids, p.crop)
-    result = fit(
-        prior,
-        step,
-        dataset,
-        cfg=cfg.prior_train,
-        run_dir=run_dir,
-        name="prior",
-        resume=resume,
-        progress=progress,
-    )
-    return prior.eval(), result
+    return run.train("prior", build, step, SequenceCrops(codes, speaker_ids, p.crop))
 
 
 def run(
     cfg: AudioRecipeConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
 ) -> dict:
     """Run every stage; returns the metrics written to ``run_dir/metrics.json``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    device = resolve_device(cfg.vqvae_train.device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    stages = Stages()
+    run = Run(cfg, run_dir, resume=resume, progress=progress)
+    device = run.device
 
-    with stages("data"):
+    with run.stage("data"):
         train, test = ev.load_split(cfg.data, "train"), ev.load_split(cfg.data, "test")
         speakers = sorted(set(train.speakers))
-        write_json(run_dir / "speakers.json", speakers)
+        if run.main:
+            write_json(run_dir / "speakers.json", speakers)
 
-    with stages("vqvae"):
-        vqvae, vq_result = train_vqvae(
-            cfg, train, speakers, run_dir, resume=resume, progress=progress
-        )
+    with run.stage("vqvae"):
+        vqvae = train_vqvae(run, train, speakers)
 
-    with stages("encode"):
+    with run.stage("encode"):
         codes_train = [ev.encode_utterance(vqvae, a, device).cpu() for a in train.audio]
         codes_test = [ev.encode_utterance(vqvae, a, device).cpu() for a in test.audio]
 
-    with stages("prior"):
+    with run.stage("prior"):
         spk_train = [speakers.index(s) for s in train.speakers]
-        prior, prior_result = train_prior(
-            cfg,
-            codes_train,
-            spk_train,
-            len(speakers),
-            vqvae.quantizer.num_codes,
-            run_dir,
-            resume=resume,
-            progress=progress,
-        )
+        prior = train_prior(run, codes_train, spk_train, len(speakers), vqvae.quantizer.num_codes)
+    if not run.main:  # decoding, evaluation and the report are rank 0's
+        return {}
 
-    with stages("decode"):
-        with generation.one_thread_on_cpu(device):
+    with run.stage("decode"):
+        with one_thread_on_cpu(device):
             sources = ev.pick_sources(test, speakers, cfg.convert.sources)
             result = generation.decode_matrix(
                 vqvae, prior, cfg, test, codes_test, sources, speakers, device
             )
         generation.write_media(run_dir, result, test, speakers, cfg.data.sample_rate)
 
-    with stages("eval"):
+    with run.stage("eval"):
         metrics = {
             "num_codes": vqvae.quantizer.num_codes,
             "code_rate_hz": cfg.data.sample_rate / vqvae.hop,
@@ -352,33 +228,20 @@ def run(
         for k, path in enumerate(
             ev.plot_codes(run_dir, codes_test, test, metrics["code_rate_hz"], cfg.eval.plots)
         ):
-            add_media(
-                run_dir,
-                "image",
-                path,
-                f"Codes of {test.ids[k]} against its labels",
-                "Codes over time",
+            run.media(
+                "image", path, f"Codes of {test.ids[k]} against its labels", "Codes over time"
             )
-        write_json(
-            run_dir / "code_usage.json",
-            torch.bincount(torch.cat(codes_test), minlength=vqvae.quantizer.num_codes).tolist(),
-        )
-
-    metrics.update(stages.summary(device, vqvae=vq_result, prior=prior_result))
-    write_json(run_dir / "metrics.json", metrics)
-    build_report(run_dir, title=f"vqkit audio run: {run_dir.name}")
-    return metrics
+    usage = code_histogram(torch.cat(codes_test), vqvae.quantizer.num_codes)
+    return run.finish(metrics, code_usage=usage, title=f"vqkit audio run: {run_dir.name}")
 
 
 # --- commands on a finished run --------------------------------------------------------------
 
 
 def _load(run_dir: Path, device: str, *, prior: bool = False):
-    dev = resolve_device(device)
-    vqvae = load_model(run_dir / "vqvae" / "ckpt", device=dev).eval()
+    dev, models = load_stages(run_dir, device, "vqvae", *(("prior",) if prior else ()))
     speakers = json.loads((run_dir / "speakers.json").read_text())
-    p = load_model(run_dir / "prior" / "ckpt", device=dev).eval() if prior else None
-    return dev, vqvae, speakers, p
+    return dev, models[0], speakers, models[1] if prior else None
 
 
 def convert(
@@ -399,9 +262,8 @@ def convert(
     audio = ev.load_classes(source, cfg.data.sample_rate, None)
     codes = ev.encode_utterance(vqvae, audio, dev)[None]
     spk = torch.tensor([speakers.index(speaker)], device=dev)
-    gen = torch.Generator(device=dev).manual_seed(cfg.convert.seed if seed is None else seed)
-    temp = cfg.convert.temperature if temperature is None else temperature
-    with generation.one_thread_on_cpu(dev):
+    temp, gen = sampling(cfg.convert, temperature, seed, dev)
+    with one_thread_on_cpu(dev):
         out_classes = vqvae.decode(
             codes, generation.speaker_arg(vqvae, spk), temperature=temp, generator=gen
         )
@@ -423,10 +285,9 @@ def sample(
     dev, vqvae, speakers, prior = _load(run_dir, device, prior=True)
     c = cfg.convert
     targets = torch.tensor(generation.targets_of(speakers, c.max_targets), device=dev)
-    gen = torch.Generator(device=dev).manual_seed(c.seed if seed is None else seed)
-    temp = c.temperature if temperature is None else temperature
+    temp, gen = sampling(c, temperature, seed, dev)
     n = max(1, int(c.seconds * cfg.data.sample_rate / vqvae.hop))
-    with generation.one_thread_on_cpu(dev):
+    with one_thread_on_cpu(dev):
         codes = prior.generate(
             n,
             speaker=targets if prior.global_classes else None,

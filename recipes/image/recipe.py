@@ -13,21 +13,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from vqkit.config import save_config
+from vqkit.config import builder_kwargs
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
-from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
-from vqkit.models import gated_pixelcnn, vqvae_image
-from vqkit.quantize import QuantizerConfig
-from vqkit.report import build_report
-from vqkit.runs import Stages, add_media, write_json
-from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
-from vqkit.train.distributed import is_main, rank_device
-
-LN2 = math.log(2)
+from vqkit.metrics import LN2, data_variance, psnr
+from vqkit.models import gated_pixelcnn, to_data, to_model, vqvae_image
+from vqkit.pipeline import Run, codebook_metrics, load_stages, model_section, sampling
+from vqkit.train import TrainConfig, rewrite_weights
 
 
 @dataclass
@@ -46,32 +41,21 @@ class DataConfig:
     mirror: bool = False  # train the VQ-VAE on the training images and their mirror images
 
 
-@dataclass
-class ImageQuantizerConfig(QuantizerConfig):
-    heads: int = 1  # codes per position (the paper's CIFAR-10 latent has 10)
-
-
-@dataclass
-class VQVAEConfig:
-    hidden: int = 128
-    res_hidden: int = 32
-    num_res_blocks: int = 2
-    num_codes: int = 512
-    code_dim: int = 64
-    strides: list[int] = field(default_factory=lambda: [2, 2])
-    likelihood: str = "gaussian"
+# The model sections are the builders' arguments (the builders hold the defaults), plus the
+# recipe's own keys.
+VQVAEConfig = model_section(
+    "VQVAEConfig",
+    vqvae_image,
     # Divide the reconstruction loss by the data variance (Sonnet's recipe), so beta keeps
     # its meaning whatever the scale of the data.
-    normalize_by_variance: bool = True
-    quantizer: ImageQuantizerConfig = field(default_factory=ImageQuantizerConfig)
-
-
-@dataclass
-class PriorConfig:
-    channels: int = 64
-    num_layers: int = 8
-    kernel_size: int = 3
-    class_conditional: bool = True
+    extra={"normalize_by_variance": (bool, True)},
+)
+PriorConfig = model_section(
+    "PriorConfig",
+    gated_pixelcnn,
+    skip=("num_codes", "num_classes"),
+    extra={"class_conditional": (bool, True)},
+)
 
 
 @dataclass
@@ -118,20 +102,6 @@ def num_classes(dataset: Dataset) -> int:
     return int(max(int(dataset[i][1]) for i in range(len(dataset)))) + 1
 
 
-def build_vqvae(cfg: VQVAEConfig):
-    q = cfg.quantizer
-    return vqvae_image(
-        hidden=cfg.hidden,
-        res_hidden=cfg.res_hidden,
-        num_res_blocks=cfg.num_res_blocks,
-        num_codes=cfg.num_codes,
-        code_dim=cfg.code_dim,
-        strides=list(cfg.strides),
-        likelihood=cfg.likelihood,
-        quantizer=q.kwargs(),
-    )
-
-
 def loader(dataset: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
@@ -144,9 +114,16 @@ def encode_all(
     codes, labels = [], []
     batches = loader(dataset, batch_size)
     for x, y in tqdm(batches, desc="encode", disable=not progress, leave=False):
-        codes.append(model.encode(x.to(device) - 0.5).cpu())
+        codes.append(model.encode(to_model(x.to(device))).cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(codes), torch.cat(labels)
+
+
+@torch.no_grad()
+def reconstruct_images(vqvae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> their reconstructions in [0, 1] (on the CPU)."""
+    device = next(vqvae.parameters()).device
+    return to_data(vqvae.decode(vqvae.encode(to_model(images.to(device))))).cpu()
 
 
 def upscale(images: torch.Tensor, factor: int = 3) -> torch.Tensor:
@@ -166,15 +143,13 @@ def save_pairs(originals: torch.Tensor, recons: torch.Tensor, path: Path, per_ro
 # --- the stages ------------------------------------------------------------------------------
 
 
-def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
-    # Torch seeds every new process at random: seed the initial weights.
-    seed_everything(cfg.vqvae_train.seed)
-    model = build_vqvae(cfg.vqvae)
+def train_vqvae(run: Run, train_set: Dataset, variance: float):
+    cfg = run.cfg
     scale = 1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0
 
     def step(model, batch):
         x, _ = batch
-        out = model(x - 0.5)
+        out = model(to_model(x))
         loss = scale * out.recon_loss + out.quant.loss
         return loss, {
             "recon_loss": out.recon_loss,
@@ -187,52 +162,30 @@ def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
 
     def reconstructions(model, step):  # TensorBoard, at each checkpoint
         model.eval()
-        recon = model.decode(model.encode(fixed.to(next(model.parameters()).device) - 0.5))
-        grid = torch.cat([fixed, (recon.cpu() + 0.5).clamp(0, 1)])  # originals above recons
+        grid = torch.cat([fixed, reconstruct_images(model, fixed)])  # originals above recons
         return {"vqvae/reconstructions": make_grid(grid, nrow=len(fixed))}
 
-    result = fit(
-        model,
-        step,
-        train_set,
-        cfg=cfg.vqvae_train,
-        run_dir=run_dir,
-        name="vqvae",
-        resume=resume,
-        image_fn=reconstructions,
-        progress=progress,
-    )
-    return model.eval(), result
+    build = lambda: vqvae_image(**builder_kwargs(cfg.vqvae))  # noqa: E731
+    return run.train("vqvae", build, step, train_set, image_fn=reconstructions)
 
 
-def train_prior(cfg, codes, labels, classes, run_dir, *, resume, progress):
+def train_prior(run: Run, codes, labels, classes: int):
+    cfg = run.cfg
     conditional = cfg.prior.class_conditional
-    # Torch seeds every new process at random: seed the initial weights.
-    seed_everything(cfg.prior_train.seed)
-    prior = gated_pixelcnn(
-        num_codes=cfg.vqvae.num_codes,
-        channels=cfg.prior.channels,
-        num_layers=cfg.prior.num_layers,
-        kernel_size=cfg.prior.kernel_size,
-        num_classes=classes if conditional else None,
-    )
+
+    def build():
+        return gated_pixelcnn(
+            num_codes=cfg.vqvae.num_codes,
+            num_classes=classes if conditional else None,
+            **builder_kwargs(cfg.prior),
+        )
 
     def step(prior, batch):
         c, y = batch
         loss = prior.loss(c, y if conditional else None)
         return loss, {"nll_bits": loss / LN2}
 
-    result = fit(
-        prior,
-        step,
-        TensorDataset(codes, labels),
-        cfg=cfg.prior_train,
-        run_dir=run_dir,
-        name="prior",
-        resume=resume,
-        progress=progress,
-    )
-    return prior.eval(), result
+    return run.train("prior", build, step, TensorDataset(codes, labels))
 
 
 @torch.no_grad()
@@ -247,8 +200,7 @@ def draw_samples(
     seed: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Decoded prior samples in [0, 1] and the number per row (one row per class)."""
-    gen = torch.Generator(device=device).manual_seed(cfg.seed if seed is None else seed)
-    temp = cfg.temperature if temperature is None else temperature
+    temp, gen = sampling(cfg, temperature, seed, device)
     if prior.num_classes:
         y = torch.arange(prior.num_classes, device=device).repeat_interleave(cfg.per_class)
         codes = prior.sample((len(y), *latent), y=y, temperature=temp, generator=gen, device=device)
@@ -256,35 +208,33 @@ def draw_samples(
     else:
         codes = prior.sample((cfg.count, *latent), temperature=temp, generator=gen, device=device)
         per_row = 8
-    return (vqvae.decode(codes) + 0.5).clamp(0, 1).cpu(), per_row
+    return to_data(vqvae.decode(codes)).cpu(), per_row
 
 
 @torch.no_grad()
-def evaluate(
-    vqvae, prior, cfg, train_set, test_set, codes_train, codes_test, labels_test, variance, device
-) -> dict:
+def fit_sigma(vqvae, train_set: Dataset, batch_size: int, device) -> None:
+    """The Gaussian decoder is trained with MSE; its NLL uses sigma fitted on training
+    reconstructions (maximum likelihood: sigma^2 = MSE)."""
+    se, n = 0.0, 0
+    for x, _ in loader(Subset(train_set, range(min(2000, len(train_set)))), batch_size):
+        x = to_model(x.to(device))
+        se += F.mse_loss(vqvae.decode(vqvae.encode(x)), x, reduction="sum").item()
+        n += x.numel()
+    vqvae.likelihood.sigma = math.sqrt(se / n)
+
+
+@torch.no_grad()
+def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device):
     """Test reconstruction, bits/dim, codebook health and prior NLL."""
     vqvae.eval()
     prior.eval()
     likelihood = vqvae.likelihood
-    if hasattr(likelihood, "sigma"):
-        # The Gaussian decoder is trained with MSE; its NLL uses sigma fitted on training
-        # reconstructions (maximum likelihood: sigma^2 = MSE).
-        se, n = 0.0, 0
-        for x, _ in loader(
-            torch.utils.data.Subset(train_set, range(min(2000, len(train_set)))),
-            cfg.eval_batch_size,
-        ):
-            x = x.to(device) - 0.5
-            se += F.mse_loss(vqvae.decode(vqvae.encode(x)), x, reduction="sum").item()
-            n += x.numel()
-        likelihood.sigma = math.sqrt(se / n)
     sq_err = psnr_sum = recon_bits = prior_bits = 0.0
     count = dims = 0
     offset = 0
     conditional = bool(prior.num_classes)
     for x, _ in loader(test_set, cfg.eval_batch_size):
-        x = x.to(device) - 0.5
+        x = to_model(x.to(device))
         b = x.shape[0]
         codes = codes_test[offset : offset + b].to(device)
         y = labels_test[offset : offset + b].to(device)
@@ -292,15 +242,14 @@ def evaluate(
         params = vqvae.decode_params(codes)
         recon = likelihood.mean(params)
         sq_err += F.mse_loss(recon, x, reduction="sum").item()
-        psnr_sum += psnr(recon.clamp(-0.5, 0.5) + 0.5, x + 0.5, reduction="none").sum().item()
+        psnr_sum += psnr(to_data(recon), to_data(x), reduction="none").sum().item()
         recon_bits += likelihood.nll_bits_per_dim(params, x).sum().item()
         per_code = prior.nll_bits(codes, y if conditional else None)  # (B,) bits per code
         prior_bits += per_code.sum().item()
         count += b
         dims = x[0].numel()
-    num_codes = vqvae.quantizer.num_codes
     latents = codes_test[0].numel()
-    hist = code_histogram(codes_test, num_codes)
+    codebook, hist = codebook_metrics(codes_train, codes_test, vqvae.quantizer.num_codes)
     mse = sq_err / (count * dims)
     return {
         "test_mse": mse,
@@ -310,11 +259,7 @@ def evaluate(
         "bits_per_dim": recon_bits / count + prior_bits / count * latents / dims,
         "recon_bits_per_dim": recon_bits / count,
         "prior_bits_per_code": prior_bits / count,
-        "log2_num_codes": math.log2(num_codes),
-        "unigram_bits_per_code": float(unigram_bits(codes_train, codes_test, num_codes)),
-        "test_perplexity": float(perplexity(hist)),
-        "test_usage": float(usage(hist)),
-        "num_codes": num_codes,
+        **codebook,
         "latent_shape": list(codes_test.shape[1:]),
     }, hist
 
@@ -323,24 +268,18 @@ def run(
     cfg: ImageRecipeConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
 ) -> dict:
     """Run every stage; returns the metrics written to ``run_dir/metrics.json``."""
-    if is_main():  # under torchrun every rank trains; rank 0 alone writes the run's files
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    device = rank_device(resolve_device(cfg.vqvae_train.device))
+    run = Run(cfg, run_dir, resume=resume, progress=progress)
+    device = run.device
     train_set, test_set = datasets(cfg)
     classes = num_classes(train_set)
     variance = data_variance(train_set, max_items=5000)
-    stages = Stages()
 
-    with stages("vqvae"):
-        vqvae_set = WithMirrors(train_set) if cfg.data.mirror else train_set
-        vqvae, vq_result = train_vqvae(
-            cfg, vqvae_set, run_dir, resume=resume, progress=progress, variance=variance
-        )
+    with run.stage("vqvae"):
+        vqvae = train_vqvae(run, WithMirrors(train_set) if cfg.data.mirror else train_set, variance)
 
-    with stages("encode"):
+    with run.stage("encode"):
         # On every rank of a distributed run: each trains the prior on these codes.
-        bar = progress and is_main()
+        bar = progress and run.main
         codes_train, labels_train = encode_all(
             vqvae, train_set, device, cfg.eval_batch_size, progress=bar
         )
@@ -348,51 +287,36 @@ def run(
             vqvae, test_set, device, cfg.eval_batch_size, progress=bar
         )
 
-    with stages("prior"):
-        prior, prior_result = train_prior(
-            cfg, codes_train, labels_train, classes, run_dir, resume=resume, progress=progress
-        )
-    if not is_main():  # sampling, evaluation and the report are rank 0's
+    with run.stage("prior"):
+        prior = train_prior(run, codes_train, labels_train, classes)
+    if not run.main:  # sampling, evaluation and the report are rank 0's
         return {}
 
-    with stages("sample"):
+    with run.stage("sample"):
         samples, per_row = draw_samples(
             vqvae, prior, cfg.sample, tuple(codes_test.shape[1:]), device
         )
         save_image(upscale(samples), run_dir / "samples.png", nrow=per_row, padding=2)
 
-    with stages("eval"):
+    with run.stage("eval"):
+        if hasattr(vqvae.likelihood, "sigma"):
+            fit_sigma(vqvae, train_set, cfg.eval_batch_size, device)
+            rewrite_weights(run_dir / "vqvae" / "ckpt", vqvae)  # the weights carry sigma
         metrics, hist = evaluate(
-            vqvae,
-            prior,
-            cfg,
-            train_set,
-            test_set,
-            codes_train,
-            codes_test,
-            labels_test,
-            variance,
-            device,
+            vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device
         )
         originals = torch.stack([test_set[i][0] for i in range(min(16, len(test_set)))])
-        with torch.no_grad():
-            recons = (vqvae.decode(vqvae.encode(originals.to(device) - 0.5)) + 0.5).clamp(0, 1)
-        save_pairs(originals, recons.cpu(), run_dir / "reconstructions.png")
+        save_pairs(originals, reconstruct_images(vqvae, originals), run_dir / "reconstructions.png")
 
-    metrics.update(stages.summary(device, vqvae=vq_result, prior=prior_result))
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "code_usage.json", hist.tolist())
-    add_media(
-        run_dir,
+    run.media(
         "image",
         "reconstructions.png",
         "Test images (odd rows) above their reconstructions (even rows)",
         "Reconstructions",
     )
     caption = "Prior samples, one row per class" if prior.num_classes else "Prior samples"
-    add_media(run_dir, "image", "samples.png", caption, "Samples")
-    build_report(run_dir)
-    return metrics
+    run.media("image", "samples.png", caption, "Samples")
+    return run.finish(metrics, code_usage=hist)
 
 
 # --- commands on a finished run --------------------------------------------------------------
@@ -408,9 +332,7 @@ def sample(
     device: str,
 ) -> Path:
     """Draw new prior samples from a finished run and save them as a grid."""
-    dev = resolve_device(device)
-    vqvae = load_model(run_dir / "vqvae" / "ckpt", device=dev).eval()
-    prior = load_model(run_dir / "prior" / "ckpt", device=dev).eval()
+    dev, (vqvae, prior) = load_stages(run_dir, device, "vqvae", "prior")
     side = cfg.data.image_size
     latent = tuple(side // f for f in vqvae.factor)
     images, per_row = draw_samples(
@@ -425,11 +347,9 @@ def reconstruct(
     cfg: ImageRecipeConfig, run_dir: Path, inputs: list[Path], *, out: Path | None, device: str
 ) -> tuple[Path, list[float]]:
     """Reconstruct image files with a finished run's VQ-VAE; returns the grid and PSNRs (dB)."""
-    dev = resolve_device(device)
-    vqvae = load_model(run_dir / "vqvae" / "ckpt", device=dev).eval()
+    _, (vqvae,) = load_stages(run_dir, device, "vqvae")
     images = torch.stack([resize_center_crop(load_rgb(p), cfg.data.image_size) for p in inputs])
-    with torch.no_grad():
-        recons = (vqvae.decode(vqvae.encode(images.to(dev) - 0.5)) + 0.5).clamp(0, 1).cpu()
+    recons = reconstruct_images(vqvae, images)
     out = out or run_dir / "reconstruct.png"
     save_pairs(images, recons, out)
     return out, psnr(recons, images, reduction="none").tolist()

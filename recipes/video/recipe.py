@@ -12,8 +12,6 @@ their codes as a prefix and samples the rest.
 
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from vqkit.config import save_config
+from vqkit.config import builder_kwargs
 from vqkit.datasets.synthetic_video import (
     ACTIONS,
     SyntheticVideo,
@@ -31,7 +29,7 @@ from vqkit.datasets.synthetic_video import (
     controlled_mask,
 )
 from vqkit.datasets.video import VideoFolder, add_border, read_video, video_grid, write_video
-from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
+from vqkit.metrics import LN2, data_variance, psnr
 from vqkit.metrics.video import (
     copy_last_frame,
     direction_agreement,
@@ -39,15 +37,19 @@ from vqkit.metrics.video import (
     psnr_per_frame,
     track_centroids,
 )
+from vqkit.models import to_data, to_model
 from vqkit.models.video_prior import predict_video, video_prior
 from vqkit.models.vqvae import vqvae_video
-from vqkit.quantize import QuantizerConfig
-from vqkit.report import build_report
-from vqkit.runs import Stages, add_media, write_json
-from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
-from vqkit.train.distributed import is_main, rank_device
+from vqkit.pipeline import (
+    Run,
+    codebook_metrics,
+    load_stages,
+    model_section,
+    one_thread_on_cpu,
+    sampling,
+)
+from vqkit.train import TrainConfig
 
-LN2 = math.log(2)
 GREEN, RED = (0.1, 0.8, 0.1), (0.9, 0.1, 0.1)  # borders: context and generated frames
 
 
@@ -70,27 +72,20 @@ class DataConfig:
     seed: int = 0
 
 
-@dataclass
-class VQVAEConfig:
-    hidden: int = 64
-    res_hidden: int = 32
-    num_res_blocks: int = 2
-    num_codes: int = 256
-    code_dim: int = 64
-    # Per stage, per axis (time, height, width): time x2 and space x4.
-    strides: list[list[int]] = field(default_factory=lambda: [[2, 2, 2], [1, 2, 2]])
-    likelihood: str = "gaussian"
-    normalize_by_variance: bool = True  # Sonnet's recipe: beta keeps its meaning at any scale
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-
-
-@dataclass
-class PriorConfig:
-    dim: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    prev_kernel: int = 3  # window of previous-step codes each position sees (0: none)
-    conditional: bool = True  # actions (builtin) or classes (a folder with several)
+# The model sections are the builders' arguments (the builders hold the defaults: strides per
+# stage and axis (time, height, width), time x2 and space x4), plus the recipe's own keys.
+VQVAEConfig = model_section(
+    "VQVAEConfig",
+    vqvae_video,
+    extra={"normalize_by_variance": (bool, True)},  # Sonnet's recipe: beta keeps its meaning
+)
+PriorConfig = model_section(
+    "PriorConfig",
+    video_prior,
+    skip=("num_codes", "shape", "num_conds", "cond_per_step"),
+    # actions (builtin) or classes (a folder with several)
+    extra={"conditional": (bool, True)},
+)
 
 
 @dataclass
@@ -196,29 +191,13 @@ def step_conds(frame_conds: torch.Tensor, time_factor: int) -> torch.Tensor:
 # --- models ----------------------------------------------------------------------------------
 
 
-def build_vqvae(cfg: VQVAEConfig):
-    q = cfg.quantizer
-    return vqvae_video(
-        hidden=cfg.hidden,
-        res_hidden=cfg.res_hidden,
-        num_res_blocks=cfg.num_res_blocks,
-        num_codes=cfg.num_codes,
-        code_dim=cfg.code_dim,
-        strides=[list(s) for s in cfg.strides],
-        likelihood=cfg.likelihood,
-        quantizer=q.kwargs(),
-    )
-
-
-def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
-    # Torch seeds every new process at random: seed the initial weights.
-    seed_everything(cfg.vqvae_train.seed)
-    model = build_vqvae(cfg.vqvae)
+def train_vqvae(run: Run, train_set: TensorDataset, variance: float):
+    cfg = run.cfg
     scale = 1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0
 
     def step(model, batch):
         clips, _ = batch
-        out = model(as_float(clips) - 0.5)
+        out = model(to_model(as_float(clips)))
         loss = scale * out.recon_loss + out.quant.loss
         return loss, {
             "recon_loss": out.recon_loss,
@@ -227,17 +206,8 @@ def train_vqvae(cfg, train_set, run_dir, *, resume, progress, variance):
             "usage": out.quant.usage,
         }
 
-    result = fit(
-        model,
-        step,
-        train_set,
-        cfg=cfg.vqvae_train,
-        run_dir=run_dir,
-        name="vqvae",
-        resume=resume,
-        progress=progress,
-    )
-    return model.eval(), result
+    build = lambda: vqvae_video(**builder_kwargs(cfg.vqvae))  # noqa: E731
+    return run.train("vqvae", build, step, train_set)
 
 
 @torch.no_grad()
@@ -245,71 +215,45 @@ def encode_all(vqvae, clips: torch.Tensor, device, batch_size: int) -> torch.Ten
     """uint8 clips ``(N, 3, T, H, W)`` -> codes ``(N, T', H', W')`` on the CPU."""
     return torch.cat(
         [
-            vqvae.encode(as_float(clips[i : i + batch_size].to(device)) - 0.5).cpu()
+            vqvae.encode(to_model(as_float(clips[i : i + batch_size].to(device)))).cpu()
             for i in range(0, len(clips), batch_size)
         ]
     )
 
 
-def train_prior(cfg, codes, conds, vocab, time_factor, run_dir, *, resume, progress):
-    # Torch seeds every new process at random: seed the initial weights.
-    seed_everything(cfg.prior_train.seed)
-    prior = video_prior(
-        num_codes=cfg.vqvae.num_codes,
-        shape=list(codes.shape[1:]),
-        dim=cfg.prior.dim,
-        num_layers=cfg.prior.num_layers,
-        num_heads=cfg.prior.num_heads,
-        prev_kernel=cfg.prior.prev_kernel,
-        num_conds=vocab,
-        cond_per_step=time_factor,
-    )
+def train_prior(run: Run, codes, conds, vocab, time_factor):
+    cfg = run.cfg
+
+    def build():
+        return video_prior(
+            num_codes=cfg.vqvae.num_codes,
+            shape=list(codes.shape[1:]),
+            num_conds=vocab,
+            cond_per_step=time_factor,
+            **builder_kwargs(cfg.prior),
+        )
 
     def step(prior, batch):
         c, y = batch
         loss = prior.loss(c, y if vocab else None)
         return loss, {"nll_bits": loss / LN2}
 
-    result = fit(
-        prior,
-        step,
-        TensorDataset(codes, step_conds(conds, time_factor)),
-        cfg=cfg.prior_train,
-        run_dir=run_dir,
-        name="prior",
-        resume=resume,
-        progress=progress,
-    )
-    return prior.eval(), result
+    return run.train("prior", build, step, TensorDataset(codes, step_conds(conds, time_factor)))
 
 
 # --- prediction ------------------------------------------------------------------------------
 
 
-@contextmanager
-def one_thread():
-    """Sampling runs hundreds of tiny ops per code; on the CPU, waking a second thread for each
-    costs more than it saves (many times more on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def predict_all(vqvae, prior, clips, conds, cfg, device, *, seed_offset=0) -> torch.Tensor:
     """Predictions for uint8 clips ``(N, 3, T, H, W)`` from their first context frames."""
-    gen = torch.Generator(device=device).manual_seed(cfg.predict.seed + seed_offset)
+    temp, gen = sampling(cfg.predict, None, None, device, offset=seed_offset)
     c, bs = cfg.data.context_frames, cfg.eval_batch_size
     outs = []
     for i in range(0, len(clips), bs):
         y = None if conds is None else conds[i : i + bs]
         context = as_float(clips[i : i + bs, :, :c])
-        with one_thread():
-            pred = predict_video(
-                vqvae, prior, context, y, temperature=cfg.predict.temperature, generator=gen
-            )
+        with one_thread_on_cpu(device):
+            pred = predict_video(vqvae, prior, context, y, temperature=temp, generator=gen)
         outs.append(pred.cpu())
     return torch.cat(outs)
 
@@ -340,9 +284,9 @@ def reconstruct_all(vqvae, clips, device, batch_size) -> tuple[torch.Tensor, tor
     """Codes and reconstructions in ``[0, 1]`` of uint8 clips."""
     codes, recons = [], []
     for i in range(0, len(clips), batch_size):
-        c = vqvae.encode(as_float(clips[i : i + batch_size].to(device)) - 0.5)
+        c = vqvae.encode(to_model(as_float(clips[i : i + batch_size].to(device))))
         codes.append(c.cpu())
-        recons.append((vqvae.decode(c) + 0.5).clamp(0, 1).cpu())
+        recons.append(to_data(vqvae.decode(c)).cpu())
     return torch.cat(codes), torch.cat(recons)
 
 
@@ -401,7 +345,7 @@ def evaluate(vqvae, prior, cfg, test_set, clips, conds, codes_train, variance, d
     future = x[:, :, c:]
     pred_h = psnr_per_frame(preds[:, :, c:], future)  # (T - c,)
     copy_h = psnr_per_frame(copy_last_frame(x, c), future)
-    hist = code_histogram(codes, vqvae.quantizer.num_codes)
+    codebook, hist = codebook_metrics(codes_train, codes, vqvae.quantizer.num_codes)
     mse = float(F.mse_loss(recons, x))
     metrics = {
         "recon_psnr": float(
@@ -412,10 +356,7 @@ def evaluate(vqvae, prior, cfg, test_set, clips, conds, codes_train, variance, d
         "recon_mse_over_variance": mse / variance,
         "prior_bits_per_code": prior_bits(prior, codes, conds, ft, bs),
         "prior_bits_per_code_future": prior_bits(prior, codes, conds, ft, bs, from_step=c // ft),
-        "unigram_bits_per_code": float(unigram_bits(codes_train, codes, vqvae.quantizer.num_codes)),
-        "log2_num_codes": math.log2(vqvae.quantizer.num_codes),
-        "test_perplexity": float(perplexity(hist)),
-        "test_usage": float(usage(hist)),
+        **codebook,
         "pred_psnr_mean": float(pred_h.mean()),
         "copy_last_psnr_mean": float(copy_h.mean()),
         "recon_psnr_future_mean": float(recon_frames[c:].mean()),
@@ -461,35 +402,28 @@ def run(
     cfg: VideoRecipeConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
 ) -> dict:
     """Run every stage; returns the metrics written to ``run_dir/metrics.json``."""
-    if is_main():  # under torchrun every rank trains; rank 0 alone writes the run's files
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    device = rank_device(resolve_device(cfg.vqvae_train.device))
-    stages = Stages()
+    run = Run(cfg, run_dir, resume=resume, progress=progress)
+    device = run.device
 
-    with stages("data"):
+    with run.stage("data"):
         train_raw, test_raw = datasets(cfg)
         train = materialize(train_raw, cfg.data.train_size)
         test = materialize(test_raw, cfg.data.test_size)
         variance = data_variance(as_float(train.tensors[0][:500]))
 
-    with stages("vqvae"):
-        vqvae, vq_result = train_vqvae(
-            cfg, train, run_dir, resume=resume, progress=progress, variance=variance
-        )
+    with run.stage("vqvae"):
+        vqvae = train_vqvae(run, train, variance)
 
-    with stages("encode"):
+    with run.stage("encode"):
         codes_train = encode_all(vqvae, train.tensors[0], device, cfg.eval_batch_size)
 
-    with stages("prior"):
+    with run.stage("prior"):
         ft, vocab = vqvae.factor[0], num_conds(cfg, train_raw)
-        prior, prior_result = train_prior(
-            cfg, codes_train, train.tensors[1], vocab, ft, run_dir, resume=resume, progress=progress
-        )
-    if not is_main():  # prediction, evaluation and the report are rank 0's
+        prior = train_prior(run, codes_train, train.tensors[1], vocab, ft)
+    if not run.main:  # prediction, evaluation and the report are rank 0's
         return {}
 
-    with stages("eval"):
+    with run.stage("eval"):
         clips, conds = test.tensors
         metrics, lists, hist, recons, preds = evaluate(
             vqvae, prior, cfg, test_raw, clips, conds, codes_train, variance, device
@@ -500,8 +434,7 @@ def run(
             run_dir / "predictions.gif",
             cfg,
         )
-        add_media(
-            run_dir,
+        run.media(
             "image",
             "predictions.gif",
             f"Test clips: original | reconstruction | prediction from the first {c} frames "
@@ -512,20 +445,14 @@ def run(
             panel_gif(
                 rollout_rows(vqvae, prior, clips[:k], cfg, device), run_dir / "rollouts.gif", cfg
             )
-            add_media(
-                run_dir,
+            run.media(
                 "image",
                 "rollouts.gif",
                 f"Action-conditioned rollouts: true clip | every generated frame (red border) "
                 f"commanded up | down | left | right, from the same {c} context frames",
                 "Rollouts",
             )
-
-    metrics.update(stages.summary(device, vqvae=vq_result, prior=prior_result))
-    write_json(run_dir / "metrics.json", {**metrics, **lists})
-    write_json(run_dir / "code_usage.json", hist.tolist())
-    build_report(run_dir)
-    return metrics
+    return run.finish(metrics, code_usage=hist, lists=lists)
 
 
 # --- commands on a finished run --------------------------------------------------------------
@@ -553,9 +480,7 @@ def predict(
         label: class-conditional folder runs: the class id (default 0).
         out: a .gif, .mp4 or .webm file; default ``RUN_DIR/predict.gif``.
     """
-    dev = resolve_device(device)
-    vqvae = load_model(run_dir / "vqvae" / "ckpt", device=dev).eval()
-    prior = load_model(run_dir / "prior" / "ckpt", device=dev).eval()
+    dev, (vqvae, prior) = load_stages(run_dir, device, "vqvae", "prior")
     d = cfg.data
     c, t = d.context_frames, d.num_frames
     frames = read_video(
@@ -584,8 +509,7 @@ def predict(
         conds = torch.full((1, t), y, dtype=torch.long)
     elif actions is not None or label is not None:
         raise ValueError("this run's prior is unconditional: drop --actions/--label")
-    gen = torch.Generator(device=dev).manual_seed(cfg.predict.seed if seed is None else seed)
-    temp = cfg.predict.temperature if temperature is None else temperature
+    temp, gen = sampling(cfg.predict, temperature, seed, dev)
     pred = predict_video(vqvae, prior, frames[None], conds, temperature=temp, generator=gen)[0]
     pred = add_border(pred.cpu(), RED, slice(c, None))
     out = out or run_dir / "predict.gif"

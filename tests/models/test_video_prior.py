@@ -69,7 +69,7 @@ def test_vqvae_video_round_trip_with_per_axis_strides(strides, clip, latent):
 def test_vqvae_video_gradient_reaches_every_part():
     torch.manual_seed(0)
     model = vqvae_video(hidden=8, res_hidden=4, num_res_blocks=1, num_codes=8, code_dim=4,
-                        quantizer={"ema": False})
+                        quantizer={"ema": False, "kmeans_init": False, "restart_after": None})
     out = model(torch.rand(1, 3, 4, 8, 8) - 0.5)
     out.loss.backward()
     for name in ("encoder", "decoder", "quantizer"):

@@ -9,6 +9,8 @@ from vqkit.models import BUILDERS, VQVAE, build_model, register, vqvae_image, vq
 from vqkit.models.likelihood import Categorical256, DiscretizedLogistic, GaussianLikelihood
 from vqkit.quantize import VectorQuantizer
 
+# The codebook learned by its loss term (the builders default to EMA, k-means and restarts).
+PLAIN_VQ = {"ema": False, "kmeans_init": False, "restart_after": None}
 TINY = {"hidden": 8, "res_hidden": 4, "num_res_blocks": 1, "num_codes": 8, "code_dim": 4}
 # dims -> (strides, spatial size of the test input)
 SHAPES = {
@@ -31,7 +33,7 @@ def data(dims: int, batch: int = 2) -> torch.Tensor:
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_forward_backward_reaches_every_parameter(dims):
     torch.manual_seed(0)
-    model = tiny(dims)
+    model = tiny(dims, quantizer=PLAIN_VQ)
     assert isinstance(model.quantizer, VectorQuantizer)
     x = data(dims)
     out = model(x)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import vqkit.train
+import vqkit.pipeline
 from vqkit.cli import main
 
 
@@ -25,7 +25,7 @@ def seed_decides_initial_weights(monkeypatch, tmp_path) -> Callable[[Callable[[P
     each run when its second ``fit`` (the prior's) starts, and asserts that both runs gave both
     models the same initial weights.
     """
-    real_fit = vqkit.train.fit
+    real_fit = vqkit.pipeline.fit
 
     def initial_weights(argv: list) -> list[dict[str, torch.Tensor]]:
         seen = []
@@ -36,7 +36,7 @@ def seed_decides_initial_weights(monkeypatch, tmp_path) -> Callable[[Callable[[P
                 raise _Captured
             return real_fit(model, *args, **kwargs)
 
-        monkeypatch.setattr(vqkit.train, "fit", fit)  # recipes import it when they are loaded
+        monkeypatch.setattr(vqkit.pipeline, "fit", fit)  # every recipe trains through the pipeline
         with pytest.raises(_Captured):
             main(argv)
         return seen

@@ -3,7 +3,7 @@
 Every set is map-style and returns a plain tuple, e.g. images ``(image (3, H, W) in [0, 1], label)``.
 """
 
-from vqkit.datasets.audio import VCTK, SpeakerAudioFolder
+from vqkit.datasets.audio import VCTK, SequenceCrops, SpeakerAudioFolder
 from vqkit.datasets.images import (
     CIFAR10,
     ImageError,
@@ -20,6 +20,7 @@ from vqkit.datasets.video import VideoError, VideoFolder, read_video, write_vide
 
 __all__ = [
     "VCTK",
+    "SequenceCrops",
     "SpeakerAudioFolder",
     "SpeechCorpus",
     "build_speech_corpus",

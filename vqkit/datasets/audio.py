@@ -58,14 +58,16 @@ class RandomCrop:
         seed: None draws offsets from torch's global RNG, which DataLoader seeds differently in
             each worker; an int gives a private generator seeded ``seed + worker_id``, so a run is
             reproducible whatever the number of workers.
-
-    Clips shorter than ``length`` are zero-padded at the end.
+        pad_value: what pads clips shorter than ``length`` at the end (0: silence of float
+            audio; :func:`vqkit.audio.silence_class` for mu-law classes).
     """
 
-    def __init__(self, length: int, *, random: bool = True, seed: int | None = None) -> None:
+    def __init__(
+        self, length: int, *, random: bool = True, seed: int | None = None, pad_value: float = 0
+    ) -> None:
         if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
             raise ValueError(f"crop must be a positive number of samples, got {length!r}")
-        self.length, self.random, self.seed = length, random, seed
+        self.length, self.random, self.seed, self.pad_value = length, random, seed, pad_value
         self._generators: dict[int, torch.Generator] = {}
 
     def _generator(self) -> torch.Generator | None:
@@ -85,12 +87,40 @@ class RandomCrop:
         """``(C, T)`` -> ``(C, length)``."""
         t = wav.shape[-1]
         if t < self.length:
-            return torch.nn.functional.pad(wav, (0, self.length - t))
+            return torch.nn.functional.pad(wav, (0, self.length - t), value=self.pad_value)
         if not self.random:
             start = (t - self.length) // 2
         else:
             start = int(torch.randint(t - self.length + 1, (1,), generator=self._generator()))
         return wav[..., start : start + self.length]
+
+
+class SequenceCrops(Dataset):
+    """Random crops of 1D sequences (mu-law audio classes, codes) with a label each:
+    ``(crop (length,), mask (length,) bool, label)``; the mask is False on the padding of a
+    sequence shorter than the crop (a loss leaves it out).
+
+    Args:
+        sequences: one ``(T_i,)`` tensor per item.
+        labels: one int per item (a speaker id).
+        length: crop length.
+        pad_value: what pads short sequences.
+    """
+
+    def __init__(
+        self, sequences: list[Tensor], labels: list[int], length: int, *, pad_value: int = 0
+    ) -> None:
+        self.sequences, self.labels = sequences, labels
+        self.crop = RandomCrop(length, pad_value=pad_value)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        x = self.sequences[i].long()
+        mask = torch.zeros(self.crop.length, dtype=torch.bool)
+        mask[: len(x)] = True
+        return self.crop(x), mask, self.labels[i]
 
 
 def _hash_split(utterance: str, test_percent: int = 10) -> str:

@@ -1,6 +1,7 @@
 """Metrics: reconstruction quality and codebook health."""
 
 from vqkit.metrics.codebook import (
+    LN2,
     CodeUsageTracker,
     code_histogram,
     perplexity,
@@ -17,6 +18,7 @@ from vqkit.metrics.units import (
 )
 
 __all__ = [
+    "LN2",
     "abx_error",
     "chance_accuracy",
     "code_label_accuracy",

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+LN2 = math.log(2)  # nats per bit: a loss in nats / LN2 is in bits
+
 
 def _as_codes(codes, num_codes: int) -> Tensor:
     if isinstance(num_codes, bool) or not isinstance(num_codes, int) or num_codes < 1:

@@ -6,6 +6,8 @@ from vqkit.models.likelihood import (
     GaussianLikelihood,
     Likelihood,
     build_likelihood,
+    to_data,
+    to_model,
 )
 from vqkit.models.pixelcnn import GatedPixelCNN, gated_pixelcnn
 from vqkit.models.registry import BUILDERS, build_model, register
@@ -34,6 +36,8 @@ __all__ = [
     "build_model",
     "gated_pixelcnn",
     "register",
+    "to_data",
+    "to_model",
     "vqvae_audio",
     "vqvae_image",
     "vqvae_nd",

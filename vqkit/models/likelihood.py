@@ -27,6 +27,17 @@ HALF_BIN = 0.5 / (NUM_BINS - 1)  # half the width of one bin of [-0.5, 0.5]
 LOG_BIN = math.log(2 * HALF_BIN)
 
 
+def to_model(x: Tensor) -> Tensor:
+    """Data in ``[0, 1]`` (images, video frames) -> the models' range ``[-0.5, 0.5]``."""
+    return x - 0.5
+
+
+def to_data(y: Tensor) -> Tensor:
+    """The models' range ``[-0.5, 0.5]`` -> data in ``[0, 1]``, clamped: a reconstruction or a
+    sample ready to save or score. :func:`to_model` is its inverse on ``[0, 1]``."""
+    return (y + 0.5).clamp(0, 1)
+
+
 def to_bins(x: Tensor) -> Tensor:
     """Data in [-0.5, 0.5] -> int64 bin indices ``round((x + 0.5) * 255)`` in [0, 255]."""
     lo, hi = torch.aminmax(x.detach().float())
@@ -101,7 +112,19 @@ class GaussianLikelihood(Likelihood):
         super().__init__()
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
-        self.sigma = float(sigma)
+        # A buffer, so a sigma fitted after training is saved with the weights (float64: it is
+        # read back as the same Python float).
+        self.register_buffer("std", torch.tensor(float(sigma), dtype=torch.float64))
+
+    @property
+    def sigma(self) -> float:
+        return float(self.std)
+
+    @sigma.setter
+    def sigma(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"sigma must be > 0, got {value}")
+        self.std.fill_(float(value))
 
     def out_channels(self, channels: int) -> int:
         return channels

@@ -358,8 +358,8 @@ class GatedPixelCNN(nn.Module):
 def gated_pixelcnn(
     *,
     num_codes: int,
-    channels: int = 128,
-    num_layers: int = 12,
+    channels: int = 64,
+    num_layers: int = 8,
     kernel_size: int = 3,
     num_classes: int | None = None,
 ) -> GatedPixelCNN:

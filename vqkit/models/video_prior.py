@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.models.likelihood import to_data, to_model
 from vqkit.models.registry import register
 from vqkit.models.wavenet import sample_logits
 
@@ -509,10 +510,10 @@ def predict_video(
             f"context must be (B, 3, C, H, W) with C a multiple of the VQ-VAE's time factor "
             f"{ft}, got {tuple(context.shape)}"
         )
-    prefix = vqvae.encode(context.to(device) - 0.5)  # (B, C / ft, H', W')
+    prefix = vqvae.encode(to_model(context.to(device)))  # (B, C / ft, H', W')
     cond = None
     if frame_cond is not None:
         b, t = frame_cond.shape
         cond = frame_cond.to(device).reshape(b, t // ft, ft)  # (B, T', f): one token per frame
     codes = prior.generate(context=prefix, cond=cond, temperature=temperature, generator=generator)
-    return (vqvae.decode(codes) + 0.5).clamp(0, 1)
+    return to_data(vqvae.decode(codes))

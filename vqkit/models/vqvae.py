@@ -135,6 +135,24 @@ def _likelihood(spec: str | dict) -> Likelihood:
     )
 
 
+QUANTIZER_DEFAULTS: dict[str, Any] = {"ema": True, "kmeans_init": True, "restart_after": 100}
+"""What every VQ-VAE builder gives :class:`~vqkit.quantize.VectorQuantizer` beyond its own
+defaults: EMA codebook updates, k-means initialisation and dead-code restarts, the settings
+every recipe trains with. A builder's ``quantizer=`` dict is laid over these."""
+
+
+def make_quantizer(num_codes: int, code_dim: int, quantizer: dict[str, Any] | None) -> nn.Module:
+    """The quantizer of a VQ-VAE builder: ``quantizer`` over :data:`QUANTIZER_DEFAULTS`."""
+    extra = {**QUANTIZER_DEFAULTS, **(quantizer or {})}
+    clash = {"num_codes", "dim"} & extra.keys()
+    if clash:
+        raise ValueError(
+            f"quantizer={quantizer!r} sets {sorted(clash)}; pass num_codes= and code_dim= to the "
+            f"builder instead"
+        )
+    return VectorQuantizer(num_codes, code_dim, **extra)
+
+
 @register("vqvae_nd")
 def vqvae_nd(
     *,
@@ -163,20 +181,14 @@ def vqvae_nd(
         likelihood: ``"gaussian"``, ``"logistic"`` or ``"categorical"``, or a dict
             ``{"name": ..., **kwargs}``.
         quantizer: further :class:`~vqkit.quantize.VectorQuantizer` keyword arguments
-            (``ema``, ``kmeans_init``, ``restart_after``, ``beta``, ...).
+            (``ema``, ``kmeans_init``, ``restart_after``, ``beta``, ...) over
+            :data:`QUANTIZER_DEFAULTS`.
     """
-    extra = dict(quantizer or {})
-    clash = {"num_codes", "dim"} & extra.keys()
-    if clash:
-        raise ValueError(
-            f"quantizer={quantizer!r} sets {sorted(clash)}; pass num_codes= and code_dim= to the "
-            f"builder instead"
-        )
     lik = _likelihood(likelihood)
     net = {"strides": strides, "res_hidden": res_hidden, "num_res_blocks": num_res_blocks}
     return VQVAE(
         Encoder(dims, in_channels, hidden, code_dim, **net),
-        VectorQuantizer(num_codes, code_dim, **extra),
+        make_quantizer(num_codes, code_dim, quantizer),
         Decoder(dims, code_dim, hidden, lik.out_channels(in_channels), **net),
         likelihood=lik,
     )
@@ -227,7 +239,7 @@ def vqvae_video(
     num_res_blocks: int = 2,
     num_codes: int = 256,
     code_dim: int = 64,
-    strides: Sequence[Stride] = ((1, 2, 2), (2, 2, 2)),
+    strides: Sequence[Stride] = ((2, 2, 2), (1, 2, 2)),
     likelihood: str | dict = "gaussian",
     quantizer: dict[str, Any] | None = None,
 ) -> VQVAE:

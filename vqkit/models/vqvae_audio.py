@@ -29,10 +29,11 @@ from torch import Tensor, nn
 
 from vqkit.audio import LogMel
 from vqkit.models.registry import register
+from vqkit.models.vqvae import make_quantizer
 from vqkit.models.wavenet_decoder import WaveNetDecoder, wavenet_decoder
 from vqkit.nn.conv import Stride
 from vqkit.nn.encoder import Encoder
-from vqkit.quantize import QuantizerOutput, VectorQuantizer
+from vqkit.quantize import QuantizerOutput
 
 
 @dataclass
@@ -269,21 +270,21 @@ class AudioVQVAE(nn.Module):
 def vqvae_audio(
     *,
     num_speakers: int | None,
-    strides: Sequence[Stride] = (2, 2, 2, 2, 2, 2),
-    hidden: int = 128,
+    strides: Sequence[Stride] = (2, 2, 2, 2, 2, 2, 2, 2),
+    hidden: int = 64,
     res_hidden: int = 32,
     num_res_blocks: int = 2,
-    num_codes: int = 512,
+    num_codes: int = 128,
     code_dim: int = 64,
     classes: int = 256,
-    residual_channels: int = 64,
-    skip_channels: int | None = None,
+    residual_channels: int = 32,
+    skip_channels: int | None = 32,
     gate_channels: int | None = None,
     local_channels: int | None = None,
     speaker_channels: int | None = None,
     kernel_size: int = 2,
-    layers_per_stack: int = 10,
-    stacks: int = 2,
+    layers_per_stack: int = 8,
+    stacks: int = 1,
     upsample: str = "repeat",
     features: str = "waveform",
     sample_rate: int | None = None,
@@ -292,7 +293,11 @@ def vqvae_audio(
     jitter: float = 0.0,
     quantizer: dict[str, Any] | None = None,
 ) -> AudioVQVAE:
-    """The audio VQ-VAE: the paper's 6 stride-2 convs (window 4, 64x) and a WaveNet decoder.
+    """The audio VQ-VAE: strided convs (or log-mel frames) -> codes -> a WaveNet decoder.
+
+    The defaults are the built-in recipe's model (8 stride-2 convs: hop 256, 31.25 Hz at 8 kHz;
+    an 8-layer, 32-channel WaveNet). The paper's model is ``strides=[2] * 6`` (64x),
+    ``residual_channels=64, skip_channels=None, layers_per_stack=10, stacks=2``.
 
     Args:
         num_speakers: speakers of the decoder's learned speaker embedding (None: none).
@@ -317,15 +322,8 @@ def vqvae_audio(
     Examples:
         >>> model = vqvae_audio(num_speakers=4)
         >>> model.hop, model.decoder.wavenet.receptive_field
-        (64, 2047)
+        (256, 256)
     """
-    extra = dict(quantizer or {})
-    clash = {"num_codes", "dim"} & extra.keys()
-    if clash:
-        raise ValueError(
-            f"quantizer={quantizer!r} sets {sorted(clash)}; pass num_codes= and code_dim= to the "
-            f"builder instead"
-        )
     if features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
     encoder: nn.Module
@@ -368,5 +366,5 @@ def vqvae_audio(
         stacks=stacks,
         upsample=upsample,
     )
-    quantizer_module = VectorQuantizer(num_codes, code_dim, **extra)
+    quantizer_module = make_quantizer(num_codes, code_dim, quantizer)
     return AudioVQVAE(encoder, quantizer_module, decoder, jitter=jitter)

@@ -440,7 +440,7 @@ def wavenet_prior(
     gate_channels: int | None = None,
     speaker_channels: int | None = None,
     kernel_size: int = 2,
-    layers_per_stack: int = 10,
+    layers_per_stack: int = 6,
     stacks: int = 2,
 ) -> WaveNet:
     """WaveNet prior over code sequences (B, T') in [0, num_codes), optionally per speaker.

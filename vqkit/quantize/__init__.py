@@ -2,6 +2,6 @@
 
 from vqkit.quantize.base import Quantizer, QuantizerOutput
 from vqkit.quantize.residual import ResidualVQ
-from vqkit.quantize.vq import QuantizerConfig, VectorQuantizer
+from vqkit.quantize.vq import VectorQuantizer
 
-__all__ = ["Quantizer", "QuantizerConfig", "QuantizerOutput", "ResidualVQ", "VectorQuantizer"]
+__all__ = ["Quantizer", "QuantizerOutput", "ResidualVQ", "VectorQuantizer"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -341,24 +339,3 @@ class VectorQuantizer(Quantizer):
         if self.code_dim != self.dim // self.heads:
             opts.append(f"code_dim={self.code_dim}")
         return ", ".join(opts)
-
-
-@dataclasses.dataclass
-class QuantizerConfig:
-    """The :class:`VectorQuantizer` options a recipe exposes (``--set
-    vqvae.quantizer.<name>=<value>``), with the defaults vqkit's presets start from: EMA
-    updates, k-means initialisation and dead-code restarts. :meth:`kwargs` gives the keyword
-    arguments of :class:`VectorQuantizer` (and of the ``vqvae_*`` builders' ``quantizer=``)."""
-
-    beta: float = 0.25
-    ema: bool = True
-    decay: float = 0.99
-    kmeans_init: bool = True
-    restart_after: int | None = 100
-    restart_below: float | None = None
-    restart_from: str = "random"
-    cosine: bool = False
-    code_dim: int | None = None
-
-    def kwargs(self) -> dict:
-        return dataclasses.asdict(self)

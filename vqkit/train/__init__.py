@@ -7,6 +7,7 @@ from vqkit.train.checkpoint import (
     load_trainer_state,
     load_weights,
     resolve_checkpoint,
+    rewrite_weights,
     save_checkpoint,
     save_latest,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "load_weights",
     "move_to_device",
     "resolve_checkpoint",
+    "rewrite_weights",
     "resolve_device",
     "save_checkpoint",
     "save_latest",

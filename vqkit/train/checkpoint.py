@@ -421,3 +421,19 @@ def _prune(root: Path, current: str, keep: int) -> None:
             doomed = root / f"{_TMP_PREFIX}old-{n}"
             os.replace(root / n, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+
+
+def rewrite_weights(root: Path | str, model: nn.Module) -> Path:
+    """Replace the weights of ``root``'s latest checkpoint with ``model``'s, atomically.
+
+    For a value fitted after training that the weights must carry (the Gaussian likelihood's
+    sigma); the trainer state, which holds nothing of it, is left as it is.
+
+    Returns:
+        The checkpoint directory.
+    """
+    directory = latest_checkpoint(root)
+    if directory is None:
+        raise CheckpointError(f"no checkpoint in {root} to update")
+    atomic_write_bytes(directory / WEIGHTS, _weights_payload(_unwrap(model)))
+    return directory

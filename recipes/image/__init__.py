@@ -1,0 +1,1 @@
+"""The image recipe (loaded by vqkit.runs.load_recipe as a package)."""

@@ -1,0 +1,243 @@
+"""The stages every recipe shares: the run context, training a stage, loading a finished run,
+sampling settings, single-threaded generation and codebook figures.
+
+A recipe (``recipes/<modality>/recipe.py``) owns only its step functions, evaluation, media and
+presets; everything a second modality would write again lives here::
+
+    run = Run(cfg, run_dir, resume=resume, progress=progress)  # rank 0 writes config.yaml
+    with run.stage("vqvae"):
+        vqvae = run.train("vqvae", lambda: vqvae_image(**builder_kwargs(cfg.vqvae)), step, data)
+    ...
+    if not run.main:  # evaluation, media and the report are rank 0's
+        return {}
+    return run.finish(metrics, code_usage=hist)  # metrics.json, code_usage.json, report.html
+
+Model sections of a recipe config are derived from the builders' signatures
+(:func:`model_section`), so a builder is the one source of its defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from vqkit.config import builder_section, save_config
+from vqkit.metrics import code_histogram, perplexity, unigram_bits, usage
+from vqkit.models.vqvae import QUANTIZER_DEFAULTS
+from vqkit.quantize import VectorQuantizer
+from vqkit.report import build_report
+from vqkit.runs import add_media, write_json
+from vqkit.train import fit, load_model, resolve_device, seed_everything
+from vqkit.train.distributed import is_main, rank_device
+
+__all__ = [
+    "QuantizerConfig",
+    "Run",
+    "Stages",
+    "codebook_metrics",
+    "load_stages",
+    "model_section",
+    "one_thread_on_cpu",
+    "sampling",
+]
+
+QuantizerConfig = builder_section(
+    "QuantizerConfig", VectorQuantizer, skip=("num_codes", "dim"), defaults=QUANTIZER_DEFAULTS
+)
+"""``vqvae.quantizer``: the :class:`~vqkit.quantize.VectorQuantizer` arguments, with the VQ-VAE
+builders' :data:`~vqkit.models.vqvae.QUANTIZER_DEFAULTS`."""
+
+
+def model_section(
+    name: str,
+    builder: Callable[..., nn.Module],
+    *,
+    skip: Sequence[str] = (),
+    extra: Mapping[str, tuple[Any, Any]] | None = None,
+) -> type:
+    """A recipe's config section for ``builder``: its keyword arguments (less ``skip``, which
+    the recipe sets from the data) plus the recipe's own ``extra`` keys; a ``quantizer``
+    argument becomes a :data:`QuantizerConfig` sub-section."""
+    return builder_section(
+        name, builder, skip=skip, extra=extra, nested={"quantizer": QuantizerConfig}
+    )
+
+
+class Stages:
+    """Times a recipe's stages and gives the run-level figures of ``metrics.json``.
+
+    Example:
+        >>> stages = Stages()
+        >>> with stages("vqvae"):
+        ...     pass  # train
+        >>> sorted(stages.times)
+        ['time_vqvae_s']
+    """
+
+    def __init__(self) -> None:
+        self.t_start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"time_{name}_s"] = time.perf_counter() - t
+
+    def summary(self, device: Any, **fits: Any) -> dict[str, Any]:
+        """Steps of each fit (``vqvae=result`` gives ``vqvae_steps``), skipped steps, device,
+        threads, stage times, wall and CPU time."""
+        out: dict[str, Any] = {f"{name}_steps": r.step for name, r in fits.items()}
+        out.update(
+            skipped_steps=sum(r.skipped_steps for r in fits.values()),
+            device=str(device),
+            torch_threads=torch.get_num_threads(),
+            **self.times,
+            wall_time_s=time.perf_counter() - self.t_start,
+            cpu_time_s=time.process_time() - self.cpu_start,
+        )
+        return out
+
+
+class Run:
+    """One ``vqkit run``: the run directory, the device, the stage timer and the trained stages.
+
+    Under torchrun every rank trains; rank 0 alone (``run.main``) writes ``config.yaml``,
+    ``metrics.json``, media and the report.
+
+    Args:
+        cfg: the recipe config; ``cfg.vqvae_train.device`` picks the device (each rank takes
+            its own GPU) and an optional ``cfg.threads`` sets torch's intra-op threads.
+        run_dir: the run directory.
+        resume: continue each stage from its latest checkpoint.
+        progress: show progress bars.
+    """
+
+    def __init__(self, cfg: Any, run_dir: Path, *, resume: bool = False, progress: bool = True):
+        self.cfg, self.dir, self.resume, self.progress = cfg, Path(run_dir), resume, progress
+        self.main = is_main()
+        self.device = rank_device(resolve_device(cfg.vqvae_train.device))
+        threads = getattr(cfg, "threads", None)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if self.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.dir / "config.yaml")
+        self.stage = Stages()
+        self.fits: dict[str, Any] = {}
+
+    def train(
+        self,
+        name: str,
+        build: Callable[[], nn.Module],
+        step: Callable,
+        dataset: Dataset,
+        *,
+        image_fn: Callable | None = None,
+    ) -> nn.Module:
+        """Seed, build and :func:`~vqkit.train.fit` the stage ``name`` (its settings are
+        ``cfg.<name>_train``; checkpoints in ``run_dir/<name>/``); returns it in eval mode."""
+        train_cfg = getattr(self.cfg, f"{name}_train")
+        # Torch seeds every new process at random: seed the initial weights.
+        seed_everything(train_cfg.seed)
+        model = build()
+        self.fits[name] = fit(
+            model,
+            step,
+            dataset,
+            cfg=train_cfg,
+            run_dir=self.dir,
+            name=name,
+            resume=self.resume,
+            image_fn=image_fn,
+            progress=self.progress,
+        )
+        return model.eval()
+
+    def media(self, kind: str, path: str, title: str, group: str) -> None:
+        """Record a media file of the run (relative to its directory) for the report."""
+        add_media(self.dir, kind, path, title, group)
+
+    def finish(
+        self,
+        metrics: dict[str, Any],
+        *,
+        code_usage: Tensor | None = None,
+        lists: Mapping[str, Any] | None = None,
+        title: str | None = None,
+    ) -> dict[str, Any]:
+        """Add the run-level figures, write ``metrics.json`` (with ``lists``, per-frame or
+        per-horizon series kept out of the returned dict), ``code_usage.json`` and the
+        report; returns the metrics."""
+        metrics.update(self.stage.summary(self.device, **self.fits))
+        write_json(self.dir / "metrics.json", {**metrics, **(lists or {})})
+        if code_usage is not None:
+            write_json(self.dir / "code_usage.json", code_usage.tolist())
+        build_report(self.dir, title=title)
+        return metrics
+
+
+def load_stages(run_dir: Path, device: str, *names: str) -> tuple[torch.device, list[nn.Module]]:
+    """The device and the trained models of a finished run's stages, in eval mode."""
+    dev = resolve_device(device)
+    return dev, [load_model(Path(run_dir) / name / "ckpt", device=dev).eval() for name in names]
+
+
+def sampling(
+    section: Any, temperature: float | None, seed: int | None, device: torch.device, offset=0
+) -> tuple[float, torch.Generator]:
+    """The temperature and a seeded generator: the command's values, else the run's
+    ``section.temperature`` and ``section.seed`` (``offset`` is added to the seed)."""
+    temp = section.temperature if temperature is None else temperature
+    gen = torch.Generator(device=device).manual_seed(
+        (section.seed if seed is None else seed) + offset
+    )
+    return temp, gen
+
+
+@contextlib.contextmanager
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Generation on a CPU runs single-threaded: its per-step ops are too small to split, and
+    splitting them costs more than it saves (many times more on a busy machine)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def codebook_metrics(
+    codes_train: Tensor | Sequence[Tensor], codes_test: Tensor | Sequence[Tensor], num_codes: int
+) -> tuple[dict[str, Any], Tensor]:
+    """Codebook health on the test codes and the unigram baseline for a prior's NLL.
+
+    Returns:
+        ``({"num_codes", "log2_num_codes", "unigram_bits_per_code", "test_perplexity",
+        "test_usage"}, histogram (K,))``; lists of per-utterance codes are joined.
+    """
+    if not isinstance(codes_train, Tensor):
+        codes_train = torch.cat([c.flatten() for c in codes_train])
+    if not isinstance(codes_test, Tensor):
+        codes_test = torch.cat([c.flatten() for c in codes_test])
+    hist = code_histogram(codes_test, num_codes)
+    return {
+        "num_codes": num_codes,
+        "log2_num_codes": math.log2(num_codes),
+        "unigram_bits_per_code": float(unigram_bits(codes_train, codes_test, num_codes)),
+        "test_perplexity": float(perplexity(hist)),
+        "test_usage": float(usage(hist)),
+    }, hist
