@@ -26,9 +26,7 @@ import sys
 from pathlib import Path
 
 from vqkit.config import ConfigError, load_config
-from vqkit.runs import MODALITIES, load_recipe, new_run_dir, preset_path, read_run_config
-from vqkit.train.checkpoint import CheckpointError
-from vqkit.train.distributed import (
+from vqkit.distributed import (
     barrier,
     broadcast_object,
     cleanup,
@@ -36,6 +34,8 @@ from vqkit.train.distributed import (
     is_main,
     world,
 )
+from vqkit.runs import MODALITIES, load_recipe, new_run_dir, preset_path, read_run_config
+from vqkit.train.checkpoint import CheckpointError
 from vqkit.train.loop import DivergenceError
 
 DEFAULT_PRESET = {"image": "builtin", "audio": "builtin", "video": "builtin"}

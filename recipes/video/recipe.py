@@ -31,6 +31,7 @@ from vqkit.datasets.synthetic_video import (
     controlled_mask,
 )
 from vqkit.datasets.video import VideoFolder, add_border, read_video, video_grid, write_video
+from vqkit.distributed import is_main, rank_device
 from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
 from vqkit.metrics.video import (
     copy_last_frame,
@@ -45,7 +46,6 @@ from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
 from vqkit.runs import Stages, add_media, write_json
 from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
-from vqkit.train.distributed import is_main, rank_device
 
 LN2 = math.log(2)
 GREEN, RED = (0.1, 0.8, 0.1), (0.9, 0.1, 0.1)  # borders: context and generated frames
