@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 from vqkit.config import save_config
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
 from vqkit.distributed import is_main, rank_device
+from vqkit.io import write_json
 from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
 from vqkit.models import gated_pixelcnn, vqvae_image
 from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
-from vqkit.runs import Stages, add_media, write_json
+from vqkit.runs import Stages, add_media
 from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
 
 LN2 = math.log(2)

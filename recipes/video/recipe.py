@@ -32,6 +32,7 @@ from vqkit.datasets.synthetic_video import (
 )
 from vqkit.datasets.video import VideoFolder, add_border, read_video, video_grid, write_video
 from vqkit.distributed import is_main, rank_device
+from vqkit.io import write_json
 from vqkit.metrics import code_histogram, data_variance, perplexity, psnr, unigram_bits, usage
 from vqkit.metrics.video import (
     copy_last_frame,
@@ -44,7 +45,7 @@ from vqkit.models.video_prior import predict_video, video_prior
 from vqkit.models.vqvae import vqvae_video
 from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
-from vqkit.runs import Stages, add_media, write_json
+from vqkit.runs import Stages, add_media
 from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
 
 LN2 = math.log(2)

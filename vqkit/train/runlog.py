@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from vqkit.distributed import mean_over_ranks
-from vqkit.train.checkpoint import atomic_write_bytes
+from vqkit.io import atomic_write_bytes
 
 SHOWN = ("loss", "usage", "perplexity")  # logs shown on the progress bar (by key suffix)
 ImageFn = Callable[[nn.Module, int], Mapping[str, Tensor]]
