@@ -7,8 +7,8 @@ The bottom layer of vqkit: it imports no other vqkit module, so every layer abov
   one, never half of one.
 * A checkpoint directory holds ``model.safetensors`` (:data:`WEIGHTS`: tensors only, no pickle)
   and ``model.json`` (:data:`CONFIG`: the model's ``config`` dict). :func:`load_weights` loads
-  the weights into a model you built; rebuilding a model by name (``load_model``) and trainer
-  state live in :mod:`vqkit.train.checkpoint`.
+  the weights into a model you built; rebuilding a model by name is
+  :func:`vqkit.bundle.load_model`, and trainer state lives in :mod:`vqkit.train.checkpoint`.
 
 torch and safetensors are imported inside the functions that need them, so :mod:`vqkit.config`
 can write files without pulling in torch.

@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from vqkit.audio import MuLawDecode, save_audio
+from vqkit.bundle import load_model
 from vqkit.config import save_config
 from vqkit.io import write_json
 from vqkit.models import vqvae_audio, wavenet_prior
 from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
 from vqkit.runs import Stages, add_media
-from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
+from vqkit.train import TrainConfig, fit, resolve_device, seed_everything
 
 
 def _sibling(name: str):

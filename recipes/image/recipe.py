@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
+from vqkit.bundle import load_model
 from vqkit.config import save_config
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
 from vqkit.distributed import is_main, rank_device
@@ -26,7 +27,7 @@ from vqkit.models import gated_pixelcnn, vqvae_image
 from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
 from vqkit.runs import Stages, add_media
-from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
+from vqkit.train import TrainConfig, fit, resolve_device, seed_everything
 
 LN2 = math.log(2)
 

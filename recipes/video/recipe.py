@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from vqkit.bundle import load_model
 from vqkit.config import save_config
 from vqkit.datasets.synthetic_video import (
     ACTIONS,
@@ -46,7 +47,7 @@ from vqkit.models.vqvae import vqvae_video
 from vqkit.quantize import QuantizerConfig
 from vqkit.report import build_report
 from vqkit.runs import Stages, add_media
-from vqkit.train import TrainConfig, fit, load_model, resolve_device, seed_everything
+from vqkit.train import TrainConfig, fit, resolve_device, seed_everything
 
 LN2 = math.log(2)
 GREEN, RED = (0.1, 0.8, 0.1), (0.9, 0.1, 0.1)  # borders: context and generated frames

@@ -14,7 +14,7 @@ naming the newest complete one: a step directory is built under a temporary name
 before the pointer moves, so a crash at any moment leaves ``latest`` on a complete checkpoint.
 
 The atomic writes, the weights file and :func:`load_weights` come from :mod:`vqkit.io` (and are
-re-exported here).
+re-exported here); rebuilding a model from ``model.json`` is :func:`vqkit.bundle.load_model`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ __all__ = [
     "atomic_write_bytes",
     "clear_leftovers",
     "latest_checkpoint",
-    "load_model",
     "load_trainer_state",
     "load_weights",
     "resolve_checkpoint",
@@ -162,31 +161,6 @@ def load_trainer_state(path: Path | str) -> dict[str, Any]:
         ) from e
     except Exception as e:
         raise CheckpointError(f"could not read {file}: {e}") from e
-
-
-def load_model(path: Path | str, *, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model from ``model.json`` with ``vqkit.models.build_model``, then its weights.
-
-    Args:
-        path: a checkpoint directory, a ``ckpt/`` folder or a run directory.
-        device: where to put the model.
-    """
-    directory = resolve_checkpoint(path)
-    file = directory / CONFIG
-    if not file.is_file():
-        raise CheckpointError(
-            f"{directory} has no {CONFIG} (the model that wrote it had no `config` dict); "
-            f"build the model yourself and call load_weights({str(directory)!r}, model)"
-        )
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
-    from vqkit.models import build_model  # lazy: models import this package's neighbours
-
-    model = build_model(config)
-    load_weights(directory, model)
-    return model.to(device)
 
 
 # --- a run's series of checkpoints -----------------------------------------------------------
