@@ -42,9 +42,9 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     )
     torch.set_num_threads(args.threads)
     from vqkit.datasets import build_image_dataset
+    from vqkit.distributed import cleanup, init_distributed
     from vqkit.models import vqvae_image
     from vqkit.train import TrainConfig, fit
-    from vqkit.train.distributed import cleanup, init_distributed
 
     init_distributed()
     try:

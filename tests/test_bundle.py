@@ -17,12 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqkit.bundle import BundleError, export_bundle, load_bundle
+from vqkit.bundle import BundleError, export_bundle, load_bundle, load_model
 from vqkit.cli import main
 from vqkit.config import load_config
 from vqkit.models import gated_pixelcnn, vqvae_image, wavenet_prior
 from vqkit.runs import load_recipe, preset_path
-from vqkit.train import load_model
 
 TINY_IMAGE_RUN = [
     "data.train_size=32", "data.test_size=8", "data.image_size=8", "vqvae.hidden=8",

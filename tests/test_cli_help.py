@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vqkit.cli import KEY_METRICS, build_parser, main
-from vqkit.runs import write_json
+from vqkit.io import write_json
 from vqkit.train.checkpoint import save_latest
 
 

@@ -21,8 +21,9 @@ from PIL import Image
 
 from vqkit.cli import main
 from vqkit.config import load_config
+from vqkit.io import write_json
 from vqkit.report import build_report, format_metric
-from vqkit.runs import add_media, load_recipe, preset_path, write_json
+from vqkit.runs import add_media, load_recipe, preset_path
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(

@@ -25,10 +25,9 @@ import logging
 import sys
 from pathlib import Path
 
+from vqkit.bundle import export_bundle, read_bundle_metadata
 from vqkit.config import ConfigError, load_config
-from vqkit.runs import MODALITIES, load_recipe, new_run_dir, preset_path, read_run_config
-from vqkit.train.checkpoint import CheckpointError
-from vqkit.train.distributed import (
+from vqkit.distributed import (
     barrier,
     broadcast_object,
     cleanup,
@@ -36,6 +35,9 @@ from vqkit.train.distributed import (
     is_main,
     world,
 )
+from vqkit.io import CheckpointError, latest_checkpoint
+from vqkit.report import build_report
+from vqkit.runs import MODALITIES, load_recipe, new_run_dir, preset_path, read_run_config
 from vqkit.train.loop import DivergenceError
 
 DEFAULT_PRESET = {"image": "builtin", "audio": "builtin", "video": "builtin"}
@@ -177,6 +179,8 @@ def _units(args: argparse.Namespace) -> int:
 
 
 def _data_speech(args: argparse.Namespace) -> int:
+    # Here, not at the top: vqkit.datasets imports torchvision, seconds on every `vqkit --help`.
+    # (Allowed by tests/test_layers.py: nothing imports the CLI, so this hides no cycle.)
     from vqkit.datasets.speech_corpus import FestivalNotFoundError, main_build
 
     try:
@@ -187,15 +191,11 @@ def _data_speech(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from vqkit.report import build_report
-
     print(f"vqkit: report written to {build_report(args.run_dir)}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from vqkit.bundle import export_bundle, read_bundle_metadata
-
     out = export_bundle(args.run_dir, args.out)
     stages = read_bundle_metadata(out)["stages"]
     listing = ", ".join(f"{k} ({v['builder']}, step {v['step']})" for k, v in stages.items())
@@ -209,8 +209,6 @@ KEY_METRICS = ("test_psnr", "test_mse_over_variance", "bits_per_dim", "test_perp
 def _runs(args: argparse.Namespace) -> int:
     """A table of the run directories under DIR (or DIR itself) with their key metrics."""
     import yaml
-
-    from vqkit.train.checkpoint import latest_checkpoint
 
     root = Path(args.dir)
     if not root.is_dir():

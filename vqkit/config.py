@@ -34,6 +34,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from vqkit.io import atomic_write_bytes
+
 T = TypeVar("T")
 
 _NULL = {"null", "none", "~"}
@@ -93,9 +95,7 @@ def save_config(cfg: Any, path: Path | str) -> None:
     except yaml.YAMLError as e:
         raise ConfigError(f"config holds a value YAML cannot store: {e}") from e
     # Atomic (temporary file, fsync, rename): a run killed while saving keeps its old config,
-    # so `--resume` can always read it. Imported here: the checkpoint module pulls in torch.
-    from vqkit.train.checkpoint import atomic_write_bytes
-
+    # so `--resume` can always read it.
     atomic_write_bytes(Path(path), text.encode())
 
 

@@ -29,14 +29,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from vqkit.bundle import load_model
 from vqkit.config import builder_section, save_config
+from vqkit.distributed import is_main, rank_device
+from vqkit.io import write_json
 from vqkit.metrics import code_histogram, perplexity, unigram_bits, usage
 from vqkit.models.vqvae import QUANTIZER_DEFAULTS
 from vqkit.quantize import VectorQuantizer
 from vqkit.report import build_report
-from vqkit.runs import add_media, write_json
-from vqkit.train import fit, load_model, resolve_device, seed_everything
-from vqkit.train.distributed import is_main, rank_device
+from vqkit.runs import add_media
+from vqkit.train import fit, resolve_device, seed_everything
 
 __all__ = [
     "QuantizerConfig",

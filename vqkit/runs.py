@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from vqkit.train.checkpoint import atomic_write_bytes
+from vqkit.io import write_json
 
 MODALITIES = ("image", "audio", "video")
 
@@ -94,11 +94,6 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "modality" not in data:
         raise ValueError(f"{path} is not a vqkit run config (no 'modality' key)")
     return data
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (a kill never leaves half a file)."""
-    atomic_write_bytes(Path(path), (json.dumps(data, indent=2) + "\n").encode())
 
 
 def add_media(run_dir: Path, kind: str, path: str, title: str, group: str) -> None:

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from vqkit.audio import MuLawDecode, save_audio, silence_class
 from vqkit.config import builder_kwargs
 from vqkit.datasets import SequenceCrops
+from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
 from vqkit.models import vqvae_audio, wavenet_prior
 from vqkit.pipeline import Run, load_stages, model_section, one_thread_on_cpu, sampling
-from vqkit.runs import write_json
 from vqkit.train import TrainConfig
 
 from . import evaluate as ev

@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from vqkit.audio import MuLawDecode
+from vqkit.bundle import load_model
 from vqkit.models import AudioVQVAE, build_model, vqvae_audio, wavenet_decoder
 from vqkit.models.vqvae_audio import time_jitter
 from vqkit.nn import Encoder
 from vqkit.quantize import VectorQuantizer
-from vqkit.train.checkpoint import load_model, save_checkpoint
+from vqkit.train.checkpoint import save_checkpoint
 
 SPEAKERS = 3
 TINY = dict(

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from vqkit.bundle import load_model
 from vqkit.cli import main
 from vqkit.datasets import SyntheticVideo, write_video
 from vqkit.metrics.video import copy_last_frame, psnr_per_frame
-from vqkit.train import load_model
 
 FRAMES, CONTEXT, SIZE = 8, 4, 16
 TINY = [

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from vqkit.bundle import load_model
 from vqkit.train import checkpoint as ckpt
 from vqkit.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
-    load_model,
     load_trainer_state,
     load_weights,
     resolve_checkpoint,

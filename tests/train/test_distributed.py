@@ -81,7 +81,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         WORLD_SIZE=str(WORLD),
     )
     torch.set_num_threads(1)
-    from vqkit.train.distributed import cleanup, init_distributed
+    from vqkit.distributed import cleanup, init_distributed
 
     # A short timeout: ranks that fell out of step fail the test instead of hanging it.
     assert init_distributed(timeout=datetime.timedelta(seconds=60))

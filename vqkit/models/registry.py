@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from vqkit.weights import load_weights_into
+
 BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -43,7 +45,7 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
     Every registered builder also takes torchvision's ``weights=None, progress=True``:
     ``weights`` (a bundle, a ``.safetensors`` file, a checkpoint directory, or a URL, with an
     optional ``#sha256=<hex>``) is loaded into the new model by
-    :func:`vqkit.bundle.load_weights_into`; neither is recorded in ``model.config``.
+    :func:`vqkit.weights.load_weights_into`; neither is recorded in ``model.config``.
     """
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -76,8 +78,6 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
             model = fn(**kwargs)
             model.config = {"builder": name, "kwargs": plain(recorded)}
             if weights is not None:
-                from vqkit.bundle import load_weights_into  # lazy: it builds models by name
-
                 load_weights_into(model, weights, progress=progress)
             return model
 

@@ -1,6 +1,6 @@
 """Codebook mechanics shared by every quantizer: nearest-code search, EMA update, k-means
 initialisation, dead-code restart, and the collective ops that keep codebooks equal across
-DDP ranks.
+DDP ranks (defined in :mod:`vqkit.distributed`, re-exported here for the quantizers).
 
 All functions work on rows ``(N, C)`` in float32; the quantizer reshapes any ``(B, D, *spatial)``
 tensor into rows first.
@@ -9,8 +9,23 @@ tensor into rows first.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from vqkit.distributed import all_reduce_sum_, broadcast_, gather_rows, is_distributed
+
+__all__ = [  # the collectives are re-exported: the quantizers call them as codebook.<name>
+    "MAX_DISTANCE_ELEMENTS",
+    "all_reduce_sum_",
+    "broadcast_",
+    "code_counts",
+    "code_sums",
+    "ema_update",
+    "gather_rows",
+    "is_distributed",
+    "kmeans",
+    "kmeans_plus_plus",
+    "nearest_code",
+]
 
 # Upper bound on the number of distance entries held at once (N_chunk x K floats, 2 MiB): small
 # enough that argmin reads each chunk from cache right after addmm wrote it (faster than one big
@@ -152,41 +167,3 @@ def kmeans(
         filled = counts > 0
         centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
     return centroids, counts
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed helpers: no-ops in a single process.
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def all_reduce_sum_(tensor: Tensor) -> Tensor:
-    """Sum ``tensor`` over ranks in place (no-op without an initialised process group)."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
-    """Overwrite ``tensor`` with rank ``src``'s copy (no-op in a single process)."""
-    if is_distributed():
-        dist.broadcast(tensor, src=src)
-    return tensor
-
-
-def gather_rows(rows: Tensor) -> Tensor:
-    """Concatenate every rank's ``(N, C)`` rows in rank order (ranks may hold different N)."""
-    if not is_distributed():
-        return rows
-    world = dist.get_world_size()
-    n = torch.tensor([rows.shape[0]], device=rows.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    biggest = int(max(s.item() for s in sizes))
-    padded = rows.new_zeros(biggest, rows.shape[1])
-    padded[: rows.shape[0]] = rows
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])

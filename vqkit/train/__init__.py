@@ -3,7 +3,6 @@
 from vqkit.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
-    load_model,
     load_trainer_state,
     load_weights,
     resolve_checkpoint,
@@ -32,7 +31,6 @@ __all__ = [
     "fit",
     "get_rng_state",
     "latest_checkpoint",
-    "load_model",
     "load_trainer_state",
     "load_weights",
     "move_to_device",

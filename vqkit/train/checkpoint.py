@@ -12,6 +12,9 @@ with ``os.replace``, so a reader sees the old file or the new one, never half of
 run keeps its checkpoints as ``ckpt/step_00001000/`` directories plus a ``ckpt/latest`` text file
 naming the newest complete one: a step directory is built under a temporary name and renamed
 before the pointer moves, so a crash at any moment leaves ``latest`` on a complete checkpoint.
+
+The atomic writes, the weights file and :func:`load_weights` come from :mod:`vqkit.io` (and are
+re-exported here); rebuilding a model from ``model.json`` is :func:`vqkit.bundle.load_model`.
 """
 
 from __future__ import annotations
@@ -20,118 +23,54 @@ import io
 import json
 import os
 import pickle
-import re
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from vqkit.io import (
+    CONFIG,
+    LATEST,
+    STEP_DIR,
+    TRAINER,
+    WEIGHTS,
+    CheckpointError,
+    atomic_write,
+    atomic_write_bytes,
+    fsync_dir,
+    latest_checkpoint,
+    load_weights,
+    resolve_checkpoint,
+    unwrap,
+    weights_payload,
+)
 from vqkit.train.device import get_rng_state
 
-WEIGHTS = "model.safetensors"
-CONFIG = "model.json"
-TRAINER = "trainer.pt"
-LATEST = "latest"
-_STEP_DIR = re.compile(r"^step_(\d+)(?:-(\d+))?$")
+__all__ = [
+    "CONFIG",
+    "LATEST",
+    "TRAINER",
+    "WEIGHTS",
+    "CheckpointError",
+    "atomic_write",
+    "atomic_write_bytes",
+    "clear_leftovers",
+    "latest_checkpoint",
+    "load_trainer_state",
+    "load_weights",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "save_latest",
+]
+
 _TMP_PREFIX = ".tmp-"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written, read, or does not fit the model."""
-
-
-# --- atomic files ----------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (POSIX only; Windows cannot open directories)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through ``write(f)`` so that ``path`` is either the old or the new file.
-
-    Raises:
-        CheckpointError: the write or the rename failed; ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(
-            f"could not write {path}: {e}; the previous file, if any, is unchanged"
-        ) from e
-    except BaseException:  # KeyboardInterrupt: clean up, then let it through unchanged
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
 # --- one checkpoint directory ----------------------------------------------------------------
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module whose state_dict keys we store: no DDP ``module.`` or compile prefixes."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _weights_payload(model: nn.Module) -> bytes:
-    """safetensors bytes; tied tensors are stored once and recorded as aliases."""
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    for name, t in model.state_dict().items():
-        if not isinstance(t, torch.Tensor):
-            raise CheckpointError(
-                f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor; "
-                f"safetensors stores tensors only"
-            )
-        ident = (
-            t.device,
-            t.untyped_storage().data_ptr(),
-            t.storage_offset(),
-            t.shape,
-            t.stride(),
-            t.dtype,
-        )
-        if ident in seen:  # the same tensor under two names (tied weights)
-            aliases[name] = seen[ident]
-            continue
-        seen[ident] = name
-        c = t.detach().to("cpu").contiguous()
-        if c.untyped_storage().nbytes() != c.numel() * c.element_size():
-            c = c.clone()  # a view into a shared storage: safetensors wants sole owners
-        tensors[name] = c
-    return safetensors_bytes(tensors, metadata={"format": "pt", "aliases": json.dumps(aliases)})
 
 
 def _check_plain(obj: Any, where: str) -> None:
@@ -174,8 +113,8 @@ def save_checkpoint(
         ``directory`` as a Path.
     """
     directory = Path(directory)
-    model = _unwrap(model)
-    weights = _weights_payload(model)
+    model = unwrap(model)
+    weights = weights_payload(model)
     config = getattr(model, "config", None)
     config_text = None
     if config is not None:
@@ -202,74 +141,6 @@ def save_checkpoint(
     return directory
 
 
-def resolve_checkpoint(path: Path | str) -> Path:
-    """A checkpoint directory from itself, a ``ckpt/`` folder, or a run directory.
-
-    Accepts a directory holding ``model.safetensors``, one holding a ``latest`` pointer, or one
-    whose ``ckpt/`` holds it, so a run directory alone is enough to load a model.
-    """
-    path = Path(path)
-    if (path / WEIGHTS).is_file():
-        return path
-    for root in (path, path / "ckpt"):
-        found = latest_checkpoint(root)
-        if found is not None:
-            return found
-    raise CheckpointError(
-        f"no checkpoint at {path}: expected {WEIGHTS} there, or a '{LATEST}' pointer in "
-        f"{path} or {path / 'ckpt'}"
-    )
-
-
-def _read_weights(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
-    except Exception as e:
-        raise CheckpointError(f"could not read weights from {file}: {e}") from e
-    for name, target in json.loads(metadata.get("aliases", "{}")).items():
-        state[name] = state[target]
-    return state
-
-
-def load_weights(path: Path | str, model: nn.Module, strict: bool = True) -> nn.Module:
-    """Load ``model.safetensors`` from a checkpoint (or run) directory into ``model``.
-
-    Raises:
-        CheckpointError: names a few missing, unexpected and shape-mismatched keys when the
-            checkpoint was written by a model of another configuration (shape mismatches are
-            errors even with ``strict=False``).
-    """
-    file = resolve_checkpoint(path) / WEIGHTS
-    state = _read_weights(file)
-    target = _unwrap(model).state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in target
-        if k in state and state[k].shape != target[k].shape
-    ]
-    if mismatched or (strict and (missing or unexpected)):
-        parts = []
-        for label, items in (
-            ("missing from the checkpoint", missing),
-            ("unexpected in the checkpoint", unexpected),
-            ("with mismatched shapes", mismatched),
-        ):
-            if items:
-                more = f", ... ({len(items)} in all)" if len(items) > 3 else ""
-                parts.append(f"keys {label}: {', '.join(items[:3])}{more}")
-        raise CheckpointError(
-            f"the checkpoint {file} does not match the config of this "
-            f"{type(_unwrap(model)).__name__}: {'; '.join(parts)}. Build the model from the "
-            f"checkpoint's {CONFIG} (load_model) or fix the config."
-        )
-    _unwrap(model).load_state_dict(state, strict=strict)
-    return model
-
-
 def load_trainer_state(path: Path | str) -> dict[str, Any]:
     """Read ``trainer.pt`` with ``weights_only=True``: tensors and plain containers only.
 
@@ -292,49 +163,7 @@ def load_trainer_state(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"could not read {file}: {e}") from e
 
 
-def load_model(path: Path | str, *, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model from ``model.json`` with ``vqkit.models.build_model``, then its weights.
-
-    Args:
-        path: a checkpoint directory, a ``ckpt/`` folder or a run directory.
-        device: where to put the model.
-    """
-    directory = resolve_checkpoint(path)
-    file = directory / CONFIG
-    if not file.is_file():
-        raise CheckpointError(
-            f"{directory} has no {CONFIG} (the model that wrote it had no `config` dict); "
-            f"build the model yourself and call load_weights({str(directory)!r}, model)"
-        )
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
-    from vqkit.models import build_model  # lazy: models import this package's neighbours
-
-    model = build_model(config)
-    load_weights(directory, model)
-    return model.to(device)
-
-
 # --- a run's series of checkpoints -----------------------------------------------------------
-
-
-def latest_checkpoint(root: Path | str) -> Path | None:
-    """The step directory that ``root/latest`` names, or None when there is no pointer."""
-    root = Path(root)
-    pointer = root / LATEST
-    if not pointer.is_file():
-        return None
-    name = pointer.read_text().strip()
-    if not _STEP_DIR.match(name):
-        raise CheckpointError(f"{pointer} holds {name!r}, not a step directory name")
-    if not (root / name / WEIGHTS).is_file():
-        raise CheckpointError(
-            f"{pointer} names {name!r} but {root / name} holds no {WEIGHTS}; it was deleted "
-            f"or moved by hand"
-        )
-    return root / name
 
 
 def clear_leftovers(root: Path | str) -> None:
@@ -351,7 +180,7 @@ def clear_leftovers(root: Path | str) -> None:
 
 
 def _step_key(name: str) -> tuple[int, int]:
-    m = _STEP_DIR.match(name)
+    m = STEP_DIR.match(name)
     assert m is not None
     return int(m.group(1)), int(m.group(2) or 0)
 
@@ -388,9 +217,9 @@ def save_latest(
         save_checkpoint(
             tmp, model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra
         )
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.replace(tmp, root / name)
-        _fsync_dir(root)
+        fsync_dir(root)
         atomic_write_bytes(root / LATEST, f"{name}\n".encode())
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -411,7 +240,7 @@ def _prune(root: Path, current: str, keep: int) -> None:
     pointer never moved, or a run resumed from an earlier step) and go too.
     """
     cur = _step_key(current)
-    steps = [p.name for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    steps = [p.name for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
     older = sorted((n for n in steps if _step_key(n) < cur), key=_step_key)
     kept = {current, *older[max(0, len(older) - (keep - 1)) :]} if keep > 1 else {current}
     for n in steps:
@@ -435,5 +264,5 @@ def rewrite_weights(root: Path | str, model: nn.Module) -> Path:
     directory = latest_checkpoint(root)
     if directory is None:
         raise CheckpointError(f"no checkpoint in {root} to update")
-    atomic_write_bytes(directory / WEIGHTS, _weights_payload(_unwrap(model)))
+    atomic_write_bytes(directory / WEIGHTS, weights_payload(unwrap(model)))
     return directory

@@ -31,6 +31,16 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, IterableDataset
 
+from vqkit.distributed import (
+    agree,
+    broadcast_object,
+    is_main,
+    on_main,
+    rank,
+    rank_device,
+    world,
+    wrap_ddp,
+)
 from vqkit.train.checkpoint import (
     CheckpointError,
     clear_leftovers,
@@ -45,16 +55,6 @@ from vqkit.train.device import (
     resolve_device,
     seed_everything,
     set_rng_state,
-)
-from vqkit.train.distributed import (
-    agree,
-    broadcast_object,
-    is_main,
-    on_main,
-    rank,
-    rank_device,
-    world,
-    wrap_ddp,
 )
 from vqkit.train.runlog import ImageFn, RunLog, log_images, read_history
 from vqkit.train.sampler import EpochBatchSampler
@@ -298,7 +298,7 @@ def fit(
             TensorBoard at each checkpoint; it runs under ``no_grad`` with its own RNG streams.
         progress: show a tqdm bar with the loss and any usage/perplexity logs.
 
-    Distributed (a process group initialised, e.g. by ``vqkit.train.distributed`` under
+    Distributed (a process group initialised, e.g. by ``vqkit.distributed`` under
     torchrun): the step runs inside DistributedDataParallel, each rank takes its slice of every
     global batch, logged scalars are averaged over ranks, only rank 0 writes files and shows the
     bar, and every rank resumes from the same checkpoint (``run_dir`` must be on a filesystem

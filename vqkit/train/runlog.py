@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vqkit.train.checkpoint import atomic_write_bytes
-from vqkit.train.distributed import mean_over_ranks
+from vqkit.distributed import mean_over_ranks
+from vqkit.io import atomic_write_bytes
 
 SHOWN = ("loss", "usage", "perplexity")  # logs shown on the progress bar (by key suffix)
 ImageFn = Callable[[nn.Module, int], Mapping[str, Tensor]]

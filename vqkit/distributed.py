@@ -10,9 +10,12 @@ Who does what in a distributed run:
     - every rank trains (``fit`` wraps the model in DistributedDataParallel and gives each rank a
       disjoint slice of every global batch);
     - the quantizer keeps its codebook equal on all ranks itself (all-reduced EMA statistics,
-      k-means and restarts on gathered rows; see ``vqkit.quantize.codebook``);
+      k-means and restarts on gathered rows; with the collectives below; see ``vqkit.quantize.codebook``);
     - rank 0 alone writes files: checkpoints, TensorBoard, ``history.jsonl``, config, metrics,
       the report; it alone shows progress bars.
+
+This module sits at the bottom of vqkit's layers (it imports no other vqkit module), so the
+quantizer and the training loop both take their collectives from here.
 """
 
 from __future__ import annotations
@@ -25,16 +28,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-
-from vqkit.quantize.codebook import is_distributed
 
 __all__ = [
     "agree",
+    "all_reduce_sum_",
     "barrier",
+    "broadcast_",
     "broadcast_object",
     "cleanup",
+    "gather_rows",
     "init_distributed",
     "is_distributed",
     "is_main",
@@ -46,6 +50,46 @@ __all__ = [
     "world",
     "wrap_ddp",
 ]
+
+
+# --- collectives on tensors (the quantizer's): no-ops in a single process ----------------------
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over ranks in place (no-op without an initialised process group)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
+    """Overwrite ``tensor`` with rank ``src``'s copy (no-op in a single process)."""
+    if is_distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def gather_rows(rows: Tensor) -> Tensor:
+    """Concatenate every rank's ``(N, C)`` rows in rank order (ranks may hold different N)."""
+    if not is_distributed():
+        return rows
+    n = torch.tensor([rows.shape[0]], device=rows.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    biggest = int(max(s.item() for s in sizes))
+    padded = rows.new_zeros(biggest, rows.shape[1])
+    padded[: rows.shape[0]] = rows
+    parts = [torch.zeros_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+# --- the process group ------------------------------------------------------------------------
 
 
 def launched_by_torchrun() -> bool:
