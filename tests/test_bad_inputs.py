@@ -333,3 +333,25 @@ def test_cli_reconstruct_a_broken_image(tmp_path, capsys):
     assert main(["reconstruct", str(run), str(broken), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "vqkit: error: cannot read image file" in err and "broken.png" in err
+
+
+def test_cli_shows_the_traceback_of_a_bug(tmp_path, monkeypatch, capsys):
+    """Only the user's errors become one-line messages with exit status 2: a ValueError from
+    a bug inside the code reaches the user with its traceback."""
+    recipe = load_recipe("image")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr(recipe, "run", broken)
+    with pytest.raises(ValueError, match="a bug deep inside"):
+        main(["run", "image", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert "vqkit: error" not in capsys.readouterr().err
+
+
+def test_cli_a_builder_refusing_a_config_value_names_the_section(tmp_path, capsys):
+    code = main(["run", "image", "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--no-progress", *_sets([*TINY, "vqvae.num_codes=1"])])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "vqkit: error: vqvae: num_codes must be >= 2" in err
+    assert "--set vqvae.<key>" in err

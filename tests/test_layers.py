@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vqkit"
 # the longest entry that matches a module decides its layer. A new module must be placed here.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # No vqkit imports at all: atomic files and safetensors weights; process group, collectives.
-    ("foundation", ("vqkit", "vqkit.io", "vqkit.distributed")),
+    ("foundation", ("vqkit", "vqkit.errors", "vqkit.io", "vqkit.distributed")),
     # Parts that know nothing of models: quantizers, layers, audio and data, metrics, config
     # files, and a weights spec loaded into a model someone else built (builders' `weights=`).
     (

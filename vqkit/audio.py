@@ -20,6 +20,8 @@ import soundfile as sf
 import torch
 from torch import Tensor, nn
 
+from vqkit.errors import InputError
+
 __all__ = [
     "AudioError",
     "AudioInfo",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """An audio file could not be read, or holds no usable samples."""
 
 

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from vqkit.bundle import export_bundle, read_bundle_metadata
-from vqkit.config import ConfigError, load_config
+from vqkit.config import load_config
 from vqkit.distributed import (
     barrier,
     broadcast_object,
@@ -35,6 +35,7 @@ from vqkit.distributed import (
     is_main,
     world,
 )
+from vqkit.errors import InputError
 from vqkit.io import CheckpointError, latest_checkpoint
 from vqkit.report import build_report
 from vqkit.runs import MODALITIES, load_recipe, new_run_dir, preset_path, read_run_config
@@ -106,7 +107,7 @@ def _recipe_command(recipe, name: str, run_dir: str):
     fn = getattr(recipe, name, None)
     if fn is None:
         modality = read_run_config(run_dir)["modality"]
-        raise ValueError(f"`vqkit {name}` does not apply to {modality} runs such as {run_dir}")
+        raise InputError(f"`vqkit {name}` does not apply to {modality} runs such as {run_dir}")
     return fn
 
 
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
         prog="vqkit",
-        description="VQ-VAE toolkit: recipes for images, and tools on their runs.",
+        description="VQ-VAE toolkit: recipes for images, audio and video, and tools on their runs.",
         epilog="Also `python -m vqkit`. On several GPUs or machines: "
         "torchrun --nproc_per_node=N -m vqkit run ... (see docs/distributed.md).",
         formatter_class=fmt,
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         args.preset = DEFAULT_PRESET[args.modality]
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (InputError, FileNotFoundError, FileExistsError) as e:  # the user's to fix
         print(f"vqkit: error: {e}", file=sys.stderr)
         return 2
     except (CheckpointError, DivergenceError) as e:  # a broken checkpoint, full disk, NaN loss

@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from vqkit.errors import InputError
 from vqkit.io import atomic_write_bytes
 
 T = TypeVar("T")
@@ -43,7 +44,7 @@ _TRUE = {"true", "yes", "y", "on", "1"}
 _FALSE = {"false", "no", "n", "off", "0"}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config key that does not exist, or a value of the wrong type."""
 
 

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from vqkit.bundle import load_model
-from vqkit.config import builder_section, save_config
-from vqkit.distributed import is_main, rank_device
+from vqkit.config import ConfigError, builder_section, save_config
+from vqkit.distributed import is_main, rank, rank_device, world
 from vqkit.io import write_json
 from vqkit.metrics import code_histogram, perplexity, unigram_bits, usage
 from vqkit.models.vqvae import QUANTIZER_DEFAULTS
@@ -135,8 +135,17 @@ class Run:
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.dir / "config.yaml")
-        self.stage = Stages()
+        self.stages = Stages()
         self.fits: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage, announcing it and its duration on every process that runs it."""
+        who = f"rank {rank()}: " if world() > 1 else ""
+        print(f"vqkit: {who}stage {name}", flush=True)
+        with self.stages(name):
+            yield
+        print(f"vqkit: {who}stage {name} done in {self.stages.times[f'time_{name}_s']:.1f} s")
 
     def train(
         self,
@@ -152,7 +161,10 @@ class Run:
         train_cfg = getattr(self.cfg, f"{name}_train")
         # Torch seeds every new process at random: seed the initial weights.
         seed_everything(train_cfg.seed)
-        model = build()
+        try:
+            model = build()
+        except ValueError as e:  # a builder's check of an argument the config gave it
+            raise ConfigError(f"{name}: {e} (change it with --set {name}.<key>=<value>)") from e
         self.fits[name] = fit(
             model,
             step,
@@ -181,7 +193,7 @@ class Run:
         """Add the run-level figures, write ``metrics.json`` (with ``lists``, per-frame or
         per-horizon series kept out of the returned dict), ``code_usage.json`` and the
         report; returns the metrics."""
-        metrics.update(self.stage.summary(self.device, **self.fits))
+        metrics.update(self.stages.summary(self.device, **self.fits))
         write_json(self.dir / "metrics.json", {**metrics, **(lists or {})})
         if code_usage is not None:
             write_json(self.dir / "code_usage.json", code_usage.tolist())

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from vqkit.errors import InputError
 from vqkit.io import write_json
 
 MODALITIES = ("image", "audio", "video")
@@ -51,7 +52,7 @@ def load_recipe(modality: str) -> ModuleType:
     recipe's ``evaluate.py``) are relative imports (``from . import evaluate``).
     """
     if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; vqkit has recipes for {list(MODALITIES)}")
+        raise InputError(f"unknown modality {modality!r}; vqkit has recipes for {list(MODALITIES)}")
     folder = recipes_dir() / modality
     package = f"vqkit_recipes_{modality}"
     if package not in sys.modules:
@@ -92,7 +93,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         )
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict) or "modality" not in data:
-        raise ValueError(f"{path} is not a vqkit run config (no 'modality' key)")
+        raise InputError(f"{path} is not a vqkit run config (no 'modality' key)")
     return data
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vqkit.errors import InputError
 from vqkit.io import CONFIG, WEIGHTS, CheckpointError, atomic_write_bytes, load_weights
 
 METADATA = "metadata.json"
@@ -148,7 +149,7 @@ def _split_hash(spec: str) -> tuple[str, str | None]:
         return spec, None
     match = re.fullmatch(r"sha256=([0-9a-fA-F]{64})", fragment)
     if match is None:
-        raise ValueError(f"{spec!r}: the part after '#' must be sha256=<64 hex digits>")
+        raise InputError(f"{spec!r}: the part after '#' must be sha256=<64 hex digits>")
     return base, match.group(1).lower()
 
 

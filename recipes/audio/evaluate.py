@@ -16,6 +16,7 @@ from vqkit.audio import MuLawDecode, MuLawEncode, load_audio, silence_class
 from vqkit.datasets import SpeakerAudioFolder, SpeechCorpus, build_speech_corpus
 from vqkit.datasets.alignments import Segment, frame_labels
 from vqkit.datasets.speech_corpus import SILENCES, FestivalNotFoundError
+from vqkit.errors import InputError
 from vqkit.metrics import (
     abx_error,
     chance_accuracy,
@@ -70,7 +71,7 @@ class Split:
             return self.labels[i]
         if self.label_kind == "words":
             return [Segment(0.0, len(self.audio[i]) / self.sample_rate, str(self.labels[i]))]
-        raise ValueError("this data has no phone or word labels")
+        raise InputError("this data has no phone or word labels")
 
     def waveform(self, i: int) -> torch.Tensor:
         """``(T_i,)`` float waveform (mu-law decoded)."""
@@ -82,7 +83,7 @@ def spread(n: int, k: int | None) -> list[int]:
     if k is None or k >= n:
         return list(range(n))
     if k <= 0:
-        raise ValueError(f"a count of files or utterances must be positive, got {k}")
+        raise InputError(f"a count of files or utterances must be positive, got {k}")
     return sorted({(i * n) // k for i in range(k)})
 
 
@@ -114,7 +115,7 @@ def corpus_root(data) -> Path:
 def load_split(data, split: str) -> Split:
     """The ``split`` ("train" or "test") of the data set ``data`` (a DataConfig)."""
     if data.kind not in KINDS:
-        raise ValueError(f"data.kind must be one of {KINDS}, got {data.kind!r}")
+        raise InputError(f"data.kind must be one of {KINDS}, got {data.kind!r}")
     sr = data.sample_rate
     if data.kind == "builtin":
         ds = SpeechCorpus(corpus_root(data), split=split, sample_rate=sr)
@@ -130,7 +131,7 @@ def load_split(data, split: str) -> Split:
             sr,
         )
     if data.root is None:
-        raise ValueError(f"data.kind={data.kind!r} needs a data folder: pass --data DIR")
+        raise InputError(f"data.kind={data.kind!r} needs a data folder: pass --data DIR")
     ds = SpeakerAudioFolder(data.root, layout=_LAYOUT[data.kind], split=split, sample_rate=sr)
     idx = spread(len(ds), data.max_files)
     items = [ds.items[i] for i in idx]
@@ -157,7 +158,7 @@ def load_labelled(root: Path, data) -> Split:
     try:
         test = load_split(cfg, "test")
     except ValueError as e:
-        raise ValueError(
+        raise InputError(
             f"{root} holds no labelled speech: `vqkit units` needs a festival corpus (made by "
             f"`vqkit data speech`, phone labels) or FSDD recordings (word labels); {e}"
         ) from None
@@ -194,7 +195,7 @@ def pick_sources(test: Split, speakers: list[str], n: int) -> list[int]:
     """``n`` test utterances by training speakers, spread over the (sorted) list."""
     known = [i for i, s in enumerate(test.speakers) if s in speakers]
     if not known:
-        raise ValueError("no test utterance is by a training speaker; nothing to convert")
+        raise InputError("no test utterance is by a training speaker; nothing to convert")
     return [known[i] for i in spread(len(known), n)]
 
 

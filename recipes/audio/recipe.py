@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from vqkit.audio import MuLawDecode, save_audio, silence_class
 from vqkit.config import builder_kwargs
 from vqkit.datasets import SequenceCrops
+from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
 from vqkit.models import vqvae_audio, wavenet_prior
@@ -143,7 +144,7 @@ def train_vqvae(run: Run, train: ev.Split, speakers: list[str]):
 
     hop = build().hop
     if v.crop % hop:
-        raise ValueError(f"vqvae.crop={v.crop} must be a multiple of the hop {hop}")
+        raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {hop}")
     spk = [speakers.index(s) for s in train.speakers]
     crops = SequenceCrops(train.audio, spk, v.crop, pad_value=silence_class(v.classes))
     return run.train("vqvae", build, step, crops)
@@ -258,7 +259,7 @@ def convert(
     """Decode ``source``'s codes with ``speaker``'s voice into ``out`` (a WAV file)."""
     dev, vqvae, speakers, _ = _load(run_dir, device)
     if speaker not in speakers:
-        raise ValueError(f"unknown speaker {speaker!r}; this run knows: {', '.join(speakers)}")
+        raise InputError(f"unknown speaker {speaker!r}; this run knows: {', '.join(speakers)}")
     audio = ev.load_classes(source, cfg.data.sample_rate, None)
     codes = ev.encode_utterance(vqvae, audio, dev)[None]
     spk = torch.tensor([speakers.index(speaker)], device=dev)

@@ -29,6 +29,7 @@ from vqkit.datasets.synthetic_video import (
     controlled_mask,
 )
 from vqkit.datasets.video import VideoFolder, add_border, read_video, video_grid, write_video
+from vqkit.errors import InputError
 from vqkit.metrics import LN2, data_variance, psnr
 from vqkit.metrics.video import (
     copy_last_frame,
@@ -125,7 +126,7 @@ def datasets(cfg: VideoRecipeConfig) -> tuple[Dataset, Dataset]:
     """Train and test clip sets returning ``(clip (3, T, H, W) in [0, 1], cond)``."""
     d = cfg.data
     if d.context_frames < 1 or d.context_frames >= d.num_frames:
-        raise ValueError(
+        raise InputError(
             f"data.context_frames={d.context_frames} must lie in [1, num_frames={d.num_frames})"
         )
     if d.kind == "builtin":
@@ -136,7 +137,7 @@ def datasets(cfg: VideoRecipeConfig) -> tuple[Dataset, Dataset]:
         )
     if d.kind == "folder":
         if d.root is None:
-            raise ValueError("data.kind=folder needs a folder of videos: pass --data ROOT")
+            raise InputError("data.kind=folder needs a folder of videos: pass --data ROOT")
         common = dict(
             clip_length=d.num_frames,
             frames_between_clips=d.frames_between_clips,
@@ -147,7 +148,7 @@ def datasets(cfg: VideoRecipeConfig) -> tuple[Dataset, Dataset]:
         return VideoFolder(d.root, split="train", **common), VideoFolder(
             d.root, split="test", **common
         )
-    raise ValueError(f"data.kind must be 'builtin' or 'folder', got {d.kind!r}")
+    raise InputError(f"data.kind must be 'builtin' or 'folder', got {d.kind!r}")
 
 
 def materialize(dataset: Dataset, limit: int | None) -> TensorDataset:
@@ -491,24 +492,24 @@ def predict(
     )  # (3, c, S, S)
     conds = None
     if d.kind == "builtin" and label is not None:
-        raise ValueError("this run is conditioned on actions, not classes: pass --actions")
+        raise InputError("this run is conditioned on actions, not classes: pass --actions")
     if prior.num_conds is not None and d.kind == "builtin":
         ids = action_ids(actions or "none")
         if len(ids) not in (1, t - c):
-            raise ValueError(
+            raise InputError(
                 f"--actions takes one action or one per generated frame ({t - c}), got {len(ids)}"
             )
         conds = torch.zeros(1, t, dtype=torch.long)
         conds[0, c:] = torch.tensor(ids if len(ids) > 1 else ids * (t - c))
     elif prior.num_conds is not None:
         if actions is not None:
-            raise ValueError("this run is conditioned on classes, not actions: pass --label")
+            raise InputError("this run is conditioned on classes, not actions: pass --label")
         y = 0 if label is None else label
         if not 0 <= y < prior.num_conds:
-            raise ValueError(f"--label must lie in [0, {prior.num_conds}), got {y}")
+            raise InputError(f"--label must lie in [0, {prior.num_conds}), got {y}")
         conds = torch.full((1, t), y, dtype=torch.long)
     elif actions is not None or label is not None:
-        raise ValueError("this run's prior is unconditional: drop --actions/--label")
+        raise InputError("this run's prior is unconditional: drop --actions/--label")
     temp, gen = sampling(cfg.predict, temperature, seed, dev)
     pred = predict_video(vqvae, prior, frames[None], conds, temperature=temp, generator=gen)[0]
     pred = add_border(pred.cpu(), RED, slice(c, None))

@@ -145,3 +145,49 @@ def test_cifar10_preset_reads_the_jpeg_folders(tmp_path):
     assert "test_mse_over_variance" in metrics and "test_perplexity" in metrics
     # Real photographs: the variance of CIFAR-10 pixels in [0, 1] is about 0.06.
     assert 0.04 < metrics["data_variance"] < 0.08
+
+
+def test_the_saved_vqvae_reports_the_bits_per_dim_of_metrics_json(tiny_run):
+    """The Gaussian decoder's sigma, fitted after training, is saved with the weights: the model
+    reloaded from the run (or its export) gives the run's reconstruction bits/dim."""
+    from vqkit.bundle import load_model
+    from vqkit.config import load_config
+    from vqkit.models import to_model
+    from vqkit.runs import load_recipe, read_run_config
+
+    recipe = load_recipe("image")
+    cfg = load_config(recipe.CONFIG, read_run_config(tiny_run))
+    vqvae = load_model(tiny_run / "vqvae", device="cpu").eval()
+    assert vqvae.likelihood.sigma != 0.05  # not the default: the fitted value
+    _, test = recipe.datasets(cfg)
+    bits, count = 0.0, 0
+    with torch.no_grad():
+        for x, _ in recipe.loader(test, cfg.eval_batch_size):
+            x = to_model(x)
+            bits += vqvae.likelihood.nll_bits_per_dim(vqvae.decode_params(vqvae.encode(x)), x).sum()
+            count += len(x)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert float(bits) / count == pytest.approx(metrics["recon_bits_per_dim"], rel=1e-6)
+
+
+def test_builders_hold_the_recipe_defaults():
+    """The recipe config's model sections are the builders' arguments: with no preset, the
+    recipe builds exactly the models ``vqvae_image()`` and ``gated_pixelcnn()`` give."""
+    from vqkit.config import builder_kwargs
+    from vqkit.models import gated_pixelcnn, vqvae_image
+    from vqkit.runs import load_recipe
+
+    cfg = load_recipe("image").CONFIG()
+    for builder, section, data in (
+        (vqvae_image, cfg.vqvae, {}),
+        (gated_pixelcnn, cfg.prior, {"num_codes": 512, "num_classes": 10}),
+    ):
+        torch.manual_seed(0)
+        mine = builder(**data, **builder_kwargs(section))
+        torch.manual_seed(0)
+        plain = builder(**data)
+        assert repr(mine) == repr(plain)
+        a, b = mine.state_dict(), plain.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    q = vqvae_image().quantizer
+    assert (q.ema, q.kmeans_init, q.restart_after) == (True, True, 100)

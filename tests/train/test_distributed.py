@@ -8,6 +8,7 @@ each test then checks one property against a single-process reference computed h
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import subprocess
@@ -194,21 +195,53 @@ def test_sampler_shards_are_disjoint_slices_of_the_global_batch():
         EpochBatchSampler(20, 7, seed=0, shard=(0, 2))
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason=f"{TORCHRUN} not found (it comes with torch)")
-def test_torchrun_image_recipe_smoke(tmp_path):
-    """``torchrun --nproc_per_node=2 -m vqkit run image``: finishes; only rank 0 writes."""
-    out = tmp_path / "run"
-    sets = [
+SHARED = Path(
+    os.environ.get("VQKIT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared/data")
+)
+TORCHRUN_SETS = {
+    "image": [
         "data.train_size=32", "data.test_size=8", "data.image_size=8",
         "vqvae.hidden=8", "vqvae.res_hidden=4", "vqvae.num_res_blocks=1", "vqvae.num_codes=8",
         "vqvae.code_dim=4", "vqvae_train.steps=2", "vqvae_train.batch_size=8",
         "vqvae_train.log_every=1", "prior.channels=8", "prior.num_layers=2",
         "prior_train.steps=2", "prior_train.batch_size=8", "prior_train.log_every=1",
         "sample.per_class=1", "eval_batch_size=8",
-    ]  # fmt: skip
+    ],
+    "audio": [
+        "threads=1", "data.max_files=8", "vqvae.hidden=8", "vqvae.res_hidden=4",
+        "vqvae.num_res_blocks=1", "vqvae.num_codes=8", "vqvae.code_dim=4",
+        "vqvae.residual_channels=4", "vqvae.skip_channels=4", "vqvae.layers_per_stack=2",
+        "vqvae.crop=512", "vqvae_train.steps=2", "vqvae_train.batch_size=4",
+        "vqvae_train.log_every=1", "vqvae_train.ckpt_every=2", "prior.residual_channels=4",
+        "prior.layers_per_stack=1", "prior.stacks=1", "prior.crop=4", "prior_train.steps=2",
+        "prior_train.batch_size=4", "prior_train.log_every=1", "prior_train.ckpt_every=2",
+        "convert.sources=1", "convert.max_targets=2", "convert.seconds=0.05",
+        "eval.classifier_steps=1", "eval.abx_triples=10",
+    ],
+    "video": [
+        "data.num_frames=4", "data.context_frames=2", "data.frame_size=16", "data.train_size=16",
+        "data.test_size=4", "vqvae.hidden=8", "vqvae.res_hidden=4", "vqvae.num_res_blocks=1",
+        "vqvae.num_codes=8", "vqvae.code_dim=4", "vqvae.strides=[[2,2,2]]",
+        "vqvae_train.steps=2", "vqvae_train.batch_size=4", "vqvae_train.log_every=1",
+        "prior.dim=8", "prior.num_layers=1", "prior.num_heads=2", "prior_train.steps=2",
+        "prior_train.batch_size=4", "prior_train.log_every=1", "predict.rollouts=2",
+        "predict.gif_clips=1", "predict.upscale=1", "eval_batch_size=4",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason=f"{TORCHRUN} not found (it comes with torch)")
+@pytest.mark.parametrize("modality", ["image", "audio", "video"])
+def test_torchrun_recipe_smoke(tmp_path, modality):
+    """``torchrun --nproc_per_node=2 -m vqkit run <modality>``: finishes; only rank 0 writes."""
+    out = tmp_path / "run"
     cmd = [str(TORCHRUN), "--nproc_per_node=2", f"--master_port={_free_port()}"]
-    cmd += ["-m", "vqkit", "run", "image", "--out", str(out), "--device", "cpu", "--no-progress"]
-    for s in sets:
+    cmd += ["-m", "vqkit", "run", modality, "--out", str(out), "--device", "cpu", "--no-progress"]
+    if modality == "audio":
+        if not (SHARED / "fsdd").is_dir():
+            pytest.skip(f"FSDD not found at {SHARED / 'fsdd'} (set VQKIT_SHARED_DATA)")
+        cmd += ["--preset", "fsdd", "--data", str(SHARED / "fsdd")]
+    for s in TORCHRUN_SETS[modality]:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -216,6 +249,12 @@ def test_torchrun_image_recipe_smoke(tmp_path):
     for name in ("config.yaml", "metrics.json", "report.html", "vqvae/history.jsonl"):
         assert (out / name).is_file(), name
     assert proc.stdout.count("vqkit: report at") == 1  # rank 0 alone prints the summary
+    # Both ranks train; rank 0 alone evaluates.
+    for r in (0, 1):
+        assert f"vqkit: rank {r}: stage vqvae done" in proc.stdout
+        assert f"vqkit: rank {r}: stage prior done" in proc.stdout
+    assert "vqkit: rank 0: stage eval done" in proc.stdout
+    assert "vqkit: rank 1: stage eval" not in proc.stdout
     # One writer: no line logged twice, one TensorBoard file, one checkpoint per save.
     for stage in ("vqvae", "prior"):
         assert len((out / stage / "history.jsonl").read_text().splitlines()) == 2
@@ -224,3 +263,5 @@ def test_torchrun_image_recipe_smoke(tmp_path):
             "latest",
             "step_00000002",
         ]
+    media = json.loads((out / "media.json").read_text())
+    assert len({m["path"] for m in media}) == len(media)  # each medium recorded once

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from vqkit.errors import InputError
+
 __all__ = [
     "Segment",
     "read_segments",
@@ -47,15 +49,15 @@ def _read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is neither UTF-8 nor UTF-16 text: {e}") from e
+        raise InputError(f"{path} is neither UTF-8 nor UTF-16 text: {e}") from e
 
 
 def _check_order(segments: list[Segment], path: Path) -> list[Segment]:
     for k, s in enumerate(segments):
         if s.end_s < s.start_s:
-            raise ValueError(f"{path}: segment {k} {s} ends before it starts")
+            raise InputError(f"{path}: segment {k} {s} ends before it starts")
         if k and s.start_s < segments[k - 1].end_s - 1e-9:
-            raise ValueError(f"{path}: segment {k} {s} overlaps the previous {segments[k - 1]}")
+            raise InputError(f"{path}: segment {k} {s} overlaps the previous {segments[k - 1]}")
     return segments
 
 
@@ -70,7 +72,7 @@ def read_segments(path: str | Path) -> list[Segment]:
         try:
             segments.append(Segment(float(fields[0]), float(fields[1]), fields[2].strip()))
         except (ValueError, IndexError) as e:
-            raise ValueError(
+            raise InputError(
                 f"{path}:{n}: expected 'start end label' in seconds, got {line!r}"
             ) from e
     return _check_order(segments, path)
@@ -95,7 +97,7 @@ def read_timit_phn(path: str | Path, sample_rate: int = 16000) -> list[Segment]:
         Segments in seconds.
     """
     if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        raise InputError(f"sample_rate must be positive, got {sample_rate}")
     path = Path(path)
     segments = []
     for n, line in enumerate(_read_text(path).splitlines(), start=1):
@@ -103,11 +105,11 @@ def read_timit_phn(path: str | Path, sample_rate: int = 16000) -> list[Segment]:
             continue
         fields = line.split()
         if len(fields) != 3:
-            raise ValueError(f"{path}:{n}: expected 'start end label', got {line!r}")
+            raise InputError(f"{path}:{n}: expected 'start end label', got {line!r}")
         try:
             start, end = int(fields[0]), int(fields[1])
         except ValueError as e:
-            raise ValueError(
+            raise InputError(
                 f"{path}:{n}: start and end must be sample indices, got {line!r}"
             ) from e
         segments.append(Segment(start / sample_rate, end / sample_rate, fields[2]))
@@ -147,17 +149,17 @@ def _parse_textgrid(text: str, path: Path) -> dict[str, tuple[str, list]]:
     def take(kind: type, what: str):
         nonlocal pos
         if pos >= len(tokens):
-            raise ValueError(f"{path}: TextGrid ends early while reading {what}")
+            raise InputError(f"{path}: TextGrid ends early while reading {what}")
         tok = tokens[pos]
         pos += 1
         if kind is float and not isinstance(tok, float):
-            raise ValueError(f"{path}: expected a number for {what}, found {tok!r}")
+            raise InputError(f"{path}: expected a number for {what}, found {tok!r}")
         if kind is str and not isinstance(tok, str):
-            raise ValueError(f"{path}: expected a string for {what}, found {tok!r}")
+            raise InputError(f"{path}: expected a string for {what}, found {tok!r}")
         return tok
 
     if tokens[:2] != ["ooTextFile", "TextGrid"]:
-        raise ValueError(
+        raise InputError(
             f"{path}: not a Praat TextGrid text file (no 'ooTextFile'/'TextGrid' header)"
         )
     pos = 2
@@ -180,7 +182,7 @@ def _parse_textgrid(text: str, path: Path) -> dict[str, tuple[str, list]]:
         elif cls == "TextTier":
             items = [(take(float, "time"), take(str, "mark")) for _ in range(count)]
         else:
-            raise ValueError(f"{path}: unknown tier class {cls!r} for tier {name!r}")
+            raise InputError(f"{path}: unknown tier class {cls!r} for tier {name!r}")
         tiers.setdefault(name, (cls, items))  # like Praat, the first tier of a name wins
     return tiers
 
@@ -209,13 +211,13 @@ def read_textgrid(
     names = list(tiers)
     if isinstance(tier, int):
         if not 0 <= tier < len(names):
-            raise ValueError(f"{path}: tier index {tier} out of range; tiers: {names}")
+            raise InputError(f"{path}: tier index {tier} out of range; tiers: {names}")
         tier = names[tier]
     if tier not in tiers:
-        raise ValueError(f"{path}: no tier named {tier!r}; tiers: {names}")
+        raise InputError(f"{path}: no tier named {tier!r}; tiers: {names}")
     cls, items = tiers[tier]
     if cls != "IntervalTier":
-        raise ValueError(f"{path}: tier {tier!r} is a point tier ({cls}), not an interval tier")
+        raise InputError(f"{path}: tier {tier!r} is a point tier ({cls}), not an interval tier")
     segments = [s for s in items if keep_empty or s.label.strip()]
     return _check_order(segments, path)
 
@@ -236,13 +238,13 @@ def read_festival_segs(path: str | Path) -> list[Segment]:
             continue
         fields = line.split()
         if len(fields) < 3:
-            raise ValueError(
+            raise InputError(
                 f"{path}: line {n} after the header: expected 'end 100 label', got {line!r}"
             )
         try:
             end = float(fields[0])
         except ValueError as e:
-            raise ValueError(f"{path}: line {n} after the header: bad end time in {line!r}") from e
+            raise InputError(f"{path}: line {n} after the header: bad end time in {line!r}") from e
         segments.append(Segment(start, end, " ".join(fields[2:])))
         start = end
     return _check_order(segments, path)
@@ -269,12 +271,12 @@ def frame_labels(
         ``num_frames`` labels.
     """
     if frame_rate_hz <= 0:
-        raise ValueError(f"frame_rate_hz must be positive, got {frame_rate_hz}")
+        raise InputError(f"frame_rate_hz must be positive, got {frame_rate_hz}")
     if num_frames < 0:
-        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+        raise InputError(f"num_frames must be >= 0, got {num_frames}")
     if not segments:
         if outside is None:
-            raise ValueError("no segments to label frames from; pass outside= to label them anyway")
+            raise InputError("no segments to label frames from; pass outside= to label them anyway")
         return [outside] * num_frames
     segments = _check_order([Segment(*s) for s in segments], Path("<segments>"))
     starts = [s.start_s for s in segments]

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
 from vqkit.audio import AudioError, audio_info, load_audio
+from vqkit.errors import InputError
 
 __all__ = ["AudioItem", "SpeakerAudioFolder", "VCTK", "RandomCrop"]
 
@@ -66,7 +67,7 @@ class RandomCrop:
         self, length: int, *, random: bool = True, seed: int | None = None, pad_value: float = 0
     ) -> None:
         if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-            raise ValueError(f"crop must be a positive number of samples, got {length!r}")
+            raise InputError(f"crop must be a positive number of samples, got {length!r}")
         self.length, self.random, self.seed, self.pad_value = length, random, seed, pad_value
         self._generators: dict[int, torch.Generator] = {}
 
@@ -221,11 +222,11 @@ class SpeakerAudioFolder(Dataset):
     ) -> None:
         self.root = Path(root)
         if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+            raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if split not in (None, "train", "test"):
-            raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+            raise InputError(f"split must be None, 'train' or 'test', got {split!r}")
         if short not in ("pad", "skip"):
-            raise ValueError(f"short must be 'pad' or 'skip', got {short!r}")
+            raise InputError(f"short must be 'pad' or 'skip', got {short!r}")
         if not self.root.is_dir():
             raise FileNotFoundError(f"data set folder not found: {self.root}; {_LAYOUT_HELP}")
         self.sample_rate, self.split, self.transform = sample_rate, split, transform
@@ -235,7 +236,7 @@ class SpeakerAudioFolder(Dataset):
             self.crop = RandomCrop(crop, random=rand, seed=seed)
         self.layout, items = self._scan(layout, mic)
         if not items:
-            raise ValueError(
+            raise InputError(
                 f"no audio files found under {self.root} (layout={layout!r}); {_LAYOUT_HELP}"
             )
         if split is not None:
@@ -244,7 +245,7 @@ class SpeakerAudioFolder(Dataset):
         self._bad: set[Path] = set()
         self.items, self.skipped = self._probe(items, short, strict)
         if not self.items:
-            raise ValueError(
+            raise InputError(
                 f"no usable files in {self.root} for split={split!r} "
                 f"({len(self.skipped)} skipped); {_LAYOUT_HELP}"
             )
@@ -322,7 +323,7 @@ class SpeakerAudioFolder(Dataset):
             if self.transform is not None:
                 wav = self.transform(wav)
             return wav, sr, item.speaker, item.utterance
-        raise ValueError(f"none of the {n} audio files under {self.root} could be read")
+        raise InputError(f"none of the {n} audio files under {self.root} could be read")
 
     def speaker_index(self, name: str) -> int:
         """Position of a speaker in ``self.speakers`` (for speaker embeddings)."""
@@ -334,7 +335,7 @@ class SpeakerAudioFolder(Dataset):
     def labels(self) -> list[int]:
         """FSDD digit of every item."""
         if self.layout != "fsdd":
-            raise ValueError(
+            raise InputError(
                 f"labels exist only for the FSDD layout, this folder is {self.layout!r}"
             )
         return [it.label for it in self.items]
@@ -342,7 +343,7 @@ class SpeakerAudioFolder(Dataset):
     def label(self, i: int) -> int:
         """FSDD digit of item ``i``."""
         if self.layout != "fsdd":
-            raise ValueError(
+            raise InputError(
                 f"labels exist only for the FSDD layout, this folder is {self.layout!r}"
             )
         return self.items[i].label
@@ -374,7 +375,7 @@ class VCTK(Dataset):
     ) -> None:
         root = Path(root)
         if mic not in ("mic1", "mic2"):
-            raise ValueError(f"mic must be 'mic1' or 'mic2', got {mic!r}")
+            raise InputError(f"mic must be 'mic1' or 'mic2', got {mic!r}")
         if not download and not (root / "VCTK-Corpus-0.92").is_dir():
             raise FileNotFoundError(
                 f"VCTK 0.92 not found at {root / 'VCTK-Corpus-0.92'}; pass download=True to fetch it "

@@ -21,12 +21,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqkit.datasets.synthetic_images import SyntheticShapes
+from vqkit.errors import InputError
 
 _SPLITS = ("train", "test")
 _LAYOUT = "<root>/<class>/<image>.{jpg,png,...} (one sub-folder per class)"
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image file that cannot be decoded: truncated, corrupt, or not an image."""
 
 
@@ -100,7 +101,7 @@ def _check_image_size(image_size: int | None) -> None:
     if image_size is not None and (
         isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
     ):
-        raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+        raise InputError(f"image_size must be a positive int or None, got {image_size!r}")
 
 
 class ImageFolder(Dataset):
@@ -217,7 +218,7 @@ class ImageFolder(Dataset):
             if self.transform is not None:
                 image = self.transform(image)
             return image, label
-        raise ValueError(f"none of the {n} image files in {self.root} could be read")
+        raise InputError(f"none of the {n} image files in {self.root} could be read")
 
 
 def _check_folder(folder: Path, split: str | None) -> None:
@@ -278,7 +279,7 @@ class CIFAR10(Dataset):
         image_size: int | None = None,
     ) -> None:
         if split not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+            raise InputError(f"split must be one of {_SPLITS}, got {split!r}")
         _check_image_size(image_size)
         try:
             dataset = torchvision.datasets.CIFAR10(
@@ -379,7 +380,7 @@ def build_image_dataset(
             transform=transform,
         )
     if kind in ("cifar10", "folder") and root is None:
-        raise ValueError(f"kind={kind!r} needs root=<data folder>; kind='builtin' needs none")
+        raise InputError(f"kind={kind!r} needs root=<data folder>; kind='builtin' needs none")
     if kind == "cifar10":
         split_name = split if split is not None else "train"
         if (Path(root) / split_name).is_dir():
@@ -395,4 +396,4 @@ def build_image_dataset(
         )
     if kind == "folder":
         return ImageFolder(root, split=split, image_size=image_size, transform=transform)
-    raise ValueError(f"kind must be 'builtin', 'cifar10' or 'folder', got {kind!r}")
+    raise InputError(f"kind must be 'builtin', 'cifar10' or 'folder', got {kind!r}")

@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 from vqkit.audio import load_audio, resample, save_audio
 from vqkit.datasets.alignments import Segment, read_festival_segs, read_segments, write_segments
 from vqkit.datasets.audio import RandomCrop
+from vqkit.errors import InputError
 
 __all__ = [
     "FESTIVAL_APT_COMMAND",
@@ -155,7 +156,7 @@ def make_sentences(num_sentences: int, seed: int = 0) -> list[str]:
     a larger one with the same seed.
     """
     if num_sentences <= 0:
-        raise ValueError(f"num_sentences must be positive, got {num_sentences}")
+        raise InputError(f"num_sentences must be positive, got {num_sentences}")
     rng = random.Random(seed)
     out: list[str] = []
     seen: set[str] = set()
@@ -314,17 +315,17 @@ def build_speech_corpus(
     if manifest_path.is_file() and not overwrite:
         if json.loads(manifest_path.read_text()).get("params") == params:
             return out
-        raise ValueError(
+        raise InputError(
             f"{out} holds a speech corpus built with other parameters; pass overwrite=True to "
             "rebuild it, or choose another folder"
         )
     if not overwrite and ((out / "wav").exists() or (out / "phones").exists()):
-        raise ValueError(
+        raise InputError(
             f"{out} has wav/ or phones/ but no manifest.json (an interrupted build?); pass "
             "overwrite=True to rebuild it"
         )
     if sample_rate <= 0 or workers <= 0:
-        raise ValueError(f"sample_rate and workers must be positive, got {sample_rate}, {workers}")
+        raise InputError(f"sample_rate and workers must be positive, got {sample_rate}, {workers}")
     sentences = make_sentences(num_sentences, seed)
     exe = _festival()
     for name in ("wav", "phones", "manifest.json"):
@@ -422,13 +423,13 @@ class SpeechCorpus(Dataset):
                 f"`vqkit data speech --out {self.root}` (needs festival: {FESTIVAL_APT_COMMAND})"
             )
         if split not in (None, "train", "test"):
-            raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+            raise InputError(f"split must be None, 'train' or 'test', got {split!r}")
         self.manifest = json.loads(manifest.read_text())
         self.sample_rate = sample_rate
         self.transform = transform
         self.utterances = [u for u in self.manifest["utterances"] if split in (None, u["split"])]
         if not self.utterances:
-            raise ValueError(f"the speech corpus at {self.root} has no {split!r} utterances")
+            raise InputError(f"the speech corpus at {self.root} has no {split!r} utterances")
         self.speakers = sorted({u["speaker"] for u in self.utterances})
         self.phone_set: list[str] = self.manifest["phone_set"]
         self.crop = None

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vqkit.errors import InputError
+
 CLASSES: tuple[str, ...] = (
     "disc",  # filled circle
     "square",  # filled axis-aligned square
@@ -138,15 +140,15 @@ class SyntheticShapes(Dataset):
         download: bool = False,
     ) -> None:
         if split not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+            raise InputError(f"split must be one of {_SPLITS}, got {split!r}")
         if size is None:
             size = _DEFAULT_SIZE[split]
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int (number of items), got {size!r}")
+            raise InputError(f"size must be a positive int (number of items), got {size!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+            raise InputError(f"image_size must be an int >= 8, got {image_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+            raise InputError(f"seed must be a non-negative int, got {seed!r}")
         self.root = root
         self.split = split
         self.size = size

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqkit.datasets.synthetic_images import _shape_coverage
+from vqkit.errors import InputError
 
 ACTIONS: tuple[str, ...] = ("none", "up", "down", "left", "right")
 # (dy, dx) per action; y grows downwards as in image coordinates.
@@ -69,7 +70,7 @@ def action_ids(names: str | list[str | int]) -> list[int]:
         elif text in ACTIONS:
             ids.append(ACTIONS.index(text))
         else:
-            raise ValueError(
+            raise InputError(
                 f"unknown action {item!r}; actions are {list(ACTIONS)} or their ids 0-"
                 f"{len(ACTIONS) - 1}"
             )
@@ -172,7 +173,7 @@ class SyntheticVideo(Dataset):
         download: bool = False,
     ) -> None:
         if split not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+            raise InputError(f"split must be one of {_SPLITS}, got {split!r}")
         size = _DEFAULT_SIZE[split] if size is None else size
         for name, value, low in (
             ("size", size, 1),
@@ -182,7 +183,7 @@ class SyntheticVideo(Dataset):
             ("seed", seed, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+                raise InputError(f"{name} must be an int >= {low}, got {value!r}")
         self.root = root
         self.split = split
         self.size = size

@@ -26,13 +26,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqkit.datasets.images import resize_center_crop
+from vqkit.errors import InputError
 
 log = logging.getLogger("vqkit.datasets")
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".gif", ".mov", ".mkv", ".m4v")
 
 
-class VideoError(ValueError):
+class VideoError(InputError):
     """A video file that cannot be read, or holds no frames; the message names the file."""
 
 
@@ -100,7 +101,7 @@ def select_frames(info: VideoInfo, frame_rate: float | None) -> list[int]:
     if frame_rate is None or info.num_frames == 1:
         return list(range(info.num_frames))
     if not frame_rate > 0:
-        raise ValueError(f"frame_rate must be positive or None, got {frame_rate!r}")
+        raise InputError(f"frame_rate must be positive or None, got {frame_rate!r}")
     times = info.times
     count = int(math.floor(times[-1] * frame_rate + 1e-6)) + 1
     targets = np.arange(count) / frame_rate
@@ -186,7 +187,7 @@ def write_video(path: str | Path, clip: Tensor, *, fps: float = 8.0) -> Path:
     """
     path = Path(path)
     if not isinstance(clip, Tensor) or clip.dim() != 4 or clip.shape[0] != 3:
-        raise ValueError(f"clip must be (3, T, H, W), got {tuple(getattr(clip, 'shape', ()))}")
+        raise InputError(f"clip must be (3, T, H, W), got {tuple(getattr(clip, 'shape', ()))}")
     frames = (clip.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # (T, H, W, 3)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ def write_video(path: str | Path, clip: Tensor, *, fps: float = 8.0) -> Path:
         return path
     codecs = {".mp4": ("libx264", "yuv420p"), ".webm": ("libvpx-vp9", "yuv420p")}
     if suffix not in codecs:
-        raise ValueError(f"{path}: write .gif, .mp4 or .webm, not {suffix!r}")
+        raise InputError(f"{path}: write .gif, .mp4 or .webm, not {suffix!r}")
     codec, pix_fmt = codecs[suffix]
     _, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")  # yuv420: even
@@ -259,14 +260,14 @@ class VideoFolder(Dataset):
     ) -> None:
         for name, value in (("clip_length", clip_length), ("size", size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InputError(f"{name} must be a positive int, got {value!r}")
         step = clip_length if frames_between_clips is None else frames_between_clips
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise ValueError(f"frames_between_clips must be a positive int, got {step!r}")
+            raise InputError(f"frames_between_clips must be a positive int, got {step!r}")
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if split not in (None, "train", "test"):
-            raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+            raise InputError(f"split must be None, 'train' or 'test', got {split!r}")
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"video folder {root} not found")
@@ -300,7 +301,7 @@ class VideoFolder(Dataset):
             for s in range(0, len(idx) - clip_length + 1, step)
         ]
         if not self.clips:
-            raise ValueError(
+            raise InputError(
                 f"no video under {base} has {clip_length} frames"
                 + (f" at {frame_rate} fps" if frame_rate else "")
                 + "; lower clip_length or raise frame_rate"

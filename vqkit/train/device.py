@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqkit.errors import InputError
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a :class:`torch.device`.
@@ -30,9 +32,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if match is None:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        raise InputError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise InputError(
             f"device {device!r} was requested but CUDA is not available here "
             f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
             f"use device='cpu' or device='auto'"
@@ -40,7 +42,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if match.group(1) is not None:
         index, count = int(match.group(1)), torch.cuda.device_count()
         if index >= count:
-            raise ValueError(
+            raise InputError(
                 f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
                 f"cuda:0 to cuda:{count - 1}"
             )
@@ -83,7 +85,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (CPU and every CUDA device) random generators."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
