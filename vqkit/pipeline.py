@@ -49,6 +49,7 @@ __all__ = [
     "model_section",
     "one_thread_on_cpu",
     "sampling",
+    "vqvae_step",
 ]
 
 QuantizerConfig = builder_section(
@@ -199,6 +200,29 @@ class Run:
             write_json(self.dir / "code_usage.json", code_usage.tolist())
         build_report(self.dir, title=title)
         return metrics
+
+
+def vqvae_step(recon_scale: float, prepare: Callable[[Tensor], Tensor]) -> Callable:
+    """The training step of a VQ-VAE over data batches ``(x, label)``: ``recon_scale *
+    reconstruction loss + quantizer loss``, logging the terms and the codebook's batch health.
+
+    Args:
+        recon_scale: weight of the reconstruction term (``1 / data variance``: Sonnet's recipe,
+            so the quantizer's beta keeps its meaning whatever the scale of the data).
+        prepare: the batch's data -> the model's input (e.g. :func:`~vqkit.models.to_model`).
+    """
+
+    def step(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        out = model(prepare(batch[0]))
+        loss = recon_scale * out.recon_loss + out.quant.loss
+        return loss, {
+            "recon_loss": out.recon_loss,
+            "vq_loss": out.quant.loss,
+            "perplexity": out.quant.perplexity,
+            "usage": out.quant.usage,
+        }
+
+    return step
 
 
 def load_stages(run_dir: Path, device: str, *names: str) -> tuple[torch.device, list[nn.Module]]:

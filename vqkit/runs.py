@@ -8,7 +8,6 @@ recipe), one folder per trained stage (``vqvae/``, ``prior/``: checkpoints, Tens
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import json
@@ -104,43 +103,3 @@ def add_media(run_dir: Path, kind: str, path: str, title: str, group: str) -> No
     items = [i for i in items if i["path"] != path]
     items.append({"kind": kind, "path": path, "title": title, "group": group})
     write_json(file, items)
-
-
-class Stages:
-    """Times a recipe's stages and writes the run-level figures of ``metrics.json``.
-
-    Example:
-        >>> stages = Stages()
-        >>> with stages("vqvae"):
-        ...     pass  # train
-        >>> sorted(stages.times)
-        ['time_vqvae_s']
-    """
-
-    def __init__(self) -> None:
-        self.t_start, self.cpu_start = time.perf_counter(), time.process_time()
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.times[f"time_{name}_s"] = time.perf_counter() - t
-
-    def summary(self, device: Any, **fits: Any) -> dict[str, Any]:
-        """Steps of each fit (``vqvae=result`` gives ``vqvae_steps``), skipped steps, device,
-        threads, stage times, wall and CPU time."""
-        out: dict[str, Any] = {f"{name}_steps": r.step for name, r in fits.items()}
-        import torch  # noqa: PLC0415  (keeps `vqkit --help` fast)
-
-        out.update(
-            skipped_steps=sum(r.skipped_steps for r in fits.values()),
-            device=str(device),
-            torch_threads=torch.get_num_threads(),
-            **self.times,
-            wall_time_s=time.perf_counter() - self.t_start,
-            cpu_time_s=time.process_time() - self.cpu_start,
-        )
-        return out

@@ -21,7 +21,14 @@ from vqkit.config import builder_kwargs
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
 from vqkit.metrics import LN2, data_variance, psnr
 from vqkit.models import gated_pixelcnn, to_data, to_model, vqvae_image
-from vqkit.pipeline import Run, codebook_metrics, load_stages, model_section, sampling
+from vqkit.pipeline import (
+    Run,
+    codebook_metrics,
+    load_stages,
+    model_section,
+    sampling,
+    vqvae_step,
+)
 from vqkit.train import TrainConfig, rewrite_weights
 
 
@@ -145,19 +152,7 @@ def save_pairs(originals: torch.Tensor, recons: torch.Tensor, path: Path, per_ro
 
 def train_vqvae(run: Run, train_set: Dataset, variance: float):
     cfg = run.cfg
-    scale = 1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0
-
-    def step(model, batch):
-        x, _ = batch
-        out = model(to_model(x))
-        loss = scale * out.recon_loss + out.quant.loss
-        return loss, {
-            "recon_loss": out.recon_loss,
-            "vq_loss": out.quant.loss,
-            "perplexity": out.quant.perplexity,
-            "usage": out.quant.usage,
-        }
-
+    step = vqvae_step(1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0, to_model)
     fixed = torch.stack([train_set[i][0] for i in range(min(8, len(train_set)))])
 
     def reconstructions(model, step):  # TensorBoard, at each checkpoint

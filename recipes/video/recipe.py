@@ -48,6 +48,7 @@ from vqkit.pipeline import (
     model_section,
     one_thread_on_cpu,
     sampling,
+    vqvae_step,
 )
 from vqkit.train import TrainConfig
 
@@ -195,18 +196,7 @@ def step_conds(frame_conds: torch.Tensor, time_factor: int) -> torch.Tensor:
 def train_vqvae(run: Run, train_set: TensorDataset, variance: float):
     cfg = run.cfg
     scale = 1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0
-
-    def step(model, batch):
-        clips, _ = batch
-        out = model(to_model(as_float(clips)))
-        loss = scale * out.recon_loss + out.quant.loss
-        return loss, {
-            "recon_loss": out.recon_loss,
-            "vq_loss": out.quant.loss,
-            "perplexity": out.quant.perplexity,
-            "usage": out.quant.usage,
-        }
-
+    step = vqvae_step(scale, lambda clips: to_model(as_float(clips)))
     build = lambda: vqvae_video(**builder_kwargs(cfg.vqvae))  # noqa: E731
     return run.train("vqvae", build, step, train_set)
 
