@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from vqkit.config import load_config
+from vqkit.config import builder_kwargs, load_config
+from vqkit.models import to_model, vqvae_video
 from vqkit.runs import load_recipe, preset_path
 
 
@@ -37,9 +38,9 @@ def main() -> None:
 
     recipe = load_recipe("video")
     cfg = load_config(recipe.CONFIG, preset_path("video", args.preset), args.set)
-    model = recipe.build_vqvae(cfg.vqvae).train()
+    model = vqvae_video(**builder_kwargs(cfg.vqvae)).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.rand(args.batch, 3, args.frames, args.size, args.size) - 0.5
+    x = to_model(torch.rand(args.batch, 3, args.frames, args.size, args.size))
     before = maxrss_mib()
     start = time.perf_counter()
     for _ in range(args.steps):

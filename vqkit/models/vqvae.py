@@ -54,7 +54,7 @@ class VQVAE(nn.Module):
 
     Examples:
         >>> model = vqvae_image(hidden=32, res_hidden=8, num_codes=16, code_dim=8)
-        >>> out = model(torch.rand(2, 3, 32, 32) - 0.5)
+        >>> out = model(to_model(torch.rand(2, 3, 32, 32)))  # images in [0, 1]
         >>> out.recon.shape, out.quant.codes.shape
         (torch.Size([2, 3, 32, 32]), torch.Size([2, 8, 8]))
     """
