@@ -239,6 +239,7 @@ class AudioVQVAE(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         cached: bool = True,
+        fused: bool | None = None,
     ) -> Tensor:
         """Generate audio from codes ``(B, T')``: mu-law classes ``(B, T' * hop)``.
 
@@ -252,6 +253,8 @@ class AudioVQVAE(nn.Module):
             temperature: divides the logits; 0 takes the argmax (usually buzzy: sample instead).
             generator: for reproducible samples, on the model's device.
             cached: use the cached sampler.
+            fused: with ``cached``, the fused CPU kernel (None: on the CPU when numba imports;
+                see :meth:`WaveNet.generate`).
         """
         return self.decoder.generate(
             self.latents(codes),
@@ -259,6 +262,7 @@ class AudioVQVAE(nn.Module):
             temperature=temperature,
             generator=generator,
             cached=cached,
+            fused=fused,
         )
 
     def _dtype(self) -> torch.dtype:

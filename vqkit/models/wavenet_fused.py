@@ -69,6 +69,9 @@ def _acc(y, x, w):
                 y[j, o] += xi * w[i, o]
 
 
+_PY_HELPERS = (_tanh, _acc)
+
+
 def _kernel_py(
     starts, t0, n, x_prev, embed, taps, conv_bias, dilations, q_off, q_size, queue,
     skip_w, skip_b, res_w, res_b, skip_scale, w1, b1, w2, b2,
@@ -204,9 +207,10 @@ def kernel():
             )
             _WARNED = True
         return None
+    # The kernel calls these module globals: compiled versions replace the Python ones (once).
     prange = numba.prange
-    _tanh = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_tanh)
-    _acc = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_acc)
+    _tanh = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_PY_HELPERS[0])
+    _acc = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_PY_HELPERS[1])
     _KERNEL = numba.njit(cache=True, parallel=True, fastmath=FASTMATH)(_kernel_py)
     return _KERNEL
 
@@ -248,6 +252,11 @@ def generate(
     Arguments as validated by ``WaveNet._prepare``; ``uniforms`` (n, B) in [0, 1) drawn by the
     caller, None for the argmax.
     """
+    if model.out_classes > model.in_classes:  # the kernel does no bounds checks
+        raise ValueError(
+            f"generation feeds each sample back as the next input: out_classes "
+            f"({model.out_classes}) must not exceed in_classes ({model.in_classes})"
+        )
     run = kernel()
     layers = model.layers
     batch, big_l = first.shape[0], len(layers)
@@ -290,8 +299,8 @@ def generate(
     )
     x_prev = first.to(torch.long).numpy().copy()
     samples = np.empty((batch, n_samples), np.int64)
-    logits = np.empty((batch, n_samples if return_logits else 0, classes if return_logits else 0))
-    logits = logits.astype(np.float32)
+    shape = (batch, n_samples, classes) if return_logits else (batch, 0, 0)
+    logits = np.empty(shape, np.float32)
     u = np.zeros((batch, 0), np.float32) if uniforms is None else _np(uniforms.t())
     temp = np.float32(temperature if temperature > 0 else 1.0)
     local_weight = None
