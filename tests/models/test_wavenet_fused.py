@@ -203,3 +203,20 @@ def test_without_numba_generate_falls_back_with_one_warning(monkeypatch):
         model.generate(3, batch=2, speaker=kwargs["speaker"], fused=True)
     assert len(record) == 1
     assert torch.equal(out, ref)
+
+
+def test_fused_weights_follow_parameter_updates():
+    """The kernel's weight arrays are kept per model between calls; an in-place update (an
+    optimizer step, load_state_dict) or a dtype round trip must rebuild them."""
+    net, kwargs = wavenet_and_inputs(build("decoder", 2), 3)
+    before, _ = both(net, kwargs, 3, 0.0)
+    with torch.no_grad():
+        net.head[3].bias.add_(torch.linspace(-3, 3, net.out_classes))
+    after, ref = both(net, kwargs, 3, 0.0)
+    assert torch.equal(after[0], ref[0]) and not torch.equal(after[0], before[0])
+    assert (after[1] - ref[1]).abs().max().item() < 1e-4
+    net.double().float()
+    with torch.no_grad():
+        net.layers[0].conv.weight.mul_(-1)
+    again, ref = both(net, kwargs, 3, 0.0)
+    assert torch.equal(again[0], ref[0]) and (again[1] - ref[1]).abs().max().item() < 1e-4

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import math
 import warnings
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -258,54 +259,21 @@ def generate(
             f"({model.out_classes}) must not exceed in_classes ({model.in_classes})"
         )
     run = kernel()
-    layers = model.layers
-    batch, big_l = first.shape[0], len(layers)
-    k, g = model.kernel_size, model.gate_channels
-    r, s, classes = model.residual_channels, model.skip_channels, model.out_classes
-    taps = torch.stack([layer.conv.weight.permute(2, 1, 0) for layer in layers])  # (L, k, R, G)
-    bias = torch.stack([layer.conv.bias for layer in layers])  # (L, G)
-    bias = bias.expand(batch, big_l, g).clone()
-    if model.speaker_embed is not None:
-        glob = model.speaker_embed(speaker)  # (B, C_g)
-        bias += torch.stack([glob @ layer.glob.weight.t() for layer in layers], dim=1)
-    out_w = [layer.out.weight[:, :, 0].t() for layer in layers]  # (H, S [+ R])
-    out_b = [layer.out.bias for layer in layers]
-    res_w = torch.zeros(big_l, g // 2, r)
-    res_b = torch.zeros(big_l, r)
-    for i in range(big_l - 1):
-        res_w[i], res_b[i] = out_w[i][:, s:], out_b[i][s:]
-    dil = np.array(model.dilations, dtype=np.int64)
-    q_size = dil * (k - 1)
-    q_off = np.concatenate([[0], np.cumsum(q_size)[:-1]]).astype(np.int64)
-    queue = np.zeros((batch, int(q_size.sum()), r), np.float32)
-    w1, w2 = model.head[1], model.head[3]
-    weights = dict(
-        embed=_np(model.embed.weight),
-        taps=_np(taps),
-        conv_bias=_np(bias),
-        dilations=dil,
-        q_off=q_off,
-        q_size=q_size,
-        queue=queue,
-        skip_w=_np(torch.stack([w[:, :s] for w in out_w])),
-        skip_b=_np(torch.stack([b[:s] for b in out_b])),
-        res_w=_np(res_w),
-        res_b=_np(res_b),
-        skip_scale=np.float32(model.skip_scale),
-        w1=_np(w1.weight[:, :, 0].t()),
-        b1=_np(w1.bias),
-        w2=_np(w2.weight[:, :, 0].t()),
-        b2=_np(w2.bias),
-    )
+    weights, glob_weight, local_weight = _weights(model)
+    batch, (big_l, _, r, g) = first.shape[0], weights["taps"].shape
+    bias = np.broadcast_to(weights.pop("bias"), (batch, big_l, g))
+    if glob_weight is not None:  # the speaker term, constant in time, folded into the biases
+        glob = model.speaker_embed(speaker) @ glob_weight  # (B, L * G)
+        bias = bias + glob.numpy().reshape(batch, big_l, g)
+    weights["conv_bias"] = np.ascontiguousarray(bias, dtype=np.float32)
+    weights["queue"] = np.zeros((batch, int(weights["q_size"].sum()), r), np.float32)
+    classes = model.out_classes
     x_prev = first.to(torch.long).numpy().copy()
     samples = np.empty((batch, n_samples), np.int64)
     shape = (batch, n_samples, classes) if return_logits else (batch, 0, 0)
     logits = np.empty(shape, np.float32)
     u = np.zeros((batch, 0), np.float32) if uniforms is None else _np(uniforms.t())
     temp = np.float32(temperature if temperature > 0 else 1.0)
-    local_weight = None
-    if local is not None:  # every layer's 1x1 local conv as one (C_l, L * G) matrix
-        local_weight = torch.cat([layer.local.weight[:, :, 0] for layer in layers]).t()
     block = n_samples if local is None else max(MIN_BLOCK, BLOCK_FLOATS // (batch * big_l * g))
     threads = max(1, min(batch, torch.get_num_threads(), _max_threads()))
     starts = np.linspace(0, batch, threads + 1).round().astype(np.int64)
@@ -326,6 +294,55 @@ def generate(
     samples_t = torch.from_numpy(samples)
     logits_t = torch.from_numpy(logits).transpose(1, 2) if return_logits else None
     return samples_t, logits_t
+
+
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights(model: WaveNet) -> tuple[dict, Tensor | None, Tensor | None]:
+    """The kernel's weight arrays, kept per model until a parameter changes (in place or
+    replaced): (arrays by kernel argument name, plus "bias" (L, G); speaker projection
+    (C_g, L * G) or None; local projection (C_l, L * G) or None)."""
+    params = model.named_parameters(remove_duplicate=False)
+    key = tuple((p.data_ptr(), p._version) for _, p in params)
+    cached = _WEIGHTS.get(model)
+    if cached is not None and cached[0] == key:
+        return {**cached[1]}, cached[2], cached[3]
+    layers, k, s = model.layers, model.kernel_size, model.skip_channels
+    out_w = [layer.out.weight[:, :, 0].t() for layer in layers]  # (H, S [+ R])
+    out_b = [layer.out.bias for layer in layers]
+    res_w = np.zeros((len(layers), model.gate_channels // 2, model.residual_channels), np.float32)
+    res_b = np.zeros((len(layers), model.residual_channels), np.float32)
+    for i in range(len(layers) - 1):  # the last layer has no residual output
+        res_w[i], res_b[i] = _np(out_w[i][:, s:]), _np(out_b[i][s:])
+    dilations = np.array(model.dilations, dtype=np.int64)
+    q_size = dilations * (k - 1)
+    w1, w2 = model.head[1], model.head[3]
+    arrays = dict(
+        embed=_np(model.embed.weight),
+        taps=_np(torch.stack([layer.conv.weight.permute(2, 1, 0) for layer in layers])),
+        bias=_np(torch.stack([layer.conv.bias for layer in layers])),
+        dilations=dilations,
+        q_off=np.concatenate([[0], np.cumsum(q_size)[:-1]]).astype(np.int64),
+        q_size=q_size,
+        skip_w=_np(torch.stack([w[:, :s] for w in out_w])),
+        skip_b=_np(torch.stack([b[:s] for b in out_b])),
+        res_w=res_w,
+        res_b=res_b,
+        skip_scale=np.float32(model.skip_scale),
+        w1=_np(w1.weight[:, :, 0].t()),
+        b1=_np(w1.bias),
+        w2=_np(w2.weight[:, :, 0].t()),
+        b2=_np(w2.bias),
+    )
+    glob_weight = local_weight = None
+    if model.speaker_embed is not None:
+        glob_weight = torch.cat([layer.glob.weight for layer in layers]).t().contiguous()
+    if model.local_channels is not None:  # every layer's 1x1 local conv as one matrix
+        local_weight = torch.cat([layer.local.weight[:, :, 0] for layer in layers]).t()
+        local_weight = local_weight.contiguous()
+    _WEIGHTS[model] = (key, arrays, glob_weight, local_weight)
+    return {**arrays}, glob_weight, local_weight
 
 
 def _max_threads() -> int:
