@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import types
 import warnings
 import weakref
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ BLOCK_FLOATS = 1 << 22  # local projections per kernel call: 16 MiB of float32
 MIN_BLOCK = 256  # samples per kernel call at least (each call costs tens of microseconds)
 FASTMATH = {"contract", "arcp", "nsz", "reassoc"}  # no nnan/ninf/afn: logits stay IEEE-exact-ish
 
-_KERNEL = None  # the compiled kernel, once loaded
+_KERNELS: dict = {}  # parallel (bool) -> the compiled kernel, once loaded
 _WARNED = False
 prange = range  # replaced by numba.prange before compiling
 
@@ -191,11 +192,16 @@ def _kernel_py(
                 x_prev[b] = best
 
 
-def kernel():
-    """The compiled kernel (numba, cached on disk), or None after one warning without numba."""
-    global _KERNEL, _WARNED, prange, _tanh, _acc
-    if _KERNEL is not None:
-        return _KERNEL
+def kernel(parallel: bool = False):
+    """The compiled kernel (numba, cached on disk), or None after one warning without numba.
+
+    Two builds of the same code: a serial one for one thread (no threading layer involved, so
+    nothing to start per call and nothing to clash with callers' threads) and a ``prange`` one
+    over stream chunks for several threads.
+    """
+    global _WARNED, prange, _tanh, _acc
+    if parallel in _KERNELS:
+        return _KERNELS[parallel]
     try:
         numba = importlib.import_module("numba")
     except ImportError as err:
@@ -208,12 +214,16 @@ def kernel():
             )
             _WARNED = True
         return None
-    # The kernel calls these module globals: compiled versions replace the Python ones (once).
-    prange = numba.prange
-    _tanh = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_PY_HELPERS[0])
-    _acc = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_PY_HELPERS[1])
-    _KERNEL = numba.njit(cache=True, parallel=True, fastmath=FASTMATH)(_kernel_py)
-    return _KERNEL
+    if not _KERNELS:  # the kernel calls these module globals: compiled ones replace them, once
+        prange = numba.prange
+        _tanh = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_PY_HELPERS[0])
+        _acc = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_PY_HELPERS[1])
+    source = _kernel_py
+    if parallel:  # another name, so numba's disk cache keeps the two builds apart
+        source = types.FunctionType(_kernel_py.__code__, _kernel_py.__globals__, "_kernel_par")
+        source.__qualname__ = "_kernel_par"
+    _KERNELS[parallel] = numba.njit(cache=True, parallel=parallel, fastmath=FASTMATH)(source)
+    return _KERNELS[parallel]
 
 
 def usable(model: WaveNet, fused: bool | None) -> bool:
@@ -258,7 +268,6 @@ def generate(
             f"generation feeds each sample back as the next input: out_classes "
             f"({model.out_classes}) must not exceed in_classes ({model.in_classes})"
         )
-    run = kernel()
     weights, glob_weight, local_weight = _weights(model)
     batch, (big_l, _, r, g) = first.shape[0], weights["taps"].shape
     bias = np.broadcast_to(weights.pop("bias"), (batch, big_l, g))
@@ -276,9 +285,10 @@ def generate(
     temp = np.float32(temperature if temperature > 0 else 1.0)
     block = n_samples if local is None else max(MIN_BLOCK, BLOCK_FLOATS // (batch * big_l * g))
     threads = max(1, min(batch, torch.get_num_threads(), _max_threads()))
+    run = kernel(parallel=threads > 1)
     starts = np.linspace(0, batch, threads + 1).round().astype(np.int64)
     no_local = np.zeros((batch, 0, 0), np.float32)
-    previous = _set_threads(threads)
+    previous = _set_threads(threads) if threads > 1 else None
     try:
         for t0 in range(0, n_samples, block):
             n = min(block, n_samples - t0)
@@ -290,7 +300,8 @@ def generate(
                 samples=samples, logits_out=logits, **weights,
             )  # fmt: skip
     finally:
-        _set_threads(previous)
+        if previous is not None:
+            _set_threads(previous)
     samples_t = torch.from_numpy(samples)
     logits_t = torch.from_numpy(logits).transpose(1, 2) if return_logits else None
     return samples_t, logits_t
