@@ -220,3 +220,16 @@ def test_fused_weights_follow_parameter_updates():
         net.layers[0].conv.weight.mul_(-1)
     again, ref = both(net, kwargs, 3, 0.0)
     assert torch.equal(again[0], ref[0]) and (again[1] - ref[1]).abs().max().item() < 1e-4
+
+
+def test_one_compiled_signature_serves_every_model():
+    """Every argument keeps one numba type (C-contiguous, writable arrays), so the kernel is
+    compiled once per process (or loaded once from the disk cache), whatever the model."""
+    for name in MODELS:
+        for batch in (1, 3):
+            net, kwargs = wavenet_and_inputs(build(name, 2), batch)
+            both(net, kwargs, batch, 1.0)
+            net.generate(5, batch=batch, temperature=0, **{
+                key: value[..., :5] if key == "local" else value for key, value in kwargs.items()
+            })  # fmt: skip
+    assert len(wavenet_fused.kernel(parallel=False).signatures) == 1

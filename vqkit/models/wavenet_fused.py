@@ -274,7 +274,7 @@ def generate(
     if glob_weight is not None:  # the speaker term, constant in time, folded into the biases
         glob = model.speaker_embed(speaker) @ glob_weight  # (B, L * G)
         bias = bias + glob.numpy().reshape(batch, big_l, g)
-    weights["conv_bias"] = np.ascontiguousarray(bias, dtype=np.float32)
+    weights["conv_bias"] = np.array(bias, np.float32, order="C")  # writable, C: one signature
     weights["queue"] = np.zeros((batch, int(weights["q_size"].sum()), r), np.float32)
     classes = model.out_classes
     x_prev = first.to(torch.long).numpy().copy()
