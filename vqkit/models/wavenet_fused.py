@@ -63,8 +63,16 @@ def _tanh(x):
 
 
 def _acc(y, x, w):
-    """y (C, O) += x (C, I) @ w (I, O): each row of w loaded once for all C streams."""
-    for i in range(x.shape[1]):
+    """y (C, O) += x (C, I) @ w (I, O), four rows of w per pass over y (one load and store of y
+    per four multiply-adds), those rows loaded once for all C streams."""
+    n_in = x.shape[1]
+    n_in4 = n_in - n_in % 4
+    for i in range(0, n_in4, 4):
+        for j in range(x.shape[0]):
+            x0, x1, x2, x3 = x[j, i], x[j, i + 1], x[j, i + 2], x[j, i + 3]
+            for o in range(w.shape[1]):
+                y[j, o] += x0 * w[i, o] + x1 * w[i + 1, o] + x2 * w[i + 2, o] + x3 * w[i + 3, o]
+    for i in range(n_in4, n_in):
         for j in range(x.shape[0]):
             xi = x[j, i]
             for o in range(w.shape[1]):
