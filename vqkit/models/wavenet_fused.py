@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from vqkit.models.wavenet import WaveNet
 
 SQRT_HALF = np.float32(math.sqrt(0.5))
-BLOCK_FLOATS = 1 << 22  # local projections per kernel call: 16 MiB of float32
-MIN_BLOCK = 256  # samples per kernel call at least (each call costs tens of microseconds)
+BLOCK_FLOATS = 1 << 19  # local projections per kernel call: 2 MiB of float32, cache-sized
+MIN_BLOCK = 16  # samples per kernel call at least (each call costs tens of microseconds)
 FASTMATH = {"contract", "arcp", "nsz", "reassoc"}  # no nnan/ninf/afn: logits stay IEEE-exact-ish
 
 _KERNELS: dict = {}  # parallel (bool) -> the compiled kernel, once loaded
