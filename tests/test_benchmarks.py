@@ -63,12 +63,18 @@ def test_sampling_benchmark_compares_cached_and_naive():
     assert len(lines) == 2 and all(line.rstrip().endswith("x") for line in lines)
 
 
-def test_wavenet_benchmark_covers_reference_decoder_and_prior():
-    text = run("wavenet_generation.py", "--samples", "5", "--repeats", "1", "--threads", "1")
+def test_wavenet_benchmark_covers_decoder_prior_and_paper_size():
+    text = run(
+        "wavenet_generation.py", "--samples", "5", "--fused-samples", "5", "--repeats", "1",
+        "--threads", "1",
+    )  # fmt: skip
     rows = [
-        line.split() for line in text.splitlines() if re.match(r"\s+\d+\s+(naive|cached)", line)
+        line.split()
+        for line in text.splitlines()
+        if re.match(r"\s+\d+\s+(naive|cached|fused)", line)
     ]
-    assert [r[1] for r in rows] == ["naive", "cached"] * 6  # 3 models x batch 1 and 16
+    assert [r[1] for r in rows] == ["naive", "cached", "fused"] * 8  # 4 models x batch 1 and 16
+    assert "with an empty numba cache" in text
 
 
 def test_training_benchmark_prints_the_ratio():

@@ -240,6 +240,7 @@ class AudioVQVAE(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         cached: bool = True,
+        fused: bool | None = None,
     ) -> Tensor:
         """Generate audio from codes ``(B, T')``: mu-law classes ``(B, T' * hop)``.
 
@@ -253,6 +254,8 @@ class AudioVQVAE(nn.Module):
             temperature: divides the logits; 0 takes the argmax (usually buzzy: sample instead).
             generator: for reproducible samples, on the model's device.
             cached: use the cached sampler.
+            fused: with ``cached``, the fused CPU kernel (None: on the CPU when numba imports;
+                see :meth:`WaveNet.generate`).
         """
         return self.decoder.generate(
             self.latents(codes),
@@ -260,6 +263,7 @@ class AudioVQVAE(nn.Module):
             temperature=temperature,
             generator=generator,
             cached=cached,
+            fused=fused,
         )
 
     def _dtype(self) -> torch.dtype:

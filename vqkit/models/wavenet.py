@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.models import wavenet_fused
 from vqkit.models.registry import register
 from vqkit.nn.causal import GatedLayerState, GatedResidualLayer
 
@@ -59,17 +60,25 @@ def _check_ids(name: str, ids: object, shape: tuple[int, ...], high: int) -> Non
         )
 
 
-def sample_logits(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+def sample_logits(
+    logits: Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+    uniforms: Tensor | None = None,
+) -> Tensor:
     """One class per row of ``logits`` (B, K) -> (B,) int64.
 
-    Draws exactly one uniform per row (none when ``temperature == 0``, which takes the argmax) and
-    inverts the CDF of ``softmax(logits / temperature)``, so two samplers that call this in the
-    same order with the same generator draw the same classes.
+    Inverts the CDF of ``softmax(logits / temperature)`` at one uniform per row: ``uniforms``
+    (B,) when given (the samplers draw all of them beforehand), else drawn from ``generator``;
+    none when ``temperature == 0``, which takes the argmax. Two samplers that use the same
+    uniforms draw the same classes.
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
     cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(dim=-1)  # (B, K)
-    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
+    if uniforms is None:
+        uniforms = torch.rand(logits.shape[0], generator=generator, device=logits.device)
+    u = uniforms.reshape(-1, 1)
     # right=True: the first class whose CDF exceeds u * total, so zero-probability classes are
     # never picked; the clamp guards u * total rounding up to the last entry.
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
@@ -373,6 +382,7 @@ class WaveNet(nn.Module):
         generator: torch.Generator | None = None,
         first: Tensor | int | None = None,
         cached: bool = True,
+        fused: bool | None = None,
         return_logits: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Sample ``n_samples`` classes, one at a time.
@@ -390,7 +400,11 @@ class WaveNet(nn.Module):
                 full forward pass over the last ``receptive_field`` inputs per sample, which gives
                 the same last output as the whole prefix (the slow reference). Both draw the same
                 samples for the same generator state.
-
+            fused: With ``cached``, run the whole loop in one compiled CPU kernel
+                (:mod:`vqkit.models.wavenet_fused`, several times faster); None picks it for a
+                float32 model on the CPU when numba imports, False keeps the torch step path
+                (the reference, and the one used on CUDA). All draw the same samples from the same
+                uniforms.
             return_logits: Also return the logits each sample was drawn from.
 
         Returns:
@@ -400,6 +414,18 @@ class WaveNet(nn.Module):
         batch, local, speaker, first = self._prepare(
             n_samples, local, speaker, batch, temperature, generator, first
         )
+        # Every sampler draws its uniforms up front, in this one call, so all of them (naive,
+        # cached, fused) invert the CDF at the same numbers for the same generator state.
+        uniforms = None
+        if temperature > 0:
+            uniforms = torch.rand(n_samples, batch, generator=generator, device=first.device)
+        if fused and not cached:
+            raise ValueError("fused=True runs the cached sampler; it needs cached=True")
+        if cached and wavenet_fused.usable(self, fused):
+            samples, all_logits = wavenet_fused.generate(
+                self, n_samples, local, speaker, first, temperature, uniforms, return_logits
+            )
+            return (samples, all_logits) if return_logits else samples
         if cached:
             state = self.init_state(batch, speaker=speaker)
             local_steps = (
@@ -419,7 +445,8 @@ class WaveNet(nn.Module):
                 window = slice(max(0, t + 1 - self.receptive_field), t + 1)
                 local_window = None if local is None else local[:, :, window]
                 logits = self(inputs[:, window], local_window, speaker)[:, :, -1]
-            inputs[:, t + 1] = sample_logits(logits, temperature, generator)
+            u = None if uniforms is None else uniforms[t]
+            inputs[:, t + 1] = sample_logits(logits, temperature, generator, u)
             if all_logits is not None:
                 all_logits[:, :, t] = logits
         samples = inputs[:, 1:].contiguous()

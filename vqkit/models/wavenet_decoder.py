@@ -143,10 +143,12 @@ class WaveNetDecoder(nn.Module):
         generator: torch.Generator | None = None,
         first: Tensor | int | None = None,
         cached: bool = True,
+        fused: bool | None = None,
     ) -> Tensor:
         """Decode latents (B, D, T') into mu-law classes (B, T' * hop), one sample at a time.
 
-        Arguments as in :meth:`WaveNet.generate`; ``cached=False`` is the slow reference.
+        Arguments as in :meth:`WaveNet.generate`; ``cached=False`` is the slow reference, and on
+        the CPU the fused kernel runs by default (``fused=False``: the torch step path).
         """
         local = self.upsampler(z_q)  # (B, C_l, T)
         return self.wavenet.generate(
@@ -157,6 +159,7 @@ class WaveNetDecoder(nn.Module):
             generator=generator,
             first=first,
             cached=cached,
+            fused=fused,
         )
 
 
