@@ -84,6 +84,11 @@ def imports(module: str, source: str, sources: dict[str, str]) -> list[tuple[str
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and ast.unparse(child.test) in (
+                "TYPE_CHECKING",
+                "typing.TYPE_CHECKING",
+            ):
+                continue  # annotations only: never runs, so it makes no cycle
             nested = in_function or isinstance(
                 child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
             )
