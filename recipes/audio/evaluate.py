@@ -1,21 +1,21 @@
-"""Data loading and evaluation for the audio recipe: utterances as mu-law classes, unit metrics
-(accuracy, purity, PNMI, ABX), reconstruction and prior scores, conversion scoring, plots."""
+"""Evaluation for the audio recipe: unit metrics (accuracy, purity, PNMI, ABX), reconstruction
+and prior scores, conversion scoring, plots. The utterances come from
+:mod:`vqkit.datasets.utterances`."""
 
 from __future__ import annotations
 
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from vqkit.audio import MuLawDecode, MuLawEncode, load_audio, silence_class
-from vqkit.datasets import SpeakerAudioFolder, SpeechCorpus, build_speech_corpus
+from vqkit.audio import silence_class
 from vqkit.datasets.alignments import Segment, frame_labels
-from vqkit.datasets.speech_corpus import SILENCES, FestivalNotFoundError
+from vqkit.datasets.speech_corpus import SILENCES
+from vqkit.datasets.utterances import Utterances, load_utterances, spread
 from vqkit.errors import InputError
 from vqkit.metrics import (
     abx_error,
@@ -30,139 +30,19 @@ from vqkit.metrics.units import cluster_purity
 from vqkit.report import svg_codes_vs_labels
 
 SILENCE_CLASS = silence_class(256)
-KINDS = ("builtin", "fsdd", "vctk", "folder")
-DEFAULT_CORPUS = Path("data/generated/speech")  # as `vqkit data speech`: below the current folder
-_LAYOUT = {"fsdd": "fsdd", "vctk": "vctk", "folder": "speaker_dirs"}
 
 
-@dataclass
-class Split:
-    """Utterances of one split held in memory.
-
-    Attributes:
-        audio: per utterance ``(T_i,)`` uint8 mu-law classes at ``sample_rate``.
-        speakers, ids: speaker and utterance id of each.
-        labels: per utterance its phone segments (``label_kind == "phones"``) or its word, an
-            int (``"words"``, FSDD digits); None when the data has no labels.
-        sample_rate: samples per second.
-    """
-
-    audio: list[torch.Tensor]
-    speakers: list[str]
-    ids: list[str]
-    labels: list | None
-    label_kind: str | None
-    sample_rate: int
-
-    def subset(self, idx: list[int]) -> Split:
-        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
-        return Split(
-            pick(self.audio),
-            pick(self.speakers),
-            pick(self.ids),
-            pick(self.labels),
-            self.label_kind,
-            self.sample_rate,
-        )
-
-    def segments(self, i: int) -> list[Segment]:
-        """Phone segments of utterance i, or one segment spanning it labelled with its word."""
-        if self.label_kind == "phones":
-            return self.labels[i]
-        if self.label_kind == "words":
-            return [Segment(0.0, len(self.audio[i]) / self.sample_rate, str(self.labels[i]))]
-        raise InputError("this data has no phone or word labels")
-
-    def waveform(self, i: int) -> torch.Tensor:
-        """``(T_i,)`` float waveform (mu-law decoded)."""
-        return MuLawDecode(256)(self.audio[i].long())
-
-
-def spread(n: int, k: int | None) -> list[int]:
-    """``k`` indices spread evenly over ``range(n)`` (all of them when ``k`` is None or >= n)."""
-    if k is None or k >= n:
-        return list(range(n))
-    if k <= 0:
-        raise InputError(f"a count of files or utterances must be positive, got {k}")
-    return sorted({(i * n) // k for i in range(k)})
-
-
-def load_classes(path, sample_rate: int, max_seconds: float | None) -> torch.Tensor:
-    """An audio file as ``(T,)`` uint8 mu-law classes at ``sample_rate``."""
-    wav, _ = load_audio(path, sample_rate=sample_rate)
-    return _to_classes(wav, sample_rate, max_seconds)
-
-
-def _to_classes(wav: torch.Tensor, sample_rate: int, max_seconds: float | None) -> torch.Tensor:
-    wav = wav.reshape(-1)
-    if max_seconds is not None:
-        wav = wav[: int(max_seconds * sample_rate)]
-    return MuLawEncode(256)(wav).to(torch.uint8)
-
-
-def corpus_root(data) -> Path:
-    """The festival corpus folder, built there first when it has no manifest."""
-    root = Path(data.root) if data.root else DEFAULT_CORPUS
-    if not (root / "manifest.json").is_file():
-        print(f"vqkit: building the festival speech corpus in {root} (once; a few minutes)")
-        try:
-            build_speech_corpus(root, num_sentences=data.num_sentences)
-        except FestivalNotFoundError as e:
-            raise FileNotFoundError(str(e)) from None
-    return root
-
-
-def load_split(data, split: str) -> Split:
-    """The ``split`` ("train" or "test") of the data set ``data`` (a DataConfig)."""
-    if data.kind not in KINDS:
-        raise InputError(f"data.kind must be one of {KINDS}, got {data.kind!r}")
-    sr = data.sample_rate
-    if data.kind == "builtin":
-        ds = SpeechCorpus(corpus_root(data), split=split, sample_rate=sr)
-        idx = spread(len(ds), data.max_files)
-        audio = [_to_classes(ds[i][0], sr, data.max_seconds) for i in idx]
-        utts = [ds.utterances[i] for i in idx]
-        return Split(
-            audio,
-            [u["speaker"] for u in utts],
-            [u["id"] for u in utts],
-            [ds.phones(i) for i in idx],
-            "phones",
-            sr,
-        )
-    if data.root is None:
-        raise InputError(f"data.kind={data.kind!r} needs a data folder: pass --data DIR")
-    ds = SpeakerAudioFolder(data.root, layout=_LAYOUT[data.kind], split=split, sample_rate=sr)
-    idx = spread(len(ds), data.max_files)
-    items = [ds.items[i] for i in idx]
-    audio = [load_classes(it.path, sr, data.max_seconds) for it in items]
-    words = ds.layout == "fsdd"
-    return Split(
-        audio,
-        [it.speaker for it in items],
-        [it.utterance for it in items],
-        [it.label for it in items] if words else None,
-        "words" if words else None,
-        sr,
+def load_split(data, split: str) -> Utterances:
+    """The ``split`` ("train" or "test") of the recipe's data section."""
+    return load_utterances(
+        data.kind,
+        split,
+        root=data.root,
+        sample_rate=data.sample_rate,
+        max_files=data.max_files,
+        max_seconds=data.max_seconds,
+        num_sentences=data.num_sentences,
     )
-
-
-def load_labelled(root: Path, data) -> Split:
-    """Held-out labelled utterances of a folder for ``vqkit units``: a festival corpus (phones) or
-    FSDD (words)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
-    kind = "builtin" if (root / "manifest.json").is_file() else "fsdd"
-    cfg = type(data)(**{**data.__dict__, "kind": kind, "root": str(root), "max_files": None})
-    try:
-        test = load_split(cfg, "test")
-    except ValueError as e:
-        raise InputError(
-            f"{root} holds no labelled speech: `vqkit units` needs a festival corpus (made by "
-            f"`vqkit data speech`, phone labels) or FSDD recordings (word labels); {e}"
-        ) from None
-    return test
 
 
 # --- codes -----------------------------------------------------------------------------------
@@ -191,7 +71,7 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def pick_sources(test: Split, speakers: list[str], n: int) -> list[int]:
+def pick_sources(test: Utterances, speakers: list[str], n: int) -> list[int]:
     """``n`` test utterances by training speakers, spread over the (sorted) list."""
     known = [i for i, s in enumerate(test.speakers) if s in speakers]
     if not known:
@@ -212,7 +92,9 @@ def _segment_frames(seg: Segment, rate: float, num_frames: int) -> list[int]:
     return frames
 
 
-def unit_metrics(codes: list[torch.Tensor], test: Split, rate: float, cfg, *, codebook) -> dict:
+def unit_metrics(
+    codes: list[torch.Tensor], test: Utterances, rate: float, cfg, *, codebook
+) -> dict:
     """Frame accuracy (paper), chance, purity, cluster purity, PNMI and ABX of held-out codes."""
     if test.label_kind is None:
         return {}
@@ -250,7 +132,7 @@ def unit_metrics(codes: list[torch.Tensor], test: Split, rate: float, cfg, *, co
     return out
 
 
-def plot_codes(run_dir: Path, codes, test: Split, rate: float, count: int) -> list[str]:
+def plot_codes(run_dir: Path, codes, test: Utterances, rate: float, count: int) -> list[str]:
     """SVG plots of codes over time against the labels of the first ``count`` test utterances."""
     if test.label_kind is None:
         return []
@@ -274,7 +156,7 @@ def plot_codes(run_dir: Path, codes, test: Split, rate: float, count: int) -> li
 @torch.no_grad()
 def reconstruction_metrics(
     vqvae,
-    test: Split,
+    test: Utterances,
     speakers,
     result: dict,
     device,
@@ -338,7 +220,7 @@ def generation_speed(vqvae, result: dict, sample_rate: int, device, repeats: int
 
 
 @torch.no_grad()
-def prior_metrics(prior, codes_train, codes_test, test: Split, speakers, device) -> dict:
+def prior_metrics(prior, codes_train, codes_test, test: Utterances, speakers, device) -> dict:
     """Test NLL of the prior in bits per code (utterances of training speakers), beside log2 K
     and the unigram baseline."""
     k = prior.in_classes
@@ -362,14 +244,16 @@ def prior_metrics(prior, codes_train, codes_test, test: Split, speakers, device)
 # --- conversion ------------------------------------------------------------------------------
 
 
-def _content_targets(split: Split, i: int, clf_rate: float, num_frames: int, vocab: dict):
+def _content_targets(split: Utterances, i: int, clf_rate: float, num_frames: int, vocab: dict):
     if split.label_kind == "words":
         return split.labels[i]
     names = frame_labels(split.segments(i), clf_rate, num_frames)
     return torch.tensor([vocab.get(p, -100) for p in names])
 
 
-def conversion_metrics(train: Split, test: Split, speakers, result: dict, cfg, device) -> dict:
+def conversion_metrics(
+    train: Utterances, test: Utterances, speakers, result: dict, cfg, device
+) -> dict:
     """Speaker and content classifiers trained on real training audio, applied to real test
     audio (their reference accuracy), reconstructions, conversions and prior samples."""
     sr, e = train.sample_rate, cfg.eval

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from vqkit.audio import MuLawDecode, save_audio, silence_class
 from vqkit.config import builder_kwargs
 from vqkit.datasets import SequenceCrops
+from vqkit.datasets.utterances import Utterances, load_classes, load_labelled, spread
 from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
@@ -120,7 +121,7 @@ TRAIN_STAGES = ("vqvae_train", "prior_train")
 # --- stages ----------------------------------------------------------------------------------
 
 
-def train_vqvae(run: Run, train: ev.Split, speakers: list[str]):
+def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
     cfg = run.cfg
     v = cfg.vqvae
 
@@ -260,7 +261,7 @@ def convert(
     dev, vqvae, speakers, _ = _load(run_dir, device)
     if speaker not in speakers:
         raise InputError(f"unknown speaker {speaker!r}; this run knows: {', '.join(speakers)}")
-    audio = ev.load_classes(source, cfg.data.sample_rate, None)
+    audio = load_classes(source, cfg.data.sample_rate)
     codes = ev.encode_utterance(vqvae, audio, dev)[None]
     spk = torch.tensor([speakers.index(speaker)], device=dev)
     temp, gen = sampling(cfg.convert, temperature, seed, dev)
@@ -314,10 +315,10 @@ def units(
 ) -> dict:
     """Unit metrics of a finished run's codes on the held-out utterances of ``data``."""
     dev, vqvae, _, _ = _load(run_dir, device)
-    test = ev.load_labelled(data, cfg.data)
+    test = load_labelled(data, sample_rate=cfg.data.sample_rate, max_seconds=cfg.data.max_seconds)
     limit = cfg.eval.max_utterances if max_utterances is None else max_utterances
     if limit is not None:
-        test = test.subset(ev.spread(len(test.audio), limit))
+        test = test.subset(spread(len(test.audio), limit))
     codes = [ev.encode_utterance(vqvae, a, dev).cpu() for a in test.audio]
     rate = cfg.data.sample_rate / vqvae.hop
     out = {"num_codes": vqvae.quantizer.num_codes, "code_rate_hz": rate, "utterances": len(codes)}

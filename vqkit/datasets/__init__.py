@@ -16,6 +16,7 @@ from vqkit.datasets.images import (
 from vqkit.datasets.speech_corpus import SpeechCorpus, build_speech_corpus
 from vqkit.datasets.synthetic_images import SyntheticShapes
 from vqkit.datasets.synthetic_video import SyntheticVideo
+from vqkit.datasets.utterances import Utterances, load_utterances
 from vqkit.datasets.video import VideoError, VideoFolder, read_video, write_video
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "SequenceCrops",
     "SpeakerAudioFolder",
     "SpeechCorpus",
+    "Utterances",
+    "load_utterances",
     "build_speech_corpus",
     "CIFAR10",
     "ImageError",
