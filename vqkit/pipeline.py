@@ -35,7 +35,7 @@ from vqkit.distributed import is_main, rank, rank_device, world
 from vqkit.io import write_json
 from vqkit.metrics import code_histogram, perplexity, unigram_bits, usage
 from vqkit.models.vqvae import QUANTIZER_DEFAULTS
-from vqkit.quantize import VectorQuantizer
+from vqkit.quantize import QuantizerOutput, VectorQuantizer
 from vqkit.report import build_report
 from vqkit.runs import add_media
 from vqkit.train import fit, resolve_device, seed_everything
@@ -48,6 +48,7 @@ __all__ = [
     "load_stages",
     "model_section",
     "one_thread_on_cpu",
+    "quantizer_logs",
     "sampling",
     "vqvae_step",
 ]
@@ -202,6 +203,16 @@ class Run:
         return metrics
 
 
+def quantizer_logs(quant: QuantizerOutput) -> dict[str, Tensor]:
+    """What a training step logs of its quantizer: the loss, and the batch's perplexity and code
+    usage (of every level of a residual VQ as well)."""
+    logs = {"vq_loss": quant.loss, "perplexity": quant.perplexity, "usage": quant.usage}
+    if quant.level_perplexity is not None:
+        for i, (p, u) in enumerate(zip(quant.level_perplexity, quant.level_usage)):
+            logs[f"perplexity_level{i}"], logs[f"usage_level{i}"] = p, u
+    return logs
+
+
 def vqvae_step(recon_scale: float, prepare: Callable[[Tensor], Tensor]) -> Callable:
     """The training step of a VQ-VAE over data batches ``(x, label)``: ``recon_scale *
     reconstruction loss + quantizer loss``, logging the terms and the codebook's batch health.
@@ -215,12 +226,7 @@ def vqvae_step(recon_scale: float, prepare: Callable[[Tensor], Tensor]) -> Calla
     def step(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         out = model(prepare(batch[0]))
         loss = recon_scale * out.recon_loss + out.quant.loss
-        return loss, {
-            "recon_loss": out.recon_loss,
-            "vq_loss": out.quant.loss,
-            "perplexity": out.quant.perplexity,
-            "usage": out.quant.usage,
-        }
+        return loss, {"recon_loss": out.recon_loss, **quantizer_logs(out.quant)}
 
     return step
 

@@ -25,7 +25,14 @@ from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
 from vqkit.models import vqvae_audio, wavenet_prior
-from vqkit.pipeline import Run, load_stages, model_section, one_thread_on_cpu, sampling
+from vqkit.pipeline import (
+    Run,
+    load_stages,
+    model_section,
+    one_thread_on_cpu,
+    quantizer_logs,
+    sampling,
+)
 from vqkit.train import TrainConfig
 
 from . import evaluate as ev
@@ -138,9 +145,7 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
         return out.loss, {
             "recon_loss": out.recon_loss,
             "bits_per_sample": out.recon_loss / LN2,
-            "vq_loss": out.quant.loss,
-            "perplexity": out.quant.perplexity,
-            "usage": out.quant.usage,
+            **quantizer_logs(out.quant),
         }
 
     hop = build().hop

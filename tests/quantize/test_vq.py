@@ -317,6 +317,21 @@ def test_residual_vq_round_trip_and_gradients(dims):
     assert (out.quantized - z).pow(2).mean() < err_one
 
 
+def test_residual_vq_reports_every_level():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(3, 16, 8)
+    out = rvq(torch.randn(4, 8, 32))
+    for i in range(len(rvq.levels)):
+        counts = torch.bincount(out.codes[:, i].flatten(), minlength=16).float()
+        p = counts / counts.sum()
+        entropy = -(p[p > 0] * p[p > 0].log()).sum()
+        assert torch.allclose(out.level_perplexity[i], entropy.exp())
+        assert out.level_usage[i] == (counts > 0).float().mean()
+    assert out.level_perplexity.shape == (3,) and len(set(out.level_perplexity.tolist())) > 1
+    assert torch.allclose(out.perplexity, out.level_perplexity.mean())
+    assert VectorQuantizer(16, 8)(torch.randn(4, 8, 32)).level_perplexity is None
+
+
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize(
     "opts",

@@ -25,8 +25,11 @@ class QuantizerOutput:
         loss: weighted sum ``codebook_weight * codebook_loss + beta * commitment_loss``.
         codebook_loss: ``||sg[z_e] - e||^2``; moves the codebook only (zero with EMA updates).
         commitment_loss: ``||z_e - sg[e]||^2``; moves the encoder only.
-        perplexity: ``exp(entropy)`` of the batch's code histogram.
-        usage: fraction of the codebook used in the batch.
+        perplexity: ``exp(entropy)`` of the batch's code histogram (residual VQ: the mean over
+            its levels).
+        usage: fraction of the codebook used in the batch (residual VQ: the mean over levels).
+        level_perplexity, level_usage: ``(levels,)`` the same for each level of a residual VQ;
+            None for a single codebook.
     """
 
     quantized: Tensor
@@ -36,6 +39,8 @@ class QuantizerOutput:
     commitment_loss: Tensor
     perplexity: Tensor
     usage: Tensor
+    level_perplexity: Tensor | None = None
+    level_usage: Tensor | None = None
 
 
 class Quantizer(nn.Module):

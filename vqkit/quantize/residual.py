@@ -49,15 +49,19 @@ class ResidualVQ(Quantizer):
             residual = residual - level_value
             outs.append(out)
         codes = torch.stack([o.codes for o in outs], dim=1)
-        perplexity, usage = code_stats(codes[:, 0], self.num_codes)
+        stats = [code_stats(codes[:, i], self.num_codes) for i in range(len(self.levels))]
+        level_perplexity = torch.stack([p for p, _ in stats])  # (levels,)
+        level_usage = torch.stack([u for _, u in stats])
         return QuantizerOutput(
             quantized=total.detach() + (z - z.detach()),
             codes=codes,
             loss=sum(o.loss for o in outs),
             codebook_loss=sum(o.codebook_loss for o in outs),
             commitment_loss=sum(o.commitment_loss for o in outs),
-            perplexity=perplexity,
-            usage=usage,
+            perplexity=level_perplexity.mean(),
+            usage=level_usage.mean(),
+            level_perplexity=level_perplexity,
+            level_usage=level_usage,
         )
 
     @torch.no_grad()
