@@ -27,6 +27,12 @@ class QuantizerOutput:
         commitment_loss: ``||z_e - sg[e]||^2``; moves the encoder only.
         perplexity: ``exp(entropy)`` of the batch's code histogram.
         usage: fraction of the codebook used in the batch.
+        entropy_loss: LFQ's entropy term (per-sample entropy minus ``gamma`` times the entropy
+            of the mean code distribution), already counted in ``loss``; None for quantizers
+            without one.
+
+    Quantizers without a learned codebook (FSQ, LFQ) report a zero ``codebook_loss``; FSQ has no
+    loss term at all, so its ``loss`` and ``commitment_loss`` are zero too.
     """
 
     quantized: Tensor
@@ -36,6 +42,7 @@ class QuantizerOutput:
     commitment_loss: Tensor
     perplexity: Tensor
     usage: Tensor
+    entropy_loss: Tensor | None = None
 
 
 class Quantizer(nn.Module):
