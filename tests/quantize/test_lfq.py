@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from vqkit.quantize import LFQ
-from vqkit.quantize import lfq as lfq_module
 
 SPATIAL = {1: (12,), 2: (5, 6), 3: (3, 4, 5)}
 
@@ -72,15 +71,17 @@ def test_entropy_term_equals_direct_computation(inv_temperature):
     torch.testing.assert_close(out.loss, 0.25 * commitment + 0.1 * (per_sample - 0.7 * codebook))
 
 
-def test_entropy_gradient_equals_autograd_of_the_direct_computation(monkeypatch):
-    # Chunked forward and the hand-written backward (3 rows a chunk here) against autograd
-    # through the full softmax.
-    monkeypatch.setattr(lfq_module, "MAX_PROB_ELEMENTS", 3 * 16)
-    lfq = LFQ(16, inv_temperature=0.9)
-    rows = (0.3 * torch.randn(10, 4, generator=torch.Generator().manual_seed(2))).requires_grad_()
+@pytest.mark.parametrize("num_codes", [2, 8, 16, 32])
+def test_entropy_values_and_gradient_equal_the_direct_computation(num_codes):
+    # The two-halves factorisation (odd bit counts and a single bit included) against autograd
+    # through the full softmax over all K codes.
+    lfq = LFQ(num_codes, inv_temperature=0.9)
+    gen = torch.Generator().manual_seed(2)
+    rows = (0.3 * torch.randn(10, lfq.bits, generator=gen)).requires_grad_()
     a = lfq.entropy_terms(rows)
-    ga = torch.autograd.grad(a[0] - 0.6 * a[1], rows)[0]
     b = direct_entropy_terms(rows, 0.9)
+    torch.testing.assert_close(torch.stack(a), torch.stack(b))
+    ga = torch.autograd.grad(a[0] - 0.6 * a[1], rows)[0]
     gb = torch.autograd.grad(b[0] - 0.6 * b[1], rows)[0]
     torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
 

@@ -6,10 +6,10 @@ signs. An entropy term keeps codes used: ``E_n[H(p(c | z_n))] - gamma H(E_n[p(c 
 ``p(c | z) = softmax_c(2 inv_temperature <z, c>)`` over the ``K`` implicit codes.
 
 Cost: ``p(c | z)`` factorises over bits (``p(bit_i = 1 | z) = sigmoid(4 inv_temperature s z_i)``),
-so the per-sample entropy is a sum of ``bits`` binary entropies, ``O(N bits)``. The mean
-distribution over the K codes does not factorise; it is one ``(N, bits) @ (bits, K)`` product and
-a softmax, computed in chunks of rows (memory flat in N) forward and again backward
-(:class:`_MeanCodeProbs`), instead of keeping ``N x K`` probabilities and their logs alive.
+so the per-sample entropy is a sum of ``bits`` binary entropies, ``O(N bits)``, and the mean
+distribution over the K codes is one ``(sqrt K, N) @ (N, sqrt K)`` product of the two halves'
+distributions (:func:`summed_code_probs`); no ``N x K`` tensor is formed (the reference
+implementation builds several). Both are exact, not approximations.
 
 Under DDP the mean distribution is that of the global batch (an all-reduce of the per-rank sums),
 and its gradient is scaled so that DDP's gradient averaging yields the gradient of the global
@@ -28,8 +28,6 @@ from torch import Tensor, nn
 from vqkit.quantize import codebook as cb
 from vqkit.quantize.base import Quantizer, QuantizerOutput, channels_last, code_stats, restore
 
-MAX_PROB_ELEMENTS = 1 << 19  # rows x K probabilities held at once (as codebook.nearest_code)
-
 
 def binary_entropy_from_logits(logits: Tensor) -> Tensor:
     """``H(sigmoid(a))`` elementwise, stable for any ``a`` (no clamp)."""
@@ -37,39 +35,27 @@ def binary_entropy_from_logits(logits: Tensor) -> Tensor:
     return p * F.softplus(-logits) + (1 - p) * F.softplus(logits)
 
 
-class _MeanCodeProbs(torch.autograd.Function):
-    """``(logits (N, bits), bit_table (K, bits))`` -> ``sum_n softmax(logits @ bit_table^T)``.
+def summed_code_probs(logits: Tensor, low_table: Tensor, high_table: Tensor) -> Tensor:
+    """``sum_n p(c | z_n)`` over all ``K = 2^bits`` codes, without an ``N x K`` tensor.
 
-    ``(K,)`` float32. The softmax over the codes of ``logits_n . b_c`` equals
-    ``prod_i p_ni^{b_ci} (1 - p_ni)^{1 - b_ci}`` with ``p = sigmoid(logits)``. Rows are taken in
-    chunks so at most ``MAX_PROB_ELEMENTS`` probabilities exist at once; backward recomputes
-    them. The gradient is ``p_nc (g_c - p_n . g)`` for the code logits, i.e.
-    ``(p_n * g) @ B - (p_n . g) sigmoid(logits_n)`` for the bit logits (``p_n @ B`` is the
-    marginal of each bit).
+    ``p(c | z_n)`` is a product over bits, so it splits into the low ``h`` bits and the rest:
+    ``p(c | z_n) = p_lo[n, c mod 2^h] * p_hi[n, c >> h]``, each half a softmax over its
+    ``2^h`` (or ``2^(bits-h)``) codes. The sum over n of these outer products is one
+    ``(2^h, N) @ (N, 2^(bits-h))`` product: ``O(N sqrt K)`` memory, and autograd differentiates
+    it as it is.
+
+    Args:
+        logits: ``(N, bits)`` bit logits (``p(bit_i = 1) = sigmoid(logits_i)``).
+        low_table: ``(2^h, h)`` 0/1 bits of the low half's codes.
+        high_table: ``(2^(bits-h), bits-h)`` those of the high half.
+
+    Returns:
+        ``(K,)`` float32, in code order ``c = sum_i bit_i 2^i``.
     """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, bit_table: Tensor):  # noqa: D102
-        chunk = max(1, MAX_PROB_ELEMENTS // bit_table.shape[0])
-        total = logits.new_zeros(bit_table.shape[0])
-        for start in range(0, logits.shape[0], chunk):
-            part = logits[start : start + chunk]
-            total += torch.softmax(part @ bit_table.t(), dim=1).sum(0)
-        ctx.save_for_backward(logits, bit_table)
-        ctx.chunk = chunk
-        return total
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        logits, bit_table = ctx.saved_tensors
-        out = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.chunk):
-            part = logits[start : start + ctx.chunk]
-            p = torch.softmax(part @ bit_table.t(), dim=1)  # (n, K)
-            pg = p.mul_(grad)  # p * g, in place: p is not needed any more
-            weight = pg.sum(1, keepdim=True)  # (n, 1) = p . g
-            out[start : start + ctx.chunk] = pg @ bit_table - weight * torch.sigmoid(part)
-        return out, None
+    h = low_table.shape[1]
+    p_lo = torch.softmax(logits[:, :h] @ low_table.t(), dim=1)  # (N, 2^h)
+    p_hi = torch.softmax(logits[:, h:] @ high_table.t(), dim=1)  # (N, 2^(bits-h))
+    return (p_hi.t() @ p_lo).reshape(-1)  # [c_hi, c_lo] -> c = c_hi 2^h + c_lo
 
 
 def _global_mean(local_sum: Tensor, count: int) -> Tensor:
@@ -144,9 +130,11 @@ class LFQ(Quantizer):
         self.diversity_gamma, self.inv_temperature = diversity_gamma, inv_temperature
         self.codebook_scale = codebook_scale
         powers = 2 ** torch.arange(self.bits)
-        bit_table = (torch.arange(num_codes).unsqueeze(1) // powers % 2).float()  # (K, bits)
         self.register_buffer("_powers", powers, persistent=False)
-        self.register_buffer("_bit_table", bit_table, persistent=False)
+        low = self.bits // 2
+        for name, n in (("_low_table", low), ("_high_table", self.bits - low)):
+            table = (torch.arange(2**n).unsqueeze(1) // powers[:n] % 2).float()  # (2^n, n)
+            self.register_buffer(name, table, persistent=False)
         if self.dim != self.bits:
             self.project_in: nn.Module = nn.Linear(self.dim, self.bits)
             self.project_out: nn.Module = nn.Linear(self.bits, self.dim)
@@ -173,7 +161,8 @@ class LFQ(Quantizer):
         """
         logits = rows * (4.0 * self.inv_temperature * self.codebook_scale)  # bit logits
         per_sample = binary_entropy_from_logits(logits).sum(1).mean()
-        mean_probs = _global_mean(_MeanCodeProbs.apply(logits, self._bit_table), rows.shape[0])
+        summed = summed_code_probs(logits, self._low_table, self._high_table)
+        mean_probs = _global_mean(summed, rows.shape[0])
         codebook_entropy = -(mean_probs * mean_probs.clamp_min(1e-30).log()).sum()
         return per_sample, codebook_entropy
 
