@@ -115,5 +115,5 @@ def test_bad_levels_and_codes():
     fsq = FSQ([5, 5])
     with pytest.raises(ValueError, match=r"\[0, 25\)"):
         fsq.decode(torch.tensor([[25]]))
-    with pytest.raises(ValueError, match="expected 2 channels"):
+    with pytest.raises(ValueError, match=r"expected \(B, 2, \*spatial\)"):
         fsq(torch.randn(1, 3, 4))

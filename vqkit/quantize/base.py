@@ -78,6 +78,21 @@ def restore(flat: Tensor, ps: list) -> Tensor:
     return rearrange(z, "b ... d -> b d ...")
 
 
+def pointwise(layer: nn.Module, x: Tensor) -> Tensor:
+    """An ``nn.Linear`` (or ``nn.Identity``) on the channels of ``x`` ``(B, C_in, S)``.
+
+    A 1x1 convolution as one batched matmul ``W @ x``: the channels stay on axis 1, so neither
+    the input nor the output (nor their gradients) is copied to channels-last and back.
+
+    Returns:
+        ``(B, C_out, S)``.
+    """
+    if isinstance(layer, nn.Identity):
+        return x
+    out = torch.matmul(layer.weight, x)
+    return out if layer.bias is None else out + layer.bias.unsqueeze(1)
+
+
 def code_stats(codes: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:
     """Perplexity and fraction of codes used, from a tensor of integer codes."""
     counts = torch.bincount(codes.reshape(-1), minlength=num_codes).float()

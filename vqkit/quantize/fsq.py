@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vqkit.quantize.base import Quantizer, QuantizerOutput, channels_last, code_stats, restore
+from vqkit.quantize.base import Quantizer, QuantizerOutput, code_stats, pointwise
 
 # The paper's recommended levels for each codebook size (Mentzer et al. 2023, table 1).
 FSQ_LEVELS = {
@@ -87,38 +87,44 @@ class FSQ(Quantizer):
         else:
             self.project_in = self.project_out = nn.Identity()
 
-    def _rows(self, z: Tensor) -> tuple[Tensor, list]:
-        if z.dim() >= 2 and z.shape[1] != self.dim:
+    # Channels stay on axis 1 throughout: (B, D, *spatial) is viewed as (B, D, S), projected by
+    # a batched matmul (`pointwise`), and the output is (B, D, S) again; the per-channel work on
+    # (B, len(levels), S) is tiny next to the copies a channels-last layout would cost.
+
+    def _channels(self, z: Tensor) -> Tensor:
+        """``(B, D, *spatial)`` -> float32 ``(B, len(levels), S)``."""
+        if z.dim() < 3 or z.shape[1] != self.dim:
             raise ValueError(
-                f"expected {self.dim} channels at axis 1 (input (B, D, *spatial)), got shape "
+                f"expected (B, {self.dim}, *spatial) with 1 to 3 spatial axes, got shape "
                 f"{tuple(z.shape)}"
             )
-        flat, ps = channels_last(z.float())
-        return self.project_in(flat), ps  # (N, len(levels))
+        return pointwise(self.project_in, z.float().flatten(2))
 
-    def _bound(self, rows: Tensor) -> Tensor:
-        """``(N, d)`` -> values in ``(-half_width - 1/2, half_width + 1/2)`` per channel."""
-        return torch.tanh(rows + self._shift) * self._half_range - self._offset
+    def _bound(self, x: Tensor) -> Tensor:
+        """``(B, d, S)`` -> values in ``(-half_width - 1/2, half_width + 1/2)`` per channel."""
+        return (
+            torch.tanh(x + self._shift[:, None]) * self._half_range[:, None] - self._offset[:, None]
+        )
 
     def _ids(self, rounded: Tensor) -> Tensor:
-        """Rounded values ``(N, d)`` -> mixed-radix ids ``(N,)``."""
-        return ((rounded + self._half_width).long() * self._basis).sum(1)
+        """Rounded values ``(B, d, S)`` -> mixed-radix ids ``(B, S)``."""
+        return ((rounded + self._half_width[:, None]).long() * self._basis[:, None]).sum(1)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantise ``z`` ``(B, D, *spatial)``; codes ``(B, *spatial)``."""
         with torch.autocast(device_type=z.device.type, enabled=False):
-            rows, ps = self._rows(z)
-            bounded = self._bound(rows)
+            x = self._channels(z)
+            bounded = self._bound(x)
             rounded = bounded.detach().round()
             # value exactly the rounded grid point, gradient that of the bound
-            q = (rounded + (bounded - bounded.detach())) / self._half_width
+            q = (rounded + (bounded - bounded.detach())) / self._half_width[:, None]
             ids = self._ids(rounded)
-            out = restore(self.project_out(q), ps).to(z.dtype)
+            out = pointwise(self.project_out, q).view(z.shape).to(z.dtype)
             perplexity, usage = code_stats(ids, self.num_codes)
-            zero = rows.new_zeros(())
+            zero = x.new_zeros(())
         return QuantizerOutput(
             quantized=out,
-            codes=restore(ids.unsqueeze(1), ps)[:, 0],
+            codes=ids.view(z.shape[:1] + z.shape[2:]),
             loss=zero,
             codebook_loss=zero,
             commitment_loss=zero,
@@ -130,9 +136,8 @@ class FSQ(Quantizer):
     def encode(self, z: Tensor) -> Tensor:
         """``(B, D, *spatial)`` -> int64 codes ``(B, *spatial)``."""
         with torch.autocast(device_type=z.device.type, enabled=False):
-            rows, ps = self._rows(z)
-            ids = self._ids(self._bound(rows).round())
-            return restore(ids.unsqueeze(1), ps)[:, 0]
+            ids = self._ids(self._bound(self._channels(z)).round())
+            return ids.view(z.shape[:1] + z.shape[2:])
 
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(B, *spatial)`` -> quantised vectors ``(B, D, *spatial)`` (float32)."""
@@ -143,10 +148,13 @@ class FSQ(Quantizer):
                 f"codes must lie in [0, {self.num_codes}), got range "
                 f"[{int(codes.min())}, {int(codes.max())}]"
             )
-        flat, ps = channels_last(codes.long().unsqueeze(1))  # (N, 1)
-        idx = (flat // self._basis) % self._basis.new_tensor(self.levels)  # (N, d)
-        q = (idx.float() - self._half_width) / self._half_width
-        return restore(self.project_out(q), ps)
+        if codes.dim() < 2:
+            raise ValueError(f"codes have shape (B, *spatial), got {tuple(codes.shape)}")
+        flat = codes.long().flatten(1).unsqueeze(1)  # (B, 1, S)
+        levels = self._basis.new_tensor(self.levels)[:, None]
+        idx = (flat // self._basis[:, None]) % levels  # (B, d, S)
+        q = (idx.float() - self._half_width[:, None]) / self._half_width[:, None]
+        return pointwise(self.project_out, q).view(codes.shape[0], self.dim, *codes.shape[1:])
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, dim={self.dim}, num_codes={self.num_codes}"
