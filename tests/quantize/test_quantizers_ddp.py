@@ -1,5 +1,6 @@
 """FSQ, LFQ and SimVQ on 2 gloo ranks: identical state on both, equal to one process that sees
-both batches, and LFQ's codebook-entropy term computed over the global batch.
+both batches, and LFQ's codebook-entropy term computed over the global batch in training (and
+over the rank's own batch in evaluation, which may run on one rank alone).
 
 The ranks average their gradients by hand (what DDP does) and take SGD steps, so the test covers
 the gradients as well as the values. The workers run once per module and save what they saw.
@@ -95,6 +96,9 @@ def _worker(rank: int, port: int, out: str) -> None:
 
     try:
         results = {kind: _run(kind, lambda s: _batch(s, rank), average) for kind in KINDS}
+        if rank == 0:  # evaluation on one rank alone (as the pipeline does) must not wait
+            lfq = _build("lfq").eval()
+            results["eval_entropy"] = lfq(_batch(0, 0)[0]).entropy_loss.detach()
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         cleanup()
@@ -135,6 +139,11 @@ def test_ranks_equal_one_process_on_the_concatenated_batches(ranks, kind):
                 torch.testing.assert_close(r0[key], seen[step][key], atol=1e-6, rtol=1e-5)
     for k, v in ranks[0][kind][1].items():
         torch.testing.assert_close(v, state[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_lfq_in_eval_mode_uses_the_local_batch_and_needs_no_other_rank(ranks):
+    lfq = _build("lfq").eval()
+    torch.testing.assert_close(ranks[0]["eval_entropy"], lfq(_batch(0, 0)[0]).entropy_loss)
 
 
 def test_lfq_codebook_entropy_is_over_the_global_batch(ranks):

@@ -58,15 +58,15 @@ def summed_code_probs(logits: Tensor, low_table: Tensor, high_table: Tensor) -> 
     return (p_hi.t() @ p_lo).reshape(-1)  # [c_hi, c_lo] -> c = c_hi 2^h + c_lo
 
 
-def _global_mean(local_sum: Tensor, count: int) -> Tensor:
+def _global_mean(local_sum: Tensor, count: int, *, across_ranks: bool = True) -> Tensor:
     """Mean over every rank's rows, from this rank's ``sum`` over its ``count`` rows.
 
     The value is the global mean. The gradient to ``local_sum`` is ``world / N_global`` instead
     of ``1 / N_global``: DDP averages gradients over ranks (divides by ``world``), so the summed
     contributions of all ranks then give exactly the gradient of the global mean. In a single
-    process this is the plain mean.
+    process (or with ``across_ranks=False``) this is the plain mean.
     """
-    if not cb.is_distributed():
+    if not (across_ranks and cb.is_distributed()):
         return local_sum / count
     world = dist.get_world_size()
     stats = torch.cat([local_sum.detach(), local_sum.new_tensor([float(count)])])
@@ -157,12 +157,14 @@ class LFQ(Quantizer):
     def entropy_terms(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """``(per-sample entropy, entropy of the mean code distribution)`` of rows ``(N, bits)``.
 
-        The mean distribution is over the global batch under DDP.
+        In training mode under DDP the mean distribution is over the global batch (every rank
+        trains, so every rank joins the all-reduce); in eval mode it is this rank's, since
+        evaluation may run on one rank alone.
         """
         logits = rows * (4.0 * self.inv_temperature * self.codebook_scale)  # bit logits
         per_sample = binary_entropy_from_logits(logits).sum(1).mean()
         summed = summed_code_probs(logits, self._low_table, self._high_table)
-        mean_probs = _global_mean(summed, rows.shape[0])
+        mean_probs = _global_mean(summed, rows.shape[0], across_ranks=self.training)
         codebook_entropy = -(mean_probs * mean_probs.clamp_min(1e-30).log()).sum()
         return per_sample, codebook_entropy
 
