@@ -59,12 +59,13 @@ def build_quantizer(kind: str, *, dim: int, num_codes: int | None = None, **kwar
             kind (names both), or missing / inconsistent sizes.
 
     Example:
+        >>> import torch
         >>> fsq = build_quantizer("fsq", dim=64, num_codes=1024)
         >>> fsq.levels, fsq.num_codes
         ([8, 5, 5, 5], 1000)
         >>> build_quantizer("lfq", dim=64, num_codes=1024)(torch.randn(2, 64, 8)).codes.shape
         torch.Size([2, 8])
-        >>> build_quantizer("fsq", dim=64, num_codes=1000)
+        >>> build_quantizer("fsq", dim=64, num_codes=1000)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: FSQ has recommended levels only for num_codes in ...
