@@ -8,12 +8,26 @@ Candidates, all on the same input ``z`` (B, D, H, W) = (32, 64, 32, 32) and K = 
   codebook, two MSE terms, straight-through); ``benchmarks/common.py``.
 * ``vector-quantize-pytorch``: its ``VectorQuantize`` (a dev dependency; skipped if absent).
 
+Then the further quantizers, each on the same ``z`` against vector-quantize-pytorch's
+implementation of the same method at the same size and against vqkit's ``VectorQuantizer`` at
+the same K (``--methods``):
+
+* ``fsq``: vqkit ``FSQ([8, 5, 5, 5], 64)`` (K = 1000) / vqp ``FSQ`` / ``VectorQuantizer(1000)``;
+* ``lfq``: vqkit ``LFQ(1024, 64)`` (entropy 0.1, commitment 0.25) / vqp ``LFQ`` with the same
+  weights / ``VectorQuantizer(1024)``;
+* ``simvq``: vqkit ``SimVQ(512, 64, rotation=True)`` / vqp ``SimVQ`` (rotation trick on, its
+  default) / ``VectorQuantizer(512)``;
+* ``vq-rotation``: ``VectorQuantizer(512, 64, rotation=True)`` / vqp ``VectorQuantize`` (its
+  default rotation trick; it updates the codebook by EMA, vqkit here by the codebook loss) /
+  ``VectorQuantizer(512)``.
+
 Forward + backward is ``(out.quantized * g).sum() + out.loss`` then ``backward()``: the
 reconstruction gradient through the straight-through path plus both loss terms. Peak memory is the
 resident high-water mark above the level before one forward + backward, each candidate in a fresh
 process. Timings are medians of interleaved repeats.
 
-Run: ``uv run python benchmarks/quantizer.py [--threads N] [--repeats N] [--batch B] [--size S]``
+Run: ``uv run python benchmarks/quantizer.py [--threads N] [--repeats N] [--batch B] [--size S]
+[--baselines ...] [--methods ...]``
 """
 
 from __future__ import annotations
@@ -33,13 +47,54 @@ from common import (  # noqa: E402
     peak_extra_mib,
 )
 
-from vqkit.quantize import VectorQuantizer  # noqa: E402
+from vqkit.quantize import FSQ, LFQ, SimVQ, VectorQuantizer  # noqa: E402
 
 K, D = 512, 64
+FSQ_LEVELS = [8, 5, 5, 5]
+# method -> K; candidates are "vqkit <method>", "vqp <method>" and "vqkit VQ K=<K>"
+METHODS = {"fsq": 1000, "lfq": 1024, "simvq": 512, "vq-rotation": 512}
+VQP = "vector-quantize-pytorch"
+
+
+def make_vqp(method: str) -> torch.nn.Module:
+    import vector_quantize_pytorch as vqp
+
+    if method == "fsq":
+        return vqp.FSQ(levels=FSQ_LEVELS, dim=D)
+    if method == "lfq":
+        return vqp.LFQ(
+            dim=D,
+            codebook_size=METHODS["lfq"],
+            entropy_loss_weight=0.1,
+            commitment_loss_weight=0.25,
+            diversity_gamma=1.0,
+        )
+    if method == "simvq":
+        return vqp.SimVQ(dim=D, codebook_size=METHODS["simvq"], channel_first=True)
+    if method == "vq-rotation":
+        return vqp.VectorQuantize(
+            dim=D, codebook_size=METHODS[method], decay=0.99, commitment_weight=0.25
+        )
+    raise ValueError(method)
 
 
 def make_layer(name: str) -> torch.nn.Module | None:
     torch.manual_seed(0)
+    if name.startswith("vqkit VQ K="):
+        return VectorQuantizer(int(name.split("=")[1]), D)
+    if name == "vqkit fsq":
+        return FSQ(FSQ_LEVELS, D)
+    if name == "vqkit lfq":
+        return LFQ(METHODS["lfq"], D, beta=0.25, entropy_weight=0.1)
+    if name == "vqkit simvq":
+        return SimVQ(METHODS["simvq"], D, rotation=True)
+    if name == "vqkit vq-rotation":
+        return VectorQuantizer(METHODS["vq-rotation"], D, rotation=True)
+    if name.startswith("vqp "):
+        try:
+            return make_vqp(name[4:])
+        except ImportError:
+            return None
     if name == "vqkit":
         return VectorQuantizer(K, D)
     if name == "seed":
@@ -62,7 +117,7 @@ def make_input(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fwd_bwd(name: str, layer: torch.nn.Module, z: torch.Tensor, g: torch.Tensor):
     """One training step of the layer alone: returns a closure."""
-    if name == "vector-quantize-pytorch":
+    if name in ("vector-quantize-pytorch", "vqp vq-rotation"):
         # It takes (B, N, D) (or channel-first with accept_image_fmap); we give it the same rows.
         rows = z.detach().flatten(2).transpose(1, 2).contiguous().requires_grad_(True)
         grad = g.flatten(2).transpose(1, 2).contiguous()
@@ -71,6 +126,16 @@ def fwd_bwd(name: str, layer: torch.nn.Module, z: torch.Tensor, g: torch.Tensor)
             quantized, _, loss = layer(rows)
             ((quantized * grad).sum() + loss.sum()).backward()
             rows.grad = None
+
+        return step
+    if name.startswith("vqp "):  # FSQ, LFQ, SimVQ: channel-first z; (quantized, ids[, loss])
+
+        def step() -> None:
+            out = layer(z)
+            loss = out[2].sum() if len(out) > 2 else 0.0
+            ((out[0] * g).sum() + loss).backward()
+            z.grad = None
+            layer.zero_grad(set_to_none=True)
 
         return step
 
@@ -104,10 +169,82 @@ def candidates(batch: int, size: int, baselines=BASELINES) -> tuple[dict, dict, 
     return train, encode, missing
 
 
+def method_candidates(method: str, batch: int, size: int, with_vqp: bool) -> dict:
+    """fwd+bwd closures of vqkit's ``method``, vqp's (if ``with_vqp``) and VQ at equal K."""
+    z, g = make_input(batch, size)
+    names = [f"vqkit {method}", f"vqp {method}", f"vqkit VQ K={METHODS[method]}"]
+    train = {}
+    for name in names:
+        if name.startswith("vqp ") and not with_vqp:
+            continue
+        layer = make_layer(name)
+        if layer is not None:
+            train[name] = fwd_bwd(name, layer.train(), z, g)
+    return train
+
+
 def memory_child(name: str, batch: int, size: int) -> None:
     """Entry of the fresh process that measures one candidate's peak memory."""
+    if " " in name and not name.startswith("vector-quantize"):  # a method's candidate
+        z, g = make_input(batch, size)
+        step = fwd_bwd(name, make_layer(name).train(), z, g)
+        print(f"{peak_extra_mib(step):.1f}")
+        return
     train, _, _ = candidates(batch, size, baselines=[name] if name in BASELINES else [])
     print(f"{peak_extra_mib(train[name]):.1f}")
+
+
+def peak_in_fresh_process(name: str, args) -> float:
+    return float(
+        in_subprocess(
+            __file__,
+            "--memory-child",
+            name,
+            "--threads",
+            str(args.threads),
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+        )
+    )
+
+
+def compare_methods(args) -> None:
+    """The further quantizers: a table per method, then the targets."""
+    with_vqp = VQP in args.baselines
+    print()
+    print(
+        f"{'further quantizers, fwd+bwd':<28} {'ms':>8} {'peak MiB':>9} {'vqp / this':>11} "
+        f"{'this / VQ':>10}"
+    )
+    checks = []
+    for method in args.methods:
+        train = method_candidates(method, args.batch, args.size, with_vqp)
+        fb = interleaved_medians(train, repeats=args.repeats, warmup=2)
+        mem = {name: peak_in_fresh_process(name, args) for name in train}
+        ours, theirs = fb[f"vqkit {method}"], fb.get(f"vqp {method}")
+        vq_name = f"vqkit VQ K={METHODS[method]}"
+        for name, sec in fb.items():
+            vs_vqp = f"{theirs / sec:10.2f}x" if theirs is not None else f"{'':>11}"
+            print(
+                f"{name:<28} {sec * 1e3:8.2f} {mem[name]:9.1f} {vs_vqp} {sec / fb[vq_name]:9.2f}x"
+            )
+        if theirs is None:
+            print(f"(skipped vqp {method}: vector-quantize-pytorch not among --baselines)")
+        else:
+            checks.append((f"{method}: vqp / vqkit", theirs / ours, ">=", 1.0))
+        checks.append((f"{method}: vqkit / VQ K={METHODS[method]}", ours / fb[vq_name], "<=", 2.0))
+    print()
+    print("targets: each further quantizer >= 1.0x as fast as vector-quantize-pytorch's,")
+    print("and within 2x of vqkit's VectorQuantizer at equal K")
+    report(checks)
+
+
+def report(checks) -> None:
+    for label, value, op, target in checks:
+        ok = value <= target if op == "<=" else value >= target
+        print(f"  {label:<30} {value:6.2f} {op} {target:<5} {'met' if ok else 'NOT met'}")
 
 
 def main() -> None:
@@ -122,6 +259,13 @@ def main() -> None:
         choices=BASELINES,
         default=list(BASELINES),
         help="baselines to compare with (vector-quantize-pytorch takes ~15 s to import)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="further quantizers to compare (none: only the VQ layer)",
     )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,22 +285,7 @@ def main() -> None:
     with torch.inference_mode():
         enc = interleaved_medians(encode, repeats=args.repeats, warmup=2)
     fb = interleaved_medians(train, repeats=args.repeats, warmup=2)
-    mem = {}
-    for name in train:
-        if name != "distance product":
-            mem[name] = float(
-                in_subprocess(
-                    __file__,
-                    "--memory-child",
-                    name,
-                    "--threads",
-                    str(args.threads),
-                    "--batch",
-                    str(args.batch),
-                    "--size",
-                    str(args.size),
-                )
-            )
+    mem = {name: peak_in_fresh_process(name, args) for name in train if name != "distance product"}
 
     floor = fb["distance product"]
     print()
@@ -182,9 +311,9 @@ def main() -> None:
         checks.insert(2, ("vqkit peak / seed peak", mem["vqkit"] / mem["seed"], "<=", 0.25))
     if "vector-quantize-pytorch" in fb:
         checks.insert(2, ("vqp / vqkit", fb["vector-quantize-pytorch"] / fb["vqkit"], ">=", 6.0))
-    for label, value, op, target in checks:
-        ok = value <= target if op == "<=" else value >= target
-        print(f"  {label:<24} {value:6.2f} {op} {target:<5} {'met' if ok else 'NOT met'}")
+    report(checks)
+    if args.methods:
+        compare_methods(args)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ def test_quantizer_benchmark_prints_every_candidate_and_the_targets():
     for name in ("distance product", "vqkit", "seed"):
         assert name in text
     verdicts = [line for line in text.splitlines() if line.endswith(("met", "NOT met"))]
-    assert len(verdicts) == 4  # fwd+bwd, seed speed, seed memory, encode
+    # fwd+bwd, seed speed, seed memory, encode; then each further quantizer against
+    # VectorQuantizer at equal K (its vqp comparison is skipped with --baselines seed)
+    assert len(verdicts) == 4 + 4
     assert "peak MiB" in text
+    for method in ("fsq", "lfq", "simvq", "vq-rotation"):
+        assert f"vqkit {method}" in text
 
 
 def test_sampling_benchmark_compares_cached_and_naive():

@@ -30,6 +30,12 @@ class QuantizerOutput:
         usage: fraction of the codebook used in the batch (residual VQ: the mean over levels).
         level_perplexity, level_usage: ``(levels,)`` the same for each level of a residual VQ;
             None for a single codebook.
+        entropy_loss: LFQ's entropy term (per-sample entropy minus ``gamma`` times the entropy
+            of the mean code distribution), already counted in ``loss``; None for quantizers
+            without one.
+
+    Quantizers without a learned codebook (FSQ, LFQ) report a zero ``codebook_loss``; FSQ has no
+    loss term at all, so its ``loss`` and ``commitment_loss`` are zero too.
     """
 
     quantized: Tensor
@@ -41,6 +47,7 @@ class QuantizerOutput:
     usage: Tensor
     level_perplexity: Tensor | None = None
     level_usage: Tensor | None = None
+    entropy_loss: Tensor | None = None
 
 
 class Quantizer(nn.Module):
@@ -74,6 +81,21 @@ def restore(flat: Tensor, ps: list) -> Tensor:
     """Inverse of :func:`channels_last`: ``(N, D)`` -> ``(B, D, *spatial)``."""
     (z,) = unpack(flat, ps, "* d")
     return rearrange(z, "b ... d -> b d ...")
+
+
+def pointwise(layer: nn.Module, x: Tensor) -> Tensor:
+    """An ``nn.Linear`` (or ``nn.Identity``) on the channels of ``x`` ``(B, C_in, S)``.
+
+    A 1x1 convolution as one batched matmul ``W @ x``: the channels stay on axis 1, so neither
+    the input nor the output (nor their gradients) is copied to channels-last and back.
+
+    Returns:
+        ``(B, C_out, S)``.
+    """
+    if isinstance(layer, nn.Identity):
+        return x
+    out = torch.matmul(layer.weight, x)
+    return out if layer.bias is None else out + layer.bias.unsqueeze(1)
 
 
 def code_stats(codes: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:

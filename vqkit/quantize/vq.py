@@ -16,9 +16,11 @@ RESTART_FROM = ("random", "error")  # where restarted codes are drawn from
 class _LookupWithLosses(torch.autograd.Function):
     """Codebook lookup, straight-through output and both loss terms in one pass.
 
-    ``(rows (N, C), table (K, C), ids (N,))`` -> ``(out, codebook_loss, commitment_loss)`` with
+    ``(rows (N, C), table (K, C), ids (N,), rotation)`` -> ``(out, codebook_loss,
+    commitment_loss)`` with
 
-    * ``out`` = ``table[ids]`` in value, gradient the identity to ``rows`` (straight-through);
+    * ``out`` = ``table[ids]`` in value, gradient the identity to ``rows`` (straight-through),
+      or with ``rotation`` the rotation trick's ``lambda R^T g`` (see :func:`rotation_grad`);
     * ``codebook_loss`` = ``mean((sg[rows] - table[ids])^2)``: gradient to ``table`` only;
     * ``commitment_loss`` = ``mean((rows - sg[table[ids]])^2)``: gradient to ``rows`` only.
 
@@ -28,29 +30,54 @@ class _LookupWithLosses(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows: Tensor, table: Tensor, ids: Tensor):  # noqa: D102
+    def forward(ctx, rows: Tensor, table: Tensor, ids: Tensor, rotation: bool = False):  # noqa: D102
         quantized = table.index_select(0, ids)
         diff = rows - quantized
         flat = diff.view(-1)
         loss = torch.dot(flat, flat) / flat.numel()
-        ctx.save_for_backward(diff, ids)
-        ctx.num_codes = table.shape[0]
+        if rotation:
+            ctx.save_for_backward(diff, ids, rows, quantized)
+        else:
+            ctx.save_for_backward(diff, ids)
+        ctx.num_codes, ctx.rotation = table.shape[0], rotation
         ctx.mark_non_differentiable(ids)
         return quantized, loss, loss.clone()
 
     @staticmethod
     def backward(ctx, grad_out, grad_codebook, grad_commitment):  # noqa: D102
-        diff, ids = ctx.saved_tensors
+        diff, ids, *rotation_inputs = ctx.saved_tensors
         scale = 2.0 / diff.numel()
         grad_rows = grad_table = None
         if ctx.needs_input_grad[0]:
             grad_rows = diff * (scale * grad_commitment)
             if grad_out is not None:
+                if ctx.rotation:
+                    grad_out = rotation_grad(*rotation_inputs, grad_out)
                 grad_rows += grad_out
         if ctx.needs_input_grad[1]:
             grad_table = diff.new_zeros(ctx.num_codes, diff.shape[1]).index_add_(0, ids, diff)
             grad_table *= -scale * grad_codebook
-        return grad_rows, grad_table, None
+        return grad_rows, grad_table, None, None
+
+
+def rotation_grad(rows: Tensor, quantized: Tensor, grad: Tensor, eps: float = 1e-6) -> Tensor:
+    """The rotation trick's gradient (Fifty et al. 2024, sec. 4.2) for ``(N, C)`` rows.
+
+    The forward value stays ``q`` exactly; the backward treats ``q`` as ``lambda R z`` with
+    ``R`` the rotation taking ``u = z/|z|`` to ``q^ = q/|q|`` (``R = I - 2 w w^T + 2 q^ u^T``,
+    ``w = (u + q^)/|u + q^|``) and ``lambda = |q|/|z|``, both held constant, so
+
+        ``dL/dz = lambda R^T g = lambda (g - 2 w (w.g) + 2 u (q^.g))``.
+
+    Norms below ``eps`` are clamped (as vector-quantize-pytorch does).
+    """
+    z_norm = rows.norm(dim=1, keepdim=True).clamp_min(eps)
+    q_norm = quantized.norm(dim=1, keepdim=True).clamp_min(eps)
+    u, q_hat = rows / z_norm, quantized / q_norm
+    w = F.normalize(u + q_hat, dim=1, eps=eps)
+    wg = (w * grad).sum(1, keepdim=True)
+    qg = (q_hat * grad).sum(1, keepdim=True)
+    return (q_norm / z_norm) * (grad - 2.0 * wg * w + 2.0 * qg * u)
 
 
 class VectorQuantizer(Quantizer):
@@ -90,6 +117,11 @@ class VectorQuantizer(Quantizer):
         heads: split D into this many groups, each quantised with the shared codebook
             (the paper's CIFAR-10 latent has 10 codes per position); codes become
             ``(B, heads, *spatial)``.
+        rotation: pass the reconstruction gradient through the quantizer by the rotation trick
+            (Fifty et al. 2024) instead of straight-through: the gradient is rotated from the
+            code's direction to the input's and rescaled by ``|e|/|z|`` (in lookup space, after
+            ``code_dim``'s projection and ``cosine``'s normalisation); the forward value and the
+            loss terms are unchanged.
         seed: seed of the k-means and restart draws (equal on every DDP rank).
 
     Example:
@@ -117,6 +149,7 @@ class VectorQuantizer(Quantizer):
         cosine: bool = False,
         code_dim: int | None = None,
         heads: int = 1,
+        rotation: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -138,6 +171,7 @@ class VectorQuantizer(Quantizer):
         self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
         self.restart_after, self.cosine, self.seed = restart_after, cosine, seed
         self.restart_below, self.restart_from = restart_below, restart_from
+        self.rotation = rotation
         head_dim = dim // heads
         self.code_dim = code_dim or head_dim
         if code_dim is not None and code_dim != head_dim:
@@ -201,7 +235,9 @@ class VectorQuantizer(Quantizer):
                 self._kmeans_init(rows.detach())
             table = self._lookup_table()
             ids = cb.nearest_code(rows.detach(), table.detach())
-            straight, codebook_loss, commitment_loss = _LookupWithLosses.apply(rows, table, ids)
+            straight, codebook_loss, commitment_loss = _LookupWithLosses.apply(
+                rows, table, ids, self.rotation
+            )
             if self.ema:  # the EMA moves the codebook; no loss term does
                 codebook_loss = rows.new_zeros(())
 
@@ -325,7 +361,7 @@ class VectorQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         opts = [f"num_codes={self.num_codes}", f"dim={self.dim}", f"beta={self.beta}"]
-        for name in ("ema", "kmeans_init", "cosine"):
+        for name in ("ema", "kmeans_init", "cosine", "rotation"):
             if getattr(self, name):
                 opts.append(f"{name}=True")
         if self.restart_after is not None:
