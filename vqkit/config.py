@@ -111,6 +111,7 @@ def builder_section(
     defaults: Mapping[str, Any] | None = None,
     nested: Mapping[str, type] | None = None,
     extra: Mapping[str, tuple[Any, Any]] | None = None,
+    namespace: Mapping[str, Any] | None = None,
 ) -> type:
     """A config dataclass whose fields are ``builder``'s keyword arguments, so the builder stays
     the one source of defaults (a preset states only what it changes).
@@ -124,6 +125,8 @@ def builder_section(
         nested: fields whose value is a section of its own (``{"quantizer": QuantizerSection}``).
         extra: the recipe's own keys beside the builder's: ``{name: (type, default)}``; they are
             never passed to the builder (see :func:`builder_kwargs`).
+        namespace: methods of the class (``__post_init__`` checks; ``as_builder_arg()``, what
+            :func:`builder_kwargs` passes for a nested section instead of all its fields).
 
     Example:
         >>> Section = builder_section("Prior", gated_pixelcnn, skip=("num_codes", "num_classes"))
@@ -151,7 +154,7 @@ def builder_section(
         raise TypeError(f"{name}: defaults for unknown arguments {sorted(defaults)}")
     for key, (tp, default) in (extra or {}).items():
         fields.append((key, tp, _field_with(default)))
-    cls = dataclasses.make_dataclass(name, fields)
+    cls = dataclasses.make_dataclass(name, fields, namespace=dict(namespace or {}))
     cls.__builder_params__ = tuple(n for n, _, _ in fields if n not in (extra or {}))
     cls.__doc__ = f"The arguments of {getattr(builder, '__qualname__', builder)}" + (
         f", and the recipe's own {', '.join(extra)}." if extra else "."
@@ -162,7 +165,11 @@ def builder_section(
 def builder_kwargs(section: Any) -> dict[str, Any]:
     """The builder's keyword arguments held by a :func:`builder_section` instance (nested
     sections become plain dicts; the recipe's own keys are left out)."""
-    return {k: _plain(getattr(section, k)) for k in type(section).__builder_params__}
+    out = {}
+    for key in type(section).__builder_params__:
+        value = getattr(section, key)
+        out[key] = value.as_builder_arg() if hasattr(value, "as_builder_arg") else _plain(value)
+    return out
 
 
 def _field_with(default: Any) -> dataclasses.Field:

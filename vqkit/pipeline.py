@@ -19,6 +19,7 @@ Model sections of a recipe config are derived from the builders' signatures
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,10 +33,13 @@ from torch.utils.data import Dataset
 from vqkit.bundle import load_model
 from vqkit.config import ConfigError, builder_section, save_config
 from vqkit.distributed import is_main, rank, rank_device, world
+from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import code_histogram, perplexity, unigram_bits, usage
 from vqkit.models.vqvae import QUANTIZER_DEFAULTS
+from vqkit.quantize import KINDS as QUANTIZER_KINDS
 from vqkit.quantize import QuantizerOutput, VectorQuantizer
+from vqkit.quantize.factory import OPTIONS as QUANTIZER_OPTIONS
 from vqkit.report import build_report
 from vqkit.runs import add_media
 from vqkit.train import fit, resolve_device, seed_everything
@@ -48,16 +52,75 @@ __all__ = [
     "load_stages",
     "model_section",
     "one_thread_on_cpu",
+    "prior_vocabulary",
     "quantizer_logs",
     "sampling",
     "vqvae_step",
 ]
 
+
+def _check_kind(self) -> None:
+    if self.kind not in QUANTIZER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(QUANTIZER_KINDS)}, got {self.kind!r}")
+
+
+def _quantizer_arg(self) -> dict[str, Any]:
+    """The builders' ``quantizer=`` dict: ``kind`` and the options that apply to it. ``vq`` and
+    ``residual`` take every VectorQuantizer option of the section; the other kinds take only
+    those set away from the section's defaults (their own defaults hold otherwise). An option
+    set for a kind that has no such option is an error naming both."""
+    allowed, defaults, out = QUANTIZER_OPTIONS[self.kind], type(self)(), {"kind": self.kind}
+    for f in dataclasses.fields(self):
+        value, default = getattr(self, f.name), getattr(defaults, f.name)
+        if f.name == "kind" or (f.name in allowed and value is None and default is None):
+            continue
+        if f.name in allowed and (self.kind in ("vq", "residual") or value != default):
+            out[f.name] = value
+        elif f.name not in allowed and value != default:
+            raise ConfigError(
+                f"quantizer.{f.name}={value!r} does not apply to quantizer.kind={self.kind!r}; "
+                f"it takes {', '.join(sorted(allowed))}"
+            )
+    return out
+
+
 QuantizerConfig = builder_section(
-    "QuantizerConfig", VectorQuantizer, skip=("num_codes", "dim"), defaults=QUANTIZER_DEFAULTS
+    "QuantizerConfig",
+    VectorQuantizer,
+    skip=("num_codes", "dim"),
+    defaults=QUANTIZER_DEFAULTS,
+    extra={
+        # vq | fsq | lfq | simvq | residual (vqkit.quantize.build_quantizer)
+        "kind": (str, "vq"),
+        # fsq: steps per channel, e.g. [8, 5, 5, 5]; residual: the number of stages
+        "levels": (list[int] | int | None, None),
+        # lfq's entropy term and code scale (None: LFQ's defaults)
+        "entropy_weight": (float | None, None),
+        "diversity_gamma": (float | None, None),
+        "inv_temperature": (float | None, None),
+        "codebook_scale": (float | None, None),
+    },
+    namespace={"__post_init__": _check_kind, "as_builder_arg": _quantizer_arg},
 )
-"""``vqvae.quantizer``: the :class:`~vqkit.quantize.VectorQuantizer` arguments, with the VQ-VAE
-builders' :data:`~vqkit.models.vqvae.QUANTIZER_DEFAULTS`."""
+"""``vqvae.quantizer``: ``kind`` (``vq`` by default) and its options: the
+:class:`~vqkit.quantize.VectorQuantizer` arguments with the VQ-VAE builders'
+:data:`~vqkit.models.vqvae.QUANTIZER_DEFAULTS`, and the other kinds' (``levels``, LFQ's)."""
+
+
+def prior_vocabulary(vqvae: nn.Module) -> int:
+    """The number of codes a prior over ``vqvae``'s codes predicts: one code per position.
+
+    Raises:
+        InputError: the quantizer gives several codes per position (residual VQ, heads > 1),
+            which no prior of vqkit models yet.
+    """
+    q = vqvae.quantizer
+    if isinstance(getattr(q, "levels", None), nn.ModuleList) or getattr(q, "heads", 1) > 1:
+        raise InputError(
+            "the priors model one code per position; this quantizer gives several (residual VQ "
+            "or heads > 1): set vqvae.quantizer.kind to vq, fsq, lfq or simvq (heads 1)"
+        )
+    return q.num_codes
 
 
 def model_section(

@@ -30,6 +30,7 @@ from vqkit.pipeline import (
     load_stages,
     model_section,
     one_thread_on_cpu,
+    prior_vocabulary,
     quantizer_logs,
     sampling,
 )
@@ -198,7 +199,7 @@ def run(
 
     with run.stage("prior"):
         spk_train = [speakers.index(s) for s in train.speakers]
-        prior = train_prior(run, codes_train, spk_train, len(speakers), vqvae.quantizer.num_codes)
+        prior = train_prior(run, codes_train, spk_train, len(speakers), prior_vocabulary(vqvae))
     if not run.main:  # decoding, evaluation and the report are rank 0's
         return {}
 

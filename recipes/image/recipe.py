@@ -26,6 +26,7 @@ from vqkit.pipeline import (
     codebook_metrics,
     load_stages,
     model_section,
+    prior_vocabulary,
     sampling,
     vqvae_step,
 )
@@ -164,13 +165,13 @@ def train_vqvae(run: Run, train_set: Dataset, variance: float):
     return run.train("vqvae", build, step, train_set, image_fn=reconstructions)
 
 
-def train_prior(run: Run, codes, labels, classes: int):
+def train_prior(run: Run, codes, labels, classes: int, num_codes: int):
     cfg = run.cfg
     conditional = cfg.prior.class_conditional
 
     def build():
         return gated_pixelcnn(
-            num_codes=cfg.vqvae.num_codes,
+            num_codes=num_codes,
             num_classes=classes if conditional else None,
             **builder_kwargs(cfg.prior),
         )
@@ -283,7 +284,7 @@ def run(
         )
 
     with run.stage("prior"):
-        prior = train_prior(run, codes_train, labels_train, classes)
+        prior = train_prior(run, codes_train, labels_train, classes, prior_vocabulary(vqvae))
     if not run.main:  # sampling, evaluation and the report are rank 0's
         return {}
 

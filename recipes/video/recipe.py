@@ -47,6 +47,7 @@ from vqkit.pipeline import (
     load_stages,
     model_section,
     one_thread_on_cpu,
+    prior_vocabulary,
     sampling,
     vqvae_step,
 )
@@ -212,12 +213,12 @@ def encode_all(vqvae, clips: torch.Tensor, device, batch_size: int) -> torch.Ten
     )
 
 
-def train_prior(run: Run, codes, conds, vocab, time_factor):
+def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
     cfg = run.cfg
 
     def build():
         return video_prior(
-            num_codes=cfg.vqvae.num_codes,
+            num_codes=num_codes,
             shape=list(codes.shape[1:]),
             num_conds=vocab,
             cond_per_step=time_factor,
@@ -410,7 +411,7 @@ def run(
 
     with run.stage("prior"):
         ft, vocab = vqvae.factor[0], num_conds(cfg, train_raw)
-        prior = train_prior(run, codes_train, train.tensors[1], vocab, ft)
+        prior = train_prior(run, codes_train, train.tensors[1], vocab, ft, prior_vocabulary(vqvae))
     if not run.main:  # prediction, evaluation and the report are rank 0's
         return {}
 

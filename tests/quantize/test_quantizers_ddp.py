@@ -86,7 +86,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from vqkit.train.distributed import cleanup, init_distributed
+    from vqkit.distributed import cleanup, init_distributed
 
     assert init_distributed(timeout=datetime.timedelta(seconds=60))
 

@@ -17,7 +17,7 @@ from vqkit.models.likelihood import Likelihood, build_likelihood
 from vqkit.models.registry import register
 from vqkit.nn.conv import Stride
 from vqkit.nn.encoder import Decoder, Encoder
-from vqkit.quantize import QuantizerOutput, VectorQuantizer
+from vqkit.quantize import QuantizerOutput, build_quantizer
 
 
 @dataclass
@@ -142,15 +142,23 @@ every recipe trains with. A builder's ``quantizer=`` dict is laid over these."""
 
 
 def make_quantizer(num_codes: int, code_dim: int, quantizer: dict[str, Any] | None) -> nn.Module:
-    """The quantizer of a VQ-VAE builder: ``quantizer`` over :data:`QUANTIZER_DEFAULTS`."""
-    extra = {**QUANTIZER_DEFAULTS, **(quantizer or {})}
+    """The quantizer of a VQ-VAE builder: ``quantizer["kind"]`` (``vq`` by default; ``fsq``,
+    ``lfq``, ``simvq``, ``residual``: :func:`~vqkit.quantize.build_quantizer`) with the rest of
+    ``quantizer`` as its options; ``vq`` and ``residual`` lay them over
+    :data:`QUANTIZER_DEFAULTS`. FSQ given ``levels`` takes ``prod(levels)`` codes."""
+    extra = dict(quantizer or {})
+    kind = extra.pop("kind", "vq")
     clash = {"num_codes", "dim"} & extra.keys()
     if clash:
         raise ValueError(
             f"quantizer={quantizer!r} sets {sorted(clash)}; pass num_codes= and code_dim= to the "
             f"builder instead"
         )
-    return VectorQuantizer(num_codes, code_dim, **extra)
+    if kind in ("vq", "residual"):
+        extra = {**QUANTIZER_DEFAULTS, **extra}
+    if kind == "fsq" and extra.get("levels") is not None:
+        num_codes = None  # K = prod(levels)
+    return build_quantizer(kind, dim=code_dim, num_codes=num_codes, **extra)
 
 
 @register("vqvae_nd")
