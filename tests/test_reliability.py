@@ -1,0 +1,168 @@
+"""Reliability of the CLI (issue 21): a run directory is claimed, not shared; a failed command
+changes nothing of a run; a damaged file is named in one line; resume falls back to an intact
+checkpoint; export refuses a broken run. Tiny image runs on the CPU (seconds)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqkit.cli import main
+
+TINY = [
+    "vqvae.hidden=16", "vqvae.res_hidden=8", "vqvae.num_codes=16", "vqvae.code_dim=8",
+    "vqvae_train.steps=4", "vqvae_train.ckpt_every=2", "vqvae_train.batch_size=8",
+    "vqvae_train.log_every=2", "prior.channels=8", "prior.num_layers=2",
+    "prior_train.steps=2", "prior_train.batch_size=8", "prior_train.log_every=2",
+    "sample.per_class=1", "eval_batch_size=64", "data.train_size=32", "data.test_size=8",
+]  # fmt: skip
+
+
+def sets(values: list[str]) -> list[str]:
+    return [x for v in values for x in ("--set", v)]
+
+
+def run_image(out: Path | str, *extra: str) -> int:
+    return main(["run", "image", "--out", str(out), "--no-progress", "--device", "cpu",
+                 *sets(TINY), *extra])  # fmt: skip
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert run_image(out) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+def error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    return err[0]
+
+
+# --- 1. a run directory is claimed, not shared ------------------------------------------------
+
+
+def test_out_into_a_foreign_non_empty_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "report.html").write_text("mine")
+    assert run_image(tmp_path) == 2
+    msg = error(capsys)
+    assert str(tmp_path) in msg and "another --out" in msg and "--resume" in msg
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+    assert (tmp_path / "report.html").read_text() == "mine"
+
+
+def test_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_image("") == 2
+    assert "--out is empty" in error(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_out_into_an_empty_folder_is_fine(finished_run):
+    assert (finished_run / "config.yaml").is_file()  # the fixture's run went into a new folder
+
+
+# --- 2. a failed command changes nothing of a run ----------------------------------------------
+
+
+def test_failed_resume_leaves_the_run_byte_identical(run_copy, capsys):
+    before = tree_hashes(run_copy)
+    assert run_image(run_copy, "--resume", "--set", "vqvae.num_codes=512") == 2
+    msg = error(capsys)
+    assert "vqvae.num_codes: 16 -> 512" in msg and "keeps its model" in msg
+    assert tree_hashes(run_copy) == before
+    args = ["run", "image", "--out", str(run_copy), "--resume", "--no-progress"]
+    assert main([*args, "--device", "bogus"]) == 2
+    assert "bogus" in error(capsys)
+    assert main([*args, "--set", "prior_train.device=bogus"]) == 2
+    assert "bogus" in error(capsys)
+    assert main([*args, "--preset", "cifar10"]) == 2
+    assert "--preset" in error(capsys)
+    assert tree_hashes(run_copy) == before
+    assert main([*args, "--device", "cpu"]) == 0  # the run still resumes
+
+
+def test_bad_device_on_a_fresh_run_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "fresh"
+    assert run_image(out, "--device", "bogus") == 2
+    assert "bogus" in error(capsys)
+    assert not out.exists()
+
+
+# --- 6. output paths are checked before work starts --------------------------------------------
+
+
+def test_out_below_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert run_image(tmp_path / "afile" / "sub") == 2
+    assert "afile" in error(capsys)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_out_in_a_read_only_folder_is_refused(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert run_image(locked / "run") == 2
+        assert "permission" in error(capsys)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_sample_out_below_a_file_or_onto_a_folder_is_refused(finished_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile" / "x.png", tmp_path):
+        assert main(["sample", str(finished_run), "--out", str(out), "--device", "cpu"]) == 2
+        assert str(out) in error(capsys)
+
+
+def test_damaged_config_yaml_is_named_in_one_line(run_copy, tmp_path, capsys):
+    (run_copy / "config.yaml").write_text("modality: image\ndata: [unclosed\n  vqvae: {\n")
+    for argv in (["sample", str(run_copy)], ["report", str(run_copy)],
+                 ["export", str(run_copy), str(tmp_path / "b")],
+                 ["run", "image", "--out", str(run_copy), "--resume"]):  # fmt: skip
+        assert main(argv) == 2, argv
+        msg = error(capsys)
+        assert str(run_copy / "config.yaml") in msg and "damaged" in msg, argv
+
+
+def test_runs_lists_the_others_and_reports_a_damaged_run(finished_run, tmp_path, capsys):
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    shutil.copytree(finished_run, parent / "good")
+    shutil.copytree(finished_run, parent / "bad")
+    (parent / "bad" / "config.yaml").write_bytes(b"modality: [\n")
+    assert main(["runs", str(parent)]) == 0
+    out = capsys.readouterr()
+    lines = {line.split()[0]: line for line in out.out.splitlines()[1:]}
+    assert "finished" in lines["good"] and "damaged" in lines["bad"]
+
+
+def test_runs_without_a_runs_folder_says_how_to_make_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs"]) == 2
+    msg = error(capsys)
+    assert "no runs folder" in msg and "vqkit run" in msg
