@@ -166,3 +166,36 @@ def test_runs_without_a_runs_folder_says_how_to_make_one(tmp_path, capsys, monke
     assert main(["runs"]) == 2
     msg = error(capsys)
     assert "no runs folder" in msg and "vqkit run" in msg
+
+
+# --- 5. every config value is range-checked, naming its key -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("eval_batch_size=0", "eval_batch_size"),
+        ("vqvae.quantizer.beta=-1", "vqvae.quantizer.beta"),
+        ("vqvae_train.steps=0", "steps"),
+        ("prior_train.batch_size=0", "batch_size"),
+        ("vqvae_train.lr=0", "lr"),
+        ("vqvae.hidden=0", "hidden"),
+        ("vqvae.code_dim=0", "code_dim"),
+        ("vqvae.res_hidden=0", "res_hidden"),
+        ("vqvae.num_codes=0", "num_codes"),
+    ],
+)
+def test_out_of_range_values_name_the_key(tmp_path, capsys, override, named):
+    out = tmp_path / "run"
+    assert run_image(out, "--set", override) == 2
+    msg = error(capsys)
+    assert named in msg and "must be" in msg, msg
+    if "vqvae." not in override or "quantizer" in override:  # checked before config.yaml
+        assert not out.exists()
+
+
+def test_a_run_that_failed_before_training_starts_again_without_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_image(out, "--set", "vqvae.hidden=0") == 2  # fails building the model
+    assert "hidden" in error(capsys)
+    assert run_image(out) == 0  # not "already holds a run": nothing was trained

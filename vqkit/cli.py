@@ -95,6 +95,14 @@ def _differences(prefix: str, old: object, new: object) -> list[str]:
     return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
+def _has_results(run_dir: Path) -> bool:
+    """A checkpoint of a stage or the run's metrics: what a fresh start would lose. A run that
+    failed before its first checkpoint (a bad model size, say) may start again without
+    --resume."""
+    stages = (p for p in run_dir.iterdir() if p.is_dir())
+    return (run_dir / "metrics.json").exists() or any((p / "ckpt").is_dir() for p in stages)
+
+
 def _run(args: argparse.Namespace) -> int:
     # Under torchrun (WORLD_SIZE > 1) join the other ranks first; a no-op in one process.
     if init_distributed() and not is_main():
@@ -127,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(recipe.CONFIG, existing, overrides)
         _check_resume(recipe, cfg, existing, run_dir)
     else:
-        if existing.exists():
+        if existing.exists() and _has_results(run_dir):
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose "
                 "another --out"

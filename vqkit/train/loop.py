@@ -118,10 +118,17 @@ class TrainConfig:
     collapse_warmup: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("steps", "warmup_steps", "num_workers", "seed", "collapse_warmup"):
+        for name in ("warmup_steps", "num_workers", "seed", "collapse_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        positive = ("batch_size", "ckpt_every", "log_every", "keep_checkpoints", "max_bad_steps")
+        positive = (
+            "steps",
+            "batch_size",
+            "ckpt_every",
+            "log_every",
+            "keep_checkpoints",
+            "max_bad_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
