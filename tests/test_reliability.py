@@ -199,3 +199,29 @@ def test_a_run_that_failed_before_training_starts_again_without_resume(tmp_path,
     assert run_image(out, "--set", "vqvae.hidden=0") == 2  # fails building the model
     assert "hidden" in error(capsys)
     assert run_image(out) == 0  # not "already holds a run": nothing was trained
+
+
+# --- 3. resume falls back to the newest checkpoint that loads ----------------------------------
+
+
+def test_resume_falls_back_past_a_truncated_latest_checkpoint(run_copy, caplog, capsys):
+    ckpt = run_copy / "vqvae" / "ckpt"
+    latest = ckpt / (ckpt / "latest").read_text().strip()
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (run_copy / "prior" / "ckpt" / "latest").unlink()  # the prior trains again on the codes
+    with caplog.at_level("INFO", logger="vqkit.train"):
+        assert main(["run", "image", "--out", str(run_copy), "--resume", "--no-progress"]) == 0
+    (used,) = [
+        r.getMessage() for r in caplog.records if "newest checkpoint that loads" in r.message
+    ]
+    assert "step_00000002" in used and "truncated" in used and str(weights) in used
+
+
+def test_resume_with_no_loadable_checkpoint_says_why_for_each(run_copy, capsys):
+    ckpt = run_copy / "vqvae" / "ckpt"
+    for step in ckpt.glob("step_*"):
+        (step / "trainer.pt").write_bytes(b"")
+    assert main(["run", "image", "--out", str(run_copy), "--resume", "--no-progress"]) == 1
+    msg = error(capsys)
+    assert "no checkpoint in" in msg and msg.count("empty file (0 bytes)") == 2, msg
