@@ -225,3 +225,36 @@ def test_resume_with_no_loadable_checkpoint_says_why_for_each(run_copy, capsys):
     assert main(["run", "image", "--out", str(run_copy), "--resume", "--no-progress"]) == 1
     msg = error(capsys)
     assert "no checkpoint in" in msg and msg.count("empty file (0 bytes)") == 2, msg
+
+
+# --- 4. export verifies what it packages; a pin covers a bundle folder -------------------------
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "model.json"])
+def test_export_refuses_a_broken_checkpoint(run_copy, tmp_path, capsys, damage):
+    ckpt = run_copy / "prior" / "ckpt"
+    latest = ckpt / (ckpt / "latest").read_text().strip()
+    weights = latest / "model.safetensors"
+    if damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    else:  # a config that no longer fits the weights
+        (latest / "model.json").write_text((latest / "model.json").read_text().replace(
+            '"channels": 8', '"channels": 12'))  # fmt: skip
+    out = tmp_path / "bundle.zip"
+    assert main(["export", str(run_copy), str(out)]) == 1
+    msg = error(capsys)
+    assert "cannot export" in msg and str(latest) in msg, msg
+    assert not out.exists()
+
+
+def test_a_sha256_pin_covers_a_bundle_folder(finished_run, tmp_path):
+    from vqkit.bundle import BundleError, load_bundle
+
+    out = tmp_path / "bundle"
+    assert main(["export", str(finished_run), str(out)]) == 0
+    digest = hashlib.sha256((out / "metadata.json").read_bytes()).hexdigest()
+    assert set(load_bundle(f"{out}#sha256={digest}")) == {"prior", "vqvae"}
+    with pytest.raises(BundleError, match="metadata.json"):
+        load_bundle(f"{out}#sha256={'0' * 64}")
