@@ -258,3 +258,33 @@ def test_a_sha256_pin_covers_a_bundle_folder(finished_run, tmp_path):
     assert set(load_bundle(f"{out}#sha256={digest}")) == {"prior", "vqvae"}
     with pytest.raises(BundleError, match="metadata.json"):
         load_bundle(f"{out}#sha256={'0' * 64}")
+
+
+def test_threads_below_one_names_the_key():
+    from vqkit.config import ConfigError, load_config
+    from vqkit.pipeline import check_run_config
+    from vqkit.runs import load_recipe, preset_path
+
+    cfg = load_config(load_recipe("audio").CONFIG, preset_path("audio", "builtin"), ["threads=0"])
+    with pytest.raises(ConfigError, match="'threads' must be >= 1"):
+        check_run_config(cfg)
+
+
+# --- 7. messages name what a CLI user can change -----------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["sample", "convert"])
+def test_interrupt_outside_a_run_does_not_suggest_resume(finished_run, capsys, monkeypatch,
+                                                        command):  # fmt: skip
+    import vqkit.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vqkit.cli, f"_{command}", interrupted)
+    argv = {"sample": ["sample", str(finished_run)],
+            "convert": ["convert", str(finished_run), "--source", "a.wav", "--speaker", "x",
+                        "--out", "b.wav"]}[command]  # fmt: skip
+    assert main(argv) == 130
+    msg = error(capsys)
+    assert msg == "vqkit: interrupted" and "--resume" not in msg

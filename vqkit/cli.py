@@ -542,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vqkit: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("vqkit: interrupted; continue with --resume (checkpoints are kept)", file=sys.stderr)
+        # Only a training run has checkpoints to continue from; convert, sample... have none.
+        hint = "; continue with --resume (checkpoints are kept)" if args.command == "run" else ""
+        print(f"vqkit: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
         cleanup()  # leave the process group of a torchrun launch (no-op otherwise)
