@@ -288,3 +288,55 @@ def test_interrupt_outside_a_run_does_not_suggest_resume(finished_run, capsys, m
     assert main(argv) == 130
     msg = error(capsys)
     assert msg == "vqkit: interrupted" and "--resume" not in msg
+
+
+def test_hints_name_the_cli_settings(tmp_path, monkeypatch):
+    import torchvision
+    from PIL import Image
+
+    from vqkit.datasets import ImageFolder, build_image_dataset
+    from vqkit.datasets.images import CIFAR10
+    from vqkit.datasets.video import VideoError, VideoFolder
+    from vqkit.errors import InputError
+    from vqkit.train.device import resolve_device
+
+    with pytest.raises(FileNotFoundError, match="--set data.download=true"):
+        CIFAR10(tmp_path, split="train")
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(InputError, match="could not download CIFAR-10.*check the network"):
+        CIFAR10(tmp_path, split="train", download=True)
+
+    images = tmp_path / "images" / "train" / "a"
+    images.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(images / "good.png")
+    (images / "bad.png").write_bytes(b"not a png")
+    with pytest.warns(RuntimeWarning, match="--set data.strict=true"):
+        [item for item in ImageFolder(images.parent)]  # noqa: C416 - reads every item
+    strict = build_image_dataset("folder", root=images.parents[1], strict=True)
+    with pytest.raises(Exception, match="bad.png"):
+        [item for item in strict]  # noqa: C416
+
+    videos = tmp_path / "videos" / "a"
+    videos.mkdir(parents=True)
+    (videos / "broken.webm").write_bytes(b"\x00" * 100)
+    with pytest.raises(VideoError, match="--set data.skip_bad_videos=true"):
+        VideoFolder(videos.parent, clip_length=4, size=16)
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--device cpu"):
+            resolve_device("cuda")
+
+
+def test_convert_and_export_outputs_are_checked_first(finished_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    source = tmp_path / "in.wav"
+    source.write_bytes(b"")
+    assert main(["convert", str(finished_run), "--source", str(source), "--speaker", "x",
+                 "--out", str(tmp_path)]) == 2  # fmt: skip
+    assert "is a folder" in error(capsys)
+    assert main(["export", str(finished_run), str(tmp_path / "afile" / "b.zip")]) == 2
+    assert "afile" in error(capsys)

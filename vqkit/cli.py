@@ -272,6 +272,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    check_output_dir(Path(args.out).parent, "the bundle's folder")
     out = export_bundle(args.run_dir, args.out)
     stages = read_bundle_metadata(out)["stages"]
     listing = ", ".join(f"{k} ({v['builder']}, step {v['step']})" for k, v in stages.items())
