@@ -69,6 +69,8 @@ def test_out_into_a_foreign_non_empty_folder_is_refused(tmp_path, capsys):
     assert run_image(tmp_path) == 2
     msg = error(capsys)
     assert str(tmp_path) in msg and "another --out" in msg and "--resume" in msg
+    assert run_image(tmp_path, "--resume") == 2  # not "no run yet; starting it"
+    assert "no vqkit run" in error(capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
     assert (tmp_path / "report.html").read_text() == "mine"
 

@@ -54,12 +54,15 @@ from vqkit.train.loop import DivergenceError
 DEFAULT_PRESET = {"image": "builtin", "audio": "builtin", "video": "builtin"}
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
+def _check_run_dir(run_dir: Path) -> None:
     """Refuse a run directory that would overwrite files of something that is not this run."""
     check_output_dir(run_dir, "--out")
-    if resume or not run_dir.is_dir() or (run_dir / "config.yaml").exists():
-        return  # --resume checks config.yaml below; an existing run is refused below
-    if any(run_dir.iterdir()):
+    # A run writes its config.yaml first, so a non-empty folder without one is not a run (not
+    # even a killed one): refused with --resume too.
+    if not run_dir.is_dir() or (run_dir / "config.yaml").exists():
+        return  # an existing run: continued with --resume, else refused below
+    # The temporary file of a config.yaml write that a kill cut short does not count.
+    if any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in run_dir.iterdir()):
         raise InputError(
             f"--out {run_dir} is a non-empty folder that holds no vqkit run (no config.yaml); "
             "choose another --out (a new or empty folder), or --resume for a run directory"
@@ -112,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("--out is empty; give the run directory, e.g. --out runs/first")
     # Rank 0's name: a time-stamped default could differ by a second between ranks.
     run_dir = Path(broadcast_object(str(new_run_dir(args.modality, args.preset, args.out))))
-    _check_run_dir(run_dir, args.resume)
+    _check_run_dir(run_dir)
     overrides = list(args.set)
     if args.data is not None:
         overrides.append(f"data.root={args.data}")
