@@ -178,10 +178,10 @@ def test_runs_without_a_runs_folder_says_how_to_make_one(tmp_path, capsys, monke
     [
         ("eval_batch_size=0", "eval_batch_size"),
         ("vqvae.quantizer.beta=-1", "vqvae.quantizer.beta"),
-        ("vqvae_train.steps=0", "steps"),
-        ("prior_train.batch_size=0", "batch_size"),
+        ("vqvae_train.steps=0", "'vqvae_train.steps' must be >= 1"),
+        ("prior_train.batch_size=0", "'prior_train.batch_size'"),
         ("vqvae_train.lr=0", "lr"),
-        ("vqvae.hidden=0", "hidden"),
+        ("vqvae.hidden=0", "'vqvae.hidden' must be an int >= 1"),
         ("vqvae.code_dim=0", "code_dim"),
         ("vqvae.res_hidden=0", "res_hidden"),
         ("vqvae.num_codes=0", "num_codes"),

@@ -193,6 +193,11 @@ class Run:
         try:
             model = build()
         except ValueError as e:  # a builder's check of an argument the config gave it
+            key, _, rest = str(e).partition(" ")
+            if key in getattr(type(getattr(self.cfg, name, None)), "__builder_params__", ()):
+                raise ConfigError(
+                    f"config key '{name}.{key}' {rest} (--set {name}.{key}=...)"
+                ) from e
             raise ConfigError(f"{name}: {e} (change it with --set {name}.<key>=<value>)") from e
         self.fits[name] = fit(
             model,
