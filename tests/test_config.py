@@ -170,7 +170,7 @@ def test_wrong_type_in_yaml_and_literal_choice():
 
 
 def test_post_init_validation_becomes_config_error():
-    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+    with pytest.raises(ConfigError, match="config key 'train.batch_size' must be >= 1"):
         load_config(Recipe, None, ["train.batch_size=0"])
 
 

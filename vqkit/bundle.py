@@ -97,7 +97,8 @@ def export_bundle(run_dir: str | Path, out: str | Path) -> Path:
         ``out`` as a Path.
 
     Raises:
-        BundleError: no trained stage, a checkpoint without ``model.json``, or ``out`` exists.
+        BundleError: no trained stage, a checkpoint without ``model.json`` or one that does not
+            load (every file is read and its model rebuilt first), or ``out`` exists.
         FileNotFoundError: ``run_dir`` is not a run directory.
     """
     run_dir, out = Path(run_dir), Path(out)
@@ -112,6 +113,7 @@ def export_bundle(run_dir: str | Path, out: str | Path) -> Path:
             continue
         if not (ckpt / CONFIG).is_file():
             raise BundleError(f"{ckpt} has no {CONFIG}, so its model cannot be rebuilt by name")
+        _verify_checkpoint(ckpt)
         entry: dict[str, Any] = {"files": {}}
         for name in (WEIGHTS, CONFIG):
             data = (ckpt / name).read_bytes()
@@ -140,6 +142,16 @@ def export_bundle(run_dir: str | Path, out: str | Path) -> Path:
     files[METADATA] = (json.dumps(metadata, indent=2, default=str) + "\n").encode()
     _write(out, files)
     return out
+
+
+def _verify_checkpoint(ckpt: Path) -> None:
+    """Refuse to package a checkpoint that would not load: its weights are read and its
+    ``model.json`` must rebuild a model they fit."""
+    try:
+        load_model(ckpt)
+    except (CheckpointError, ValueError, TypeError, KeyError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise BundleError(f"cannot export: the checkpoint {ckpt} does not load: {reason}") from e
 
 
 def _write(out: Path, files: dict[str, bytes]) -> None:

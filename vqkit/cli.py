@@ -20,13 +20,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
 from vqkit.bundle import export_bundle, read_bundle_metadata
-from vqkit.config import load_config
+from vqkit.config import builder_kwargs, load_config
 from vqkit.distributed import (
     barrier,
     broadcast_object,
@@ -38,10 +39,71 @@ from vqkit.distributed import (
 from vqkit.errors import InputError
 from vqkit.io import CheckpointError, latest_checkpoint
 from vqkit.report import build_report
-from vqkit.runs import MODALITIES, load_recipe, new_run_dir, preset_path, read_run_config
+from vqkit.runs import (
+    MODALITIES,
+    check_output_dir,
+    check_output_file,
+    load_recipe,
+    new_run_dir,
+    preset_path,
+    read_run_config,
+)
+from vqkit.train.device import resolve_device
 from vqkit.train.loop import DivergenceError
 
 DEFAULT_PRESET = {"image": "builtin", "audio": "builtin", "video": "builtin"}
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that would overwrite files of something that is not this run."""
+    check_output_dir(run_dir, "--out")
+    # A run writes its config.yaml first, so a non-empty folder without one is not a run (not
+    # even a killed one): refused with --resume too.
+    if not run_dir.is_dir() or (run_dir / "config.yaml").exists():
+        return  # an existing run: continued with --resume, else refused below
+    # The temporary file of a config.yaml write that a kill cut short does not count.
+    if any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in run_dir.iterdir()):
+        raise InputError(
+            f"--out {run_dir} is a non-empty folder that holds no vqkit run (no config.yaml); "
+            "choose another --out (a new or empty folder), or --resume for a run directory"
+        )
+
+
+def _check_resume(recipe, cfg, existing: Path, run_dir: Path) -> None:
+    """A resumed run keeps its model: refuse overrides of the builder arguments of its model
+    sections once a stage has a checkpoint, before anything of the run is written."""
+    if not any((p / "ckpt" / "latest").is_file() for p in run_dir.iterdir() if p.is_dir()):
+        return  # nothing trained yet: the model may still change
+    old = load_config(recipe.CONFIG, existing)
+    changed = []
+    for f in dataclasses.fields(cfg):
+        new_section, old_section = getattr(cfg, f.name), getattr(old, f.name)
+        if not hasattr(type(new_section), "__builder_params__"):
+            continue
+        a, b = builder_kwargs(old_section), builder_kwargs(new_section)
+        changed += _differences(f.name, a, b)
+    if changed:
+        raise InputError(
+            f"--resume of {run_dir} would change its model ({'; '.join(changed)}); a resumed "
+            "run keeps its model: drop those --set overrides, or start a new run with another --out"
+        )
+
+
+def _differences(prefix: str, old: object, new: object) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in [*old, *(k for k in new if k not in old)]:
+            out += _differences(f"{prefix}.{k}", old.get(k), new.get(k))
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def _has_results(run_dir: Path) -> bool:
+    """A checkpoint of a stage or the run's metrics: what a fresh start would lose. A run that
+    failed before its first checkpoint (a bad model size, say) may start again without
+    --resume."""
+    stages = (p for p in run_dir.iterdir() if p.is_dir())
+    return (run_dir / "metrics.json").exists() or any((p / "ckpt").is_dir() for p in stages)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -49,12 +111,16 @@ def _run(args: argparse.Namespace) -> int:
     if init_distributed() and not is_main():
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     recipe = load_recipe(args.modality)
+    if args.out == "":
+        raise InputError("--out is empty; give the run directory, e.g. --out runs/first")
     # Rank 0's name: a time-stamped default could differ by a second between ranks.
     run_dir = Path(broadcast_object(str(new_run_dir(args.modality, args.preset, args.out))))
+    _check_run_dir(run_dir)
     overrides = list(args.set)
     if args.data is not None:
         overrides.append(f"data.root={args.data}")
     if args.device is not None:
+        resolve_device(args.device)  # a bad device is refused before anything is written
         overrides += [f"{stage}.device={args.device}" for stage in recipe.TRAIN_STAGES]
     existing = run_dir / "config.yaml"
     if args.resume and not existing.is_file():
@@ -62,9 +128,17 @@ def _run(args: argparse.Namespace) -> int:
         # run wrote anything, so a missing run starts fresh rather than failing.
         print(f"vqkit: warning: --resume: no run in {run_dir} yet; starting it", file=sys.stderr)
     if args.resume and existing.is_file():
+        if args.preset_given and args.preset != DEFAULT_PRESET[args.modality]:
+            raise InputError(
+                f"--preset {args.preset} with --resume: a resumed run keeps the config in "
+                f"{existing} (its preset is not recorded there); drop --preset, or start a new "
+                "run with another --out"
+            )
+        read_run_config(run_dir)  # a one-line error for a damaged config.yaml
         cfg = load_config(recipe.CONFIG, existing, overrides)
+        _check_resume(recipe, cfg, existing, run_dir)
     else:
-        if existing.exists():
+        if existing.exists() and _has_results(run_dir):
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose "
                 "another --out"
@@ -90,6 +164,7 @@ def _finished_run(run_dir: str) -> tuple[Path, object, object]:
 
 def _sample(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
+    check_output_file(args.out)
     out = recipe.sample(
         cfg,
         path,
@@ -113,6 +188,7 @@ def _recipe_command(recipe, name: str, run_dir: str):
 
 def _reconstruct(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
+    check_output_file(args.out)
     _recipe_command(recipe, "reconstruct", args.run_dir)
     missing = [p for p in args.inputs if not p.is_file()]
     if missing:
@@ -128,6 +204,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
+    check_output_file(args.out)
     if not args.source.is_file():
         raise FileNotFoundError(f"source audio file not found: {args.source}")
     out = _recipe_command(recipe, "convert", args.run_dir)(
@@ -146,6 +223,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
+    check_output_file(args.out)
     if not args.context.is_file():
         raise FileNotFoundError(f"context video not found: {args.context}")
     out = _recipe_command(recipe, "predict", args.run_dir)(
@@ -197,6 +275,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    check_output_dir(Path(args.out).parent, "the bundle's folder")
     out = export_bundle(args.run_dir, args.out)
     stages = read_bundle_metadata(out)["stages"]
     listing = ", ".join(f"{k} ({v['builder']}, step {v['step']})" for k, v in stages.items())
@@ -207,11 +286,30 @@ def _export(args: argparse.Namespace) -> int:
 KEY_METRICS = ("test_psnr", "test_mse_over_variance", "bits_per_dim", "test_perplexity")
 
 
-def _runs(args: argparse.Namespace) -> int:
-    """A table of the run directories under DIR (or DIR itself) with their key metrics."""
-    import yaml
+def _run_row(run: Path) -> tuple:
+    """``(run, modality, data, metrics, steps, status)`` of one run directory."""
+    config = read_run_config(run)
+    data = config.get("data") or {}
+    metrics_file = run / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    steps = []
+    for stage in sorted(p for p in run.iterdir() if (p / "ckpt" / "latest").is_file()):
+        step = int(latest_checkpoint(stage / "ckpt").name.split("_")[1].split("-")[0])
+        target = (config.get(f"{stage.name}_train") or {}).get("steps")
+        steps.append(f"{stage.name} {step}" + (f"/{target}" if target else ""))
+    status = "finished" if metrics else "unfinished"
+    return run, config.get("modality", "?"), data, metrics, steps, status
 
+
+def _runs(args: argparse.Namespace) -> int:
+    """A table of the run directories under DIR (or DIR itself) with their key metrics; a
+    damaged run is listed as such, with a warning saying why."""
     root = Path(args.dir)
+    if not root.exists() and args.dir == "runs":
+        raise InputError(
+            "no runs folder here (./runs); `vqkit run MODALITY` makes one, or give the folder "
+            "holding your runs: vqkit runs DIR"
+        )
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; give the folder holding your runs")
     runs = (
@@ -221,28 +319,25 @@ def _runs(args: argparse.Namespace) -> int:
     )
     rows, metric_keys = [], list(args.metric or [])
     for run in runs:
-        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        data = config.get("data") or {}
-        metrics_file = run / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        steps = []
-        for stage in sorted(p for p in run.iterdir() if (p / "ckpt" / "latest").is_file()):
-            step = int(latest_checkpoint(stage / "ckpt").name.split("_")[1].split("-")[0])
-            target = (config.get(f"{stage.name}_train") or {}).get("steps")
-            steps.append(f"{stage.name} {step}" + (f"/{target}" if target else ""))
+        try:
+            row = _run_row(run)
+        except (InputError, CheckpointError, ValueError, OSError) as e:  # one damaged run
+            print(f"vqkit: warning: {run} is damaged: {e}", file=sys.stderr)
+            rows.append((run, "?", {}, {}, [], "damaged"))
+            continue
         if not args.metric:
-            metric_keys += [k for k in KEY_METRICS if k in metrics and k not in metric_keys]
-        rows.append((run, config.get("modality", "?"), data, metrics, steps))
+            metric_keys += [k for k in KEY_METRICS if k in row[3] and k not in metric_keys]
+        rows.append(row)
     if not rows:
         print(f"vqkit: no runs in {root} (folders with a config.yaml, made by `vqkit run`)")
         return 0
     header = ["run", "modality", "data", "status", "steps", *metric_keys]
     table = [header]
-    for run, modality, data, metrics, steps in rows:
+    for run, modality, data, metrics, steps, status in rows:
         source = data.get("kind", "?") + (f":{Path(data['root']).name}" if data.get("root") else "")
         values = [metrics.get(k) for k in metric_keys]
         table.append([
-            run.name, modality, source, "finished" if metrics else "unfinished",
+            run.name, modality, source, status,
             ", ".join(steps) or "-",
             *("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in values),
         ])  # fmt: skip
@@ -439,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    args.preset_given = getattr(args, "preset", None) is not None
     if getattr(args, "preset", "unset") is None:
         args.preset = DEFAULT_PRESET[args.modality]
     try:
@@ -450,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vqkit: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("vqkit: interrupted; continue with --resume (checkpoints are kept)", file=sys.stderr)
+        # Only a training run has checkpoints to continue from; convert, sample... have none.
+        hint = "; continue with --resume (checkpoints are kept)" if args.command == "run" else ""
+        print(f"vqkit: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
         cleanup()  # leave the process group of a torchrun launch (no-op otherwise)

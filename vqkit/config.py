@@ -278,6 +278,9 @@ def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
+        field_name, _, rest = str(e).partition(" ")
+        if field_name in ftypes:  # "steps must be >= 1, got 0": name the full key
+            raise ConfigError(f"config key {_join(prefix, field_name)!r} {rest}") from e
         raise ConfigError(f"invalid config {prefix or cls.__name__!r}: {e}") from e
 
 

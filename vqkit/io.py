@@ -173,6 +173,21 @@ def resolve_checkpoint(path: Path | str) -> Path:
     )
 
 
+def read_error_reason(file: Path, error: BaseException) -> str:
+    """What was wrong with a file that failed to load, never empty: "empty file (0 bytes)",
+    "truncated or corrupt (N bytes): <the exception>"."""
+    try:
+        size = file.stat().st_size
+    except OSError:
+        size = None
+    text = " ".join(str(error).split()) or type(error).__name__
+    if size == 0:
+        return "empty file (0 bytes)"
+    if size is None:
+        return text
+    return f"truncated or corrupt ({size} bytes): {type(error).__name__}: {text}"
+
+
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open  # noqa: PLC0415
 
@@ -181,7 +196,9 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
             metadata = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
     except Exception as e:
-        raise CheckpointError(f"could not read weights from {file}: {e}") from e
+        raise CheckpointError(
+            f"could not read weights from {file}: {read_error_reason(file, e)}"
+        ) from e
     for name, target in json.loads(metadata.get("aliases", "{}")).items():
         state[name] = state[target]
     return state

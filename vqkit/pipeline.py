@@ -42,12 +42,13 @@ from vqkit.quantize import QuantizerOutput, VectorQuantizer
 from vqkit.quantize.factory import OPTIONS as QUANTIZER_OPTIONS
 from vqkit.report import build_report
 from vqkit.runs import add_media
-from vqkit.train import fit, resolve_device, seed_everything
+from vqkit.train import TrainConfig, fit, resolve_device, seed_everything
 
 __all__ = [
     "QuantizerConfig",
     "Run",
     "Stages",
+    "check_run_config",
     "codebook_metrics",
     "load_stages",
     "model_section",
@@ -176,6 +177,29 @@ class Stages:
         return out
 
 
+def check_run_config(cfg: Any) -> None:
+    """Range checks of a recipe config's shared keys, each naming the key: ``threads >= 1``,
+    ``eval_batch_size >= 1``, every ``*.quantizer.beta >= 0``, and every training stage's
+    device (resolved here, so a bad one is refused before anything is written).
+
+    Raises:
+        ConfigError: a value out of range; InputError: an unknown or unavailable device.
+    """
+    for key in ("threads", "eval_batch_size"):
+        value = getattr(cfg, key, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {value} (--set {key}=...)")
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        quantizer = getattr(section, "quantizer", None)
+        beta = getattr(quantizer, "beta", None)
+        if beta is not None and not beta >= 0:
+            key = f"{f.name}.quantizer.beta"
+            raise ConfigError(f"config key {key!r} must be >= 0, got {beta} (--set {key}=...)")
+        if isinstance(section, TrainConfig):
+            resolve_device(section.device)
+
+
 class Run:
     """One ``vqkit run``: the run directory, the device, the stage timer and the trained stages.
 
@@ -193,6 +217,8 @@ class Run:
     def __init__(self, cfg: Any, run_dir: Path, *, resume: bool = False, progress: bool = True):
         self.cfg, self.dir, self.resume, self.progress = cfg, Path(run_dir), resume, progress
         self.main = is_main()
+        # Every input is checked before config.yaml is written: a failed start leaves no run.
+        check_run_config(cfg)
         self.device = rank_device(resolve_device(cfg.vqvae_train.device))
         threads = getattr(cfg, "threads", None)
         if threads is not None:
@@ -229,6 +255,11 @@ class Run:
         try:
             model = build()
         except ValueError as e:  # a builder's check of an argument the config gave it
+            key, _, rest = str(e).partition(" ")
+            if key in getattr(type(getattr(self.cfg, name, None)), "__builder_params__", ()):
+                raise ConfigError(
+                    f"config key '{name}.{key}' {rest} (--set {name}.{key}=...)"
+                ) from e
             raise ConfigError(f"{name}: {e} (change it with --set {name}.<key>=<value>)") from e
         self.fits[name] = fit(
             model,

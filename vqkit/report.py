@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-import yaml
+from vqkit.runs import read_run_config
 
 MIME = {
     ".png": "image/png",
@@ -234,7 +234,7 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
     )
     if title is None:
         config = run_dir / "config.yaml"
-        modality = yaml.safe_load(config.read_text()).get("modality") if config.exists() else None
+        modality = read_run_config(run_dir)["modality"] if config.exists() else None
         title = f"vqkit {modality} run: {run_dir.name}" if modality else run_dir.name
     body = [f"<h1>{html.escape(title)}</h1>"]
 

@@ -84,16 +84,68 @@ def new_run_dir(modality: str, preset: str, out: str | Path | None) -> Path:
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved config of a run directory, as a dict."""
+    """The resolved config of a run directory, as a dict.
+
+    Raises:
+        FileNotFoundError: no ``config.yaml``.
+        InputError: a ``config.yaml`` that cannot be read or parsed, or is not a run config
+            (one line naming the file).
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {run_dir} is not a vqkit run directory (made by `vqkit run`)"
         )
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        reason = " ".join(str(e).split())  # YAML's messages span lines
+        raise InputError(
+            f"{path} is damaged and cannot be read ({reason}); restore it or remove the run"
+        ) from e
     if not isinstance(data, dict) or "modality" not in data:
         raise InputError(f"{path} is not a vqkit run config (no 'modality' key)")
     return data
+
+
+def _first_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_dir(path: str | Path, what: str = "--out") -> None:
+    """Refuse, before any work, a folder to write that cannot be made: one below a file, or
+    in a folder without write permission (``what`` names the setting in the message)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is a file, not a folder; choose another {what}")
+    _check_parent(path, path, what)
+
+
+def check_output_file(path: str | Path | None, what: str = "--out") -> None:
+    """Refuse, before any work, a file to write that is an existing folder, or whose folder
+    cannot be made or written (``None``: the command's default, always fine)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; give a file name, e.g. {path / 'out'}")
+    _check_parent(path.parent, path, what)
+
+
+def _check_parent(folder: Path, path: Path, what: str) -> None:
+    base = _first_existing(folder)
+    if not base.is_dir():
+        raise InputError(
+            f"{what} {path} cannot be written: {base} is a file, not a folder; choose another "
+            f"{what}"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{what} {path} cannot be written: no write permission in {base}; choose another {what}"
+        )
 
 
 def add_media(run_dir: Path, kind: str, path: str, title: str, group: str) -> None:

@@ -3,7 +3,8 @@
 What every registered builder's ``weights=`` does (:func:`load_weights_into`): a bundle folder
 or zip (the stage built by the same builder), a ``.safetensors`` file, a checkpoint directory, or
 an ``http(s)://`` / ``file://`` URL of a bundle zip or safetensors file, with an optional
-``#sha256=<hex>``. Loading never unpickles anything: JSON and safetensors only, each bundle file
+``#sha256=<hex>`` (on a bundle folder it pins ``metadata.json``, which holds the sha256 of
+every other file; on a checkpoint folder, ``model.safetensors``). Loading never unpickles anything: JSON and safetensors only, each bundle file
 checked against its sha256 in ``metadata.json`` before it is read.
 
 This module sits below :mod:`vqkit.models` (it builds no model and imports :mod:`vqkit.io`
@@ -168,16 +169,34 @@ def _local(weights: str | Path, *, progress: bool, check_hash: bool = True) -> P
         path = Path(spec)
         if not path.exists():
             raise FileNotFoundError(f"weights {path} not found")
-    if expected is not None and check_hash and path.is_file():
-        actual = _sha256(path.read_bytes())
+    if expected is not None and check_hash:
+        pinned = _pinned_file(path)
+        actual = _sha256(pinned.read_bytes())
         if actual != expected:
             if path.parent.name == "vqkit" and _URL.match(spec):
                 path.unlink()  # a bad download must not stay in the cache
             raise BundleError(
-                f"checksum mismatch for {weights}: expected sha256 {expected}, got {actual}; "
+                f"checksum mismatch for {weights}"
+                + (f" ({pinned.name})" if pinned != path else "")
+                + f": expected sha256 {expected}, got {actual}; "
                 f"the file changed since the hash was published, or the download was cut short"
             )
     return path
+
+
+def _pinned_file(path: Path) -> Path:
+    """The file a ``#sha256=`` pin covers: a file itself; for a bundle folder its
+    ``metadata.json`` (which holds the sha256 of every other file, each checked on load); for a
+    checkpoint folder its ``model.safetensors``."""
+    if not path.is_dir():
+        return path
+    for name in (METADATA, WEIGHTS):
+        if (path / name).is_file():
+            return path / name
+    raise BundleError(
+        f"{path}: a #sha256= pin on a folder covers its {METADATA} (a bundle) or {WEIGHTS} (a "
+        f"checkpoint), and it holds neither"
+    )
 
 
 def _pick_stage(metadata: dict[str, Any], builder: str | None, bundle: Path) -> str:

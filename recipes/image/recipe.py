@@ -47,6 +47,7 @@ class DataConfig:
     download: bool = False
     seed: int = 0
     mirror: bool = False  # train the VQ-VAE on the training images and their mirror images
+    strict: bool = False  # image folders: an unreadable image is an error, not skipped
 
 
 # The model sections are the builders' arguments (the builders hold the defaults), plus the
@@ -97,7 +98,9 @@ TRAIN_STAGES = ("vqvae_train", "prior_train")
 
 def datasets(cfg: ImageRecipeConfig) -> tuple[Dataset, Dataset]:
     d = cfg.data
-    common = dict(root=d.root, image_size=d.image_size, seed=d.seed, download=d.download)
+    common = dict(
+        root=d.root, image_size=d.image_size, seed=d.seed, download=d.download, strict=d.strict
+    )
     train = build_image_dataset(d.kind, split="train", size=d.train_size, **common)
     test = build_image_dataset(d.kind, split="test", size=d.test_size, **common)
     return train, test

@@ -208,7 +208,8 @@ class ImageFolder(Dataset):
                 self._bad.add(path)
                 warnings.warn(
                     f"skipping an unreadable image ({err}); {len(self._bad)} skipped so far "
-                    f"in {self.root}; pass strict=True to raise instead",
+                    f"in {self.root}; to raise instead pass strict=True (vqkit run: --set "
+                    f"data.strict=true)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -224,7 +225,8 @@ class ImageFolder(Dataset):
 def _check_folder(folder: Path, split: str | None) -> None:
     if not folder.is_dir():
         hint = (
-            f" (split={split!r} reads <root>/{split}; pass split=None to read root itself)"
+            f" (split {split!r} reads <root>/{split}: vqkit run wants --data with train/ and "
+            f"test/ folders; in Python pass split=None to read root itself)"
             if split is not None
             else ""
         )
@@ -288,8 +290,14 @@ class CIFAR10(Dataset):
         except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
             raise FileNotFoundError(
                 f"CIFAR-10 not found (or corrupted) in {Path(root) / 'cifar-10-batches-py'}; "
-                f"pass download=True to fetch it, or use an image folder instead "
-                f"(ImageFolder / build_image_dataset('folder', root=...))"
+                f"fetch it with download=True (vqkit run: --set data.download=true), or use an "
+                f"image folder instead (--preset folder --data DIR)"
+            ) from err
+        except OSError as err:  # a download without network: URLError, socket errors
+            raise InputError(
+                f"could not download CIFAR-10 into {root}: {err}; check the network, or copy "
+                f"cifar-10-batches-py there by hand and set download=false "
+                f"(--set data.download=false)"
             ) from err
         self._images = dataset.data  # (N, 32, 32, 3) uint8
         self._labels = [int(t) for t in dataset.targets]
@@ -352,6 +360,7 @@ def build_image_dataset(
     size: int | None = None,
     download: bool = False,
     transform: Callable[[Tensor], Tensor] | None = None,
+    strict: bool = False,
 ) -> Dataset:
     """Build the image set a recipe names.
 
@@ -366,6 +375,7 @@ def build_image_dataset(
         size: Number of items of the builtin set (default: 20000 train / 2000 test).
         download: Let ``"cifar10"`` fetch its data.
         transform: Optional callable applied to each image tensor.
+        strict: Image folders: an unreadable file raises instead of being skipped.
 
     Returns:
         A map-style data set of ``(image (3, H, W) in [0, 1], label)``.
@@ -386,7 +396,9 @@ def build_image_dataset(
         if (Path(root) / split_name).is_dir():
             # A copy laid out as image folders (root/train/<class>/*.jpg), e.g. the JPEG copy
             # in ../shared/data/cifar10-jpg: read the folders instead of torchvision's archive.
-            return ImageFolder(root, split=split_name, image_size=image_size, transform=transform)
+            return ImageFolder(
+                root, split=split_name, image_size=image_size, transform=transform, strict=strict
+            )
         return CIFAR10(
             root,
             split=split if split is not None else "train",
@@ -395,5 +407,7 @@ def build_image_dataset(
             image_size=image_size,
         )
     if kind == "folder":
-        return ImageFolder(root, split=split, image_size=image_size, transform=transform)
+        return ImageFolder(
+            root, split=split, image_size=image_size, transform=transform, strict=strict
+        )
     raise InputError(f"kind must be 'builtin', 'cifar10' or 'folder', got {kind!r}")

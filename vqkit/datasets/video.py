@@ -287,7 +287,10 @@ class VideoFolder(Dataset):
                 info = probe_video(path)
             except VideoError as e:
                 if on_error == "raise":
-                    raise VideoError(f"{e}; pass on_error='skip' to leave such files out") from e
+                    raise VideoError(
+                        f"{e}; to leave such files out pass on_error='skip' (vqkit run: "
+                        f"--set data.skip_bad_videos=true)"
+                    ) from e
                 log.warning("skipping %s", e)
                 continue
             self.videos.append(info)

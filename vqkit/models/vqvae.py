@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from vqkit.models.likelihood import Likelihood, build_likelihood
 from vqkit.models.registry import register
 from vqkit.nn.conv import Stride
-from vqkit.nn.encoder import Decoder, Encoder
+from vqkit.nn.encoder import Decoder, Encoder, check_sizes
 from vqkit.quantize import QuantizerOutput, build_quantizer
 
 
@@ -154,6 +154,9 @@ def make_quantizer(num_codes: int, code_dim: int, quantizer: dict[str, Any] | No
             f"quantizer={quantizer!r} sets {sorted(clash)}; pass num_codes= and code_dim= to the "
             f"builder instead"
         )
+    beta = extra.get("beta", 0.0)
+    if isinstance(beta, (int, float)) and not beta >= 0:
+        raise ValueError(f"quantizer beta (commitment weight) must be >= 0, got {beta!r}")
     if kind in ("vq", "residual"):
         extra = {**QUANTIZER_DEFAULTS, **extra}
     if kind == "fsq" and extra.get("levels") is not None:
@@ -192,6 +195,9 @@ def vqvae_nd(
             (``ema``, ``kmeans_init``, ``restart_after``, ``beta``, ...) over
             :data:`QUANTIZER_DEFAULTS`.
     """
+    # The builder's names, not the Encoder's: the config keys a user sets.
+    check_sizes(in_channels=in_channels, hidden=hidden, res_hidden=res_hidden)
+    check_sizes(num_codes=num_codes, code_dim=code_dim)
     lik = _likelihood(likelihood)
     net = {"strides": strides, "res_hidden": res_hidden, "num_res_blocks": num_res_blocks}
     return VQVAE(

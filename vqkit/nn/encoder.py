@@ -17,6 +17,13 @@ from vqkit.nn.blocks import Downsample, ResStack, Upsample
 from vqkit.nn.conv import Stride, check_dims, conv_nd, strides_per_stage, total_factor
 
 
+def check_sizes(**sizes: int) -> None:
+    """Raise ValueError naming the first size below 1 (a zero-channel conv fails deep in torch)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def _stage_channels(hidden: int, num_stages: int) -> list[int]:
     """Output channels of each downsampling stage (Sonnet: ``[hidden // 2, hidden]``)."""
     return [max(hidden // 2, 1) if i == 0 and num_stages > 1 else hidden for i in range(num_stages)]
@@ -59,6 +66,8 @@ class Encoder(nn.Module):
         num_res_blocks: int,
     ) -> None:
         super().__init__()
+        check_sizes(in_channels=in_channels, hidden=hidden, out_channels=out_channels)
+        check_sizes(res_hidden=res_hidden)
         self.dims = check_dims(dims)
         self.in_channels = in_channels
         self.strides = strides_per_stage(strides, dims)
@@ -134,6 +143,8 @@ class Decoder(nn.Module):
         num_res_blocks: int,
     ) -> None:
         super().__init__()
+        check_sizes(in_channels=in_channels, hidden=hidden, out_channels=out_channels)
+        check_sizes(res_hidden=res_hidden)
         self.dims = check_dims(dims)
         self.strides = strides_per_stage(strides, dims)
         self.factor = total_factor(self.strides)

@@ -44,6 +44,7 @@ from vqkit.io import (
     fsync_dir,
     latest_checkpoint,
     load_weights,
+    read_error_reason,
     resolve_checkpoint,
     unwrap,
     weights_payload,
@@ -63,6 +64,7 @@ __all__ = [
     "load_trainer_state",
     "load_weights",
     "resolve_checkpoint",
+    "resume_candidates",
     "save_checkpoint",
     "save_latest",
 ]
@@ -160,7 +162,7 @@ def load_trainer_state(path: Path | str) -> dict[str, Any]:
             f"executed). Details: {e}"
         ) from e
     except Exception as e:
-        raise CheckpointError(f"could not read {file}: {e}") from e
+        raise CheckpointError(f"could not read {file}: {read_error_reason(file, e)}") from e
 
 
 # --- a run's series of checkpoints -----------------------------------------------------------
@@ -177,6 +179,30 @@ def clear_leftovers(root: Path | str) -> None:
             shutil.rmtree(p, ignore_errors=True)
         elif p.name.startswith(f".{LATEST}.") and p.name.endswith(".tmp"):  # atomic_write's
             p.unlink(missing_ok=True)
+
+
+def resume_candidates(root: Path | str) -> tuple[list[Path], str | None]:
+    """The checkpoints a resume may try, best first: the one ``root/latest`` names, then every
+    other step directory, newest first; and why the pointer was of no use (or None).
+
+    A resume takes the first that loads (see :func:`vqkit.train.fit`), so a truncated or
+    deleted latest checkpoint falls back to the intact one before it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return [], None
+    steps = sorted(
+        (p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)),
+        key=lambda p: _step_key(p.name),
+        reverse=True,
+    )
+    try:
+        latest, problem = latest_checkpoint(root), None
+    except CheckpointError as e:
+        latest, problem = None, str(e)
+    if latest is not None:
+        steps = [latest, *(p for p in steps if p != latest)]
+    return steps, problem
 
 
 def _step_key(name: str) -> tuple[int, int]:

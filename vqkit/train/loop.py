@@ -47,6 +47,7 @@ from vqkit.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
     load_weights,
+    resume_candidates,
     save_latest,
 )
 from vqkit.train.device import (
@@ -118,10 +119,17 @@ class TrainConfig:
     collapse_warmup: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("steps", "warmup_steps", "num_workers", "seed", "collapse_warmup"):
+        for name in ("warmup_steps", "num_workers", "seed", "collapse_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        positive = ("batch_size", "ckpt_every", "log_every", "keep_checkpoints", "max_bad_steps")
+        positive = (
+            "steps",
+            "batch_size",
+            "ckpt_every",
+            "log_every",
+            "keep_checkpoints",
+            "max_bad_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -237,8 +245,8 @@ def _restore(
     Returns:
         The trainer state: ``step`` and ``extra`` (data position, skipped steps, ...).
     """
+    state = load_trainer_state(checkpoint)  # before the weights: a bad file changes nothing
     load_weights(checkpoint, model)
-    state = load_trainer_state(checkpoint)
     if state["optimizer"] is None or state["scheduler"] is None or "data" not in state["extra"]:
         raise CheckpointError(
             f"{checkpoint} was not written by fit (no optimizer, scheduler or data position); "
@@ -248,6 +256,37 @@ def _restore(
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state
+
+
+def _restore_newest(
+    candidates: list[Path],
+    pointer_problem: str | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+) -> tuple[Path, dict[str, Any]]:
+    """Restore the first of ``candidates`` (best first) that loads and verifies, saying which
+    and why when it is not the latest one.
+
+    Raises:
+        CheckpointError: none of them loads; the message gives each one's reason.
+    """
+    failures = [pointer_problem] if pointer_problem else []
+    for checkpoint in candidates:
+        try:
+            state = _restore(checkpoint, model, optimizer, scheduler)
+        except CheckpointError as e:
+            failures.append(str(e))
+            continue
+        if failures:
+            log.warning(
+                "resuming from %s, the newest checkpoint that loads, because %s",
+                *(checkpoint, "; ".join(failures)),
+            )
+        return checkpoint, state
+    raise CheckpointError(
+        f"no checkpoint in {candidates[0].parent} can be resumed: {'; '.join(failures)}"
+    )
 
 
 def _warn_collapse(logs: Mapping[str, float], step: int, cfg: TrainConfig) -> bool:
@@ -320,15 +359,19 @@ def fit(
     out = Path(run_dir) / name
     ckpt_root, history_file = out / "ckpt", out / "history.jsonl"
     device = rank_device(resolve_device(cfg.device))
-    start = latest_checkpoint(ckpt_root)
-    if resume and is_main():
-        clear_leftovers(ckpt_root)  # a kill mid-save or mid-prune
-    if start is not None and not resume:
-        raise ValueError(
-            f"{out} already holds a checkpoint ({start.name}); pass resume=True to continue it, "
-            f"or use another name or run_dir"
-        )
-    if start is None:
+    if resume:
+        if is_main():
+            clear_leftovers(ckpt_root)  # a kill mid-save or mid-prune
+        candidates, pointer_problem = resume_candidates(ckpt_root)
+    else:
+        start = latest_checkpoint(ckpt_root)
+        if start is not None:
+            raise ValueError(
+                f"{out} already holds a checkpoint ({start.name}); pass resume=True to continue "
+                f"it, or use another name or run_dir"
+            )
+        candidates, pointer_problem = [], None
+    if not candidates:
         if resume:
             log.warning("no checkpoint in %s; starting %s from scratch", ckpt_root, name)
         seed_everything(cfg.seed)
@@ -347,8 +390,9 @@ def fit(
     final_logs: dict[str, float] = {}
     sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, shard=(rank(), world()))
     collapse_warned = False
-    if start is not None:
-        state = _restore(start, model, optimizer, scheduler)
+    start = None
+    if candidates:
+        start, state = _restore_newest(candidates, pointer_problem, model, optimizer, scheduler)
         extra = state["extra"]
         lr_scale[0] = extra.get("lr_scale", 1.0)
         collapse_warned = extra.get("collapse_warned", False)
