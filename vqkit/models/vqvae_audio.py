@@ -1,5 +1,7 @@
 """The audio VQ-VAE (van den Oord et al. 2017, section 4.3): strided conv encoder -> quantizer ->
-WaveNet decoder conditioned on the codes and on a speaker.
+a decoder conditioned on the codes and on a speaker: a WaveNet over samples (the paper), or a
+mel decoder to log-mel frames (:class:`~vqkit.models.mel_decoder.MelDecoder`) that a vocoder
+(:mod:`vqkit.models.vocoder`) renders.
 
 Audio travels as 8-bit mu-law classes ``(B, T)`` int64 in ``[0, 256)`` everywhere: the encoder
 reads them as floats in ``[-1, 1]`` (the companded waveform), the decoder predicts them. Voice
@@ -14,6 +16,11 @@ Example:
     (torch.Size([2, 256, 64]), torch.Size([2, 16]))
     >>> model.decode(model.encode(audio), torch.tensor([1, 1])).shape  # both as speaker 1
     torch.Size([2, 64])
+    >>> mel = vqvae_audio(num_speakers=3, decoder="mel", features="logmel", sample_rate=8000,
+    ...                   mel_hop=16, strides=[2], hidden=16, res_hidden=8, code_dim=8)
+    >>> out = mel(audio, speaker)  # L1 between predicted and true log-mel frames
+    >>> mel.decode_mel(mel.encode(audio), torch.tensor([1, 1])).shape  # (B, n_mels, frames)
+    torch.Size([2, 40, 4])
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqkit.audio import LogMel
+from vqkit.models.mel_decoder import MelDecoder
 from vqkit.models.registry import register
 from vqkit.models.wavenet_decoder import WaveNetDecoder, wavenet_decoder
 from vqkit.nn.conv import Stride
@@ -40,19 +48,28 @@ class AudioVQVAEOutput:
     """What :meth:`AudioVQVAE.forward` returns.
 
     Attributes:
-        logits: ``(B, classes, T)`` teacher-forced logits; ``logits[:, :, t]`` predicts sample t.
+        logits: ``(B, classes, T)`` teacher-forced logits; ``logits[:, :, t]`` predicts sample t
+            (WaveNet decoder; None with the mel decoder).
         quant: the quantizer's output (codes ``(B, T / hop)``, loss terms, perplexity).
-        recon_loss: mean cross-entropy in nats per sample (scalar).
+        recon_loss: WaveNet: mean cross-entropy in nats per sample; mel: mean L1 (or L2)
+            between predicted and true log-mel (scalar).
         loss: ``recon_loss + quant.loss``, the quantity to minimise.
+        mel: ``(B, n_mels, T / mel_hop)`` predicted log-mel (mel decoder; None otherwise).
+        target_mel: the true log-mel of the input it was compared with (mel decoder).
     """
 
-    logits: Tensor
+    logits: Tensor | None
     quant: QuantizerOutput
     recon_loss: Tensor
     loss: Tensor
+    mel: Tensor | None = None
+    target_mel: Tensor | None = None
 
 
 FEATURES = ("waveform", "logmel")  # what the audio encoder reads
+DECODERS = ("wavenet", "mel")  # what it decodes to: mu-law samples, or log-mel frames
+MEL_NORMS = ("batch", "instance")  # how the log-mel encoder normalises its input
+MEL_LOSSES = ("l1", "l2")
 
 
 class LogMelEncoder(nn.Module):
@@ -72,6 +89,12 @@ class LogMelEncoder(nn.Module):
         n_mels: mel bands.
         classes: mu-law classes of the audio (to undo the companding).
         hidden, strides, res_hidden, num_res_blocks: the :class:`~vqkit.nn.Encoder` over frames.
+        norm: ``"batch"`` (per band, batch statistics; the default) or ``"instance"`` (per band
+            and per utterance: mean and variance over the utterance's frames, which removes
+            much of a speaker's spectral colouring from what the codes see).
+        warp: while training, stretch the mel axis of the encoder's input by a random factor in
+            ``[1 - warp, 1 + warp]`` per utterance (vocal-tract-length perturbation on the mel
+            bins; 0: off). The decoder's target is never warped.
     """
 
     def __init__(
@@ -86,15 +109,25 @@ class LogMelEncoder(nn.Module):
         strides: Sequence[Stride] = (2,),
         res_hidden: int = 32,
         num_res_blocks: int = 2,
+        norm: str = "batch",
+        warp: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(mel_hop, int) or mel_hop < 1:
             raise ValueError(f"mel_hop must be a positive int (samples per frame), got {mel_hop!r}")
+        if norm not in MEL_NORMS:
+            raise ValueError(f"mel_norm must be one of {MEL_NORMS}, got {norm!r}")
+        if not 0.0 <= warp < 1.0:
+            raise ValueError(f"mel_warp must lie in [0, 1), got {warp}")
         self.mel = LogMel(
             sample_rate, n_mels=n_mels, hop_ms=1000.0 * mel_hop / sample_rate, pad_mode="constant"
         )
+        self.mel_hop, self.n_mels, self.warp = mel_hop, n_mels, warp
         self.mu = classes - 1  # the companding of MuLawEncode / MuLawDecode
-        self.norm = nn.BatchNorm1d(n_mels, affine=False)
+        if norm == "batch":
+            self.norm = nn.BatchNorm1d(n_mels, affine=False)
+        else:
+            self.norm = nn.InstanceNorm1d(n_mels, affine=False)
         self.frames = Encoder(
             1,
             n_mels,
@@ -106,14 +139,37 @@ class LogMelEncoder(nn.Module):
         )
         self.factor = (mel_hop * math.prod(self.frames.factor),)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, 1, T)`` companded waveform -> ``(B, D, T / (mel_hop * prod(strides)))``."""
+    def logmel(self, x: Tensor) -> Tensor:
+        """``(B, 1, T)`` companded waveform -> ``(B, n_mels, T / mel_hop)`` log-mel (float32);
+        frame f is centred on sample ``f * mel_hop``."""
         import torchaudio.functional as AF  # what MuLawDecode uses; it takes float levels too
 
         wav = AF.mu_law_decoding((x[:, 0].float() + 1.0) * (self.mu / 2.0), self.mu + 1)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            mel = self.mel(wav)[..., : wav.shape[-1] // self.mel.hop]  # (B, n_mels, T / mel_hop)
-        return self.frames(self.norm(mel).to(x.dtype))
+            return self.mel(wav)[..., : wav.shape[-1] // self.mel.hop]
+
+    def encode_frames(self, mel: Tensor) -> Tensor:
+        """``(B, n_mels, F)`` log-mel -> ``(B, D, F / prod(strides))`` latents."""
+        if self.training and self.warp > 0:
+            mel = warp_mel(mel, self.warp)
+        return self.frames(self.norm(mel).to(self.frames.net[-1].weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 1, T)`` companded waveform -> ``(B, D, T / (mel_hop * prod(strides)))``."""
+        return self.encode_frames(self.logmel(x))
+
+
+def warp_mel(mel: Tensor, warp: float) -> Tensor:
+    """Stretch ``(B, n_mels, F)`` along the mel axis by a random factor per item in
+    ``[1 - warp, 1 + warp]`` (linear interpolation between bins, the top bin repeated)."""
+    b, n, _ = mel.shape
+    alpha = 1.0 + (torch.rand(b, 1, device=mel.device) * 2.0 - 1.0) * warp  # (B, 1)
+    pos = (torch.arange(n, device=mel.device, dtype=mel.dtype)[None] / alpha).clamp(0, n - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    frac = (pos - lo).unsqueeze(-1)  # (B, n, 1)
+    gather = lambda idx: mel.gather(1, idx.unsqueeze(-1).expand_as(mel))  # noqa: E731
+    return gather(lo) * (1.0 - frac) + gather(hi) * frac
 
 
 def time_jitter(z: Tensor, p: float) -> Tensor:
@@ -132,15 +188,19 @@ def time_jitter(z: Tensor, p: float) -> Tensor:
 
 
 class AudioVQVAE(nn.Module):
-    """Encoder -> quantizer -> :class:`~vqkit.models.wavenet_decoder.WaveNetDecoder`.
+    """Encoder -> quantizer -> decoder: a :class:`~vqkit.models.wavenet_decoder.WaveNetDecoder`
+    (mu-law samples) or a :class:`~vqkit.models.mel_decoder.MelDecoder` (log-mel frames).
 
     Args:
-        encoder: ``(B, 1, T) -> (B, D, T / hop)``, e.g. :class:`vqkit.nn.Encoder` with dims=1.
+        encoder: ``(B, 1, T) -> (B, D, T / hop)``, e.g. :class:`vqkit.nn.Encoder` with dims=1;
+            a :class:`LogMelEncoder` for the mel decoder (whose log-mel is also the target).
         quantizer: a :class:`vqkit.quantize.Quantizer` over ``D`` channels.
-        decoder: a WaveNetDecoder whose ``hop`` equals the encoder's total stride.
+        decoder: a WaveNetDecoder whose ``hop`` equals the encoder's total stride, or a
+            MelDecoder whose frames per code equal the encoder's strides over frames.
         jitter: time-jitter probability applied to the quantised vectors while training
             (:func:`time_jitter`; 0: off). Chorowski et al. (2019) use 0.12 so that codes
             cannot carry exact timing and follow phones more closely.
+        mel_loss: ``"l1"`` or ``"l2"`` between predicted and true log-mel (mel decoder).
 
     Attributes:
         config: the dict :func:`vqkit.models.build_model` takes, when built by a builder.
@@ -150,35 +210,62 @@ class AudioVQVAE(nn.Module):
         self,
         encoder: nn.Module,
         quantizer: nn.Module,
-        decoder: WaveNetDecoder,
+        decoder: WaveNetDecoder | MelDecoder,
         *,
         jitter: float = 0.0,
+        mel_loss: str = "l1",
     ) -> None:
         super().__init__()
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"jitter must lie in [0, 1], got {jitter}")
-        self.jitter = jitter
+        if mel_loss not in MEL_LOSSES:
+            raise ValueError(f"mel_loss must be one of {MEL_LOSSES}, got {mel_loss!r}")
+        self.jitter, self.mel_loss = jitter, mel_loss
         hop = math.prod(encoder.factor)
-        if decoder.hop != hop:
+        if isinstance(decoder, MelDecoder):
+            if not isinstance(encoder, LogMelEncoder):
+                raise ValueError("the mel decoder needs the log-mel encoder (features='logmel')")
+            if encoder.mel_hop * decoder.factor != hop or decoder.n_mels != encoder.n_mels:
+                raise ValueError(
+                    f"the mel decoder's {decoder.factor} frames per code of {decoder.n_mels} "
+                    f"bands must match the encoder's {hop // encoder.mel_hop} of "
+                    f"{encoder.n_mels}"
+                )
+        elif decoder.hop != hop:
             raise ValueError(
                 f"the decoder's hop ({decoder.hop}) must equal the encoder's total stride ({hop})"
             )
+        self._hop = hop
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
         self.config: dict | None = None
 
     @property
+    def is_mel(self) -> bool:
+        """True when the decoder predicts log-mel frames (render them with a vocoder)."""
+        return isinstance(self.decoder, MelDecoder)
+
+    @property
     def hop(self) -> int:
         """Samples per code."""
-        return self.decoder.hop
+        return self._hop
+
+    @property
+    def mel_hop(self) -> int | None:
+        """Samples per log-mel frame of the log-mel encoder (None: waveform encoder)."""
+        return getattr(self.encoder, "mel_hop", None)
 
     @property
     def classes(self) -> int:
         """Mu-law classes of the audio."""
+        if self.is_mel:
+            return self.encoder.mu + 1
         return self.decoder.wavenet.in_classes
 
     @property
     def num_speakers(self) -> int | None:
-        """Speakers of the decoder's global conditioning (None: no speaker input)."""
+        """Speakers of the decoder's speaker conditioning (None: no speaker input)."""
+        if self.is_mel:
+            return self.decoder.num_speakers
         return self.decoder.wavenet.global_classes
 
     def _check_audio(self, audio: Tensor) -> None:
@@ -204,12 +291,32 @@ class AudioVQVAE(nn.Module):
     def forward(self, audio: Tensor, speaker: Tensor | None = None) -> AudioVQVAEOutput:
         """Teacher-forced pass: ``audio`` ``(B, T)`` classes, ``speaker`` ``(B,)`` ids or None."""
         self._check_audio(audio)
-        z = self.encoder(self.to_float(audio))  # (B, D, T / hop)
+        if self.is_mel:
+            target = self.encoder.logmel(self.to_float(audio))  # (B, n_mels, T / mel_hop)
+            z = self.encoder.encode_frames(target)  # (B, D, T / hop)
+        else:
+            z = self.encoder(self.to_float(audio))  # (B, D, T / hop)
         quant = self.quantizer(z)
         z_q = time_jitter(quant.quantized, self.jitter) if self.training else quant.quantized
+        if self.is_mel:
+            mel = self.decoder(z_q, speaker)  # (B, n_mels, T / mel_hop)
+            diff = mel - target.to(mel.dtype)
+            recon_loss = diff.abs().mean() if self.mel_loss == "l1" else diff.square().mean()
+            return AudioVQVAEOutput(
+                None, quant, recon_loss, recon_loss + quant.loss, mel=mel, target_mel=target
+            )
         logits = self.decoder(z_q, speaker, audio)  # (B, classes, T)
         recon_loss = F.cross_entropy(logits, audio)
         return AudioVQVAEOutput(logits, quant, recon_loss, recon_loss + quant.loss)
+
+    @torch.no_grad()
+    def logmel(self, audio: Tensor) -> Tensor:
+        """``(B, T)`` mu-law classes -> ``(B, n_mels, T / mel_hop)`` true log-mel: what the mel
+        decoder is trained to predict and a vocoder renders."""
+        if self.mel_hop is None:
+            raise ValueError("logmel() needs the log-mel encoder (features='logmel')")
+        self._check_audio(audio)
+        return self.encoder.logmel(self.to_float(audio))
 
     @torch.no_grad()
     def encode(self, audio: Tensor) -> Tensor:
@@ -225,8 +332,10 @@ class AudioVQVAE(nn.Module):
     def nll_bits(self, audio: Tensor, speaker: Tensor | None = None) -> Tensor:
         """``(B,)`` teacher-forced reconstruction NLL ``-log2 p(x | z_q(x), speaker)`` per sample.
 
-        Goes through ``encode``, so no codebook state changes.
+        Goes through ``encode``, so no codebook state changes. WaveNet decoder only.
         """
+        if self.is_mel:
+            raise ValueError("nll_bits() needs the WaveNet decoder; the mel decoder has no NLL")
         logits = self.decoder(self.latents(self.encode(audio)), speaker, audio)
         return F.cross_entropy(logits, audio, reduction="none").mean(1) / math.log(2)
 
@@ -253,6 +362,12 @@ class AudioVQVAE(nn.Module):
             generator: for reproducible samples, on the model's device.
             cached: use the cached sampler.
         """
+        if self.is_mel:
+            raise ValueError(
+                "decode() generates samples with the WaveNet decoder; this model has a mel "
+                "decoder: take decode_mel(codes, speaker) and render it with a vocoder "
+                "(vqkit.models.vocoder)"
+            )
         return self.decoder.generate(
             self.latents(codes),
             speaker,
@@ -261,7 +376,22 @@ class AudioVQVAE(nn.Module):
             cached=cached,
         )
 
+    @torch.no_grad()
+    def decode_mel(self, codes: Tensor, speaker: Tensor | int | None = None) -> Tensor:
+        """Predicted log-mel ``(B, n_mels, T' * frames per code)`` of codes ``(B, T')`` spoken
+        by ``speaker`` (``(B,)`` ids or one int; another speaker than the source's converts).
+        Mel decoder only; a vocoder's ``render`` turns the frames into a waveform."""
+        if not self.is_mel:
+            raise ValueError("decode_mel() needs the mel decoder (vqvae_audio(decoder='mel'))")
+        if isinstance(speaker, int):
+            speaker = torch.full((codes.shape[0],), speaker, dtype=torch.long)
+        if speaker is not None:
+            speaker = speaker.to(codes.device)
+        return self.decoder(self.latents(codes), speaker)
+
     def _dtype(self) -> torch.dtype:
+        if self.is_mel:
+            return self.decoder.layers[0].weight.dtype
         return self.decoder.wavenet.embed.weight.dtype
 
 
@@ -291,6 +421,13 @@ def vqvae_audio(
     n_mels: int = 40,
     jitter: float = 0.0,
     quantizer: dict[str, Any] | None = None,
+    decoder: str = "wavenet",
+    decoder_hidden: int | None = None,
+    decoder_res_hidden: int | None = None,
+    decoder_res_blocks: int = 4,
+    mel_loss: str = "l1",
+    mel_norm: str = "batch",
+    mel_warp: float = 0.0,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: the paper's 6 stride-2 convs (window 4, 64x) and a WaveNet decoder.
 
@@ -313,6 +450,17 @@ def vqvae_audio(
         mel_hop, n_mels: the log-mel frames of ``"logmel"``.
         jitter: time-jitter probability while training (:class:`AudioVQVAE`).
         quantizer: further :class:`~vqkit.quantize.VectorQuantizer` keyword arguments.
+        decoder: ``"wavenet"`` (mu-law samples from the codes, the paper; the WaveNet arguments
+            above) or ``"mel"`` (:class:`~vqkit.models.mel_decoder.MelDecoder`: log-mel frames
+            at ``mel_hop``, the encoder's own log-mel as target; needs ``features="logmel"``;
+            render with a vocoder from :mod:`vqkit.models.vocoder`).
+        decoder_hidden, decoder_res_hidden, decoder_res_blocks: the mel decoder's conv stack
+            (defaults: ``hidden``, ``res_hidden``; 4 residual blocks).
+        mel_loss: ``"l1"`` or ``"l2"`` on the log-mel (mel decoder).
+        mel_norm: ``"batch"`` or ``"instance"`` normalisation of the encoder's log-mel input
+            (:class:`LogMelEncoder`).
+        mel_warp: random mel-axis stretch of the encoder's input while training, in
+            ``[1 - mel_warp, 1 + mel_warp]`` (:class:`LogMelEncoder`; 0: off).
 
     Examples:
         >>> model = vqvae_audio(num_speakers=4)
@@ -328,6 +476,10 @@ def vqvae_audio(
         )
     if features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "mel" and features != "logmel":
+        raise ValueError("decoder='mel' needs features='logmel' (its log-mel is the target)")
     encoder: nn.Module
     if features == "logmel":
         if sample_rate is None:
@@ -342,6 +494,8 @@ def vqvae_audio(
             strides=strides,
             res_hidden=res_hidden,
             num_res_blocks=num_res_blocks,
+            norm=mel_norm,
+            warp=mel_warp,
         )
     else:
         encoder = Encoder(
@@ -353,7 +507,20 @@ def vqvae_audio(
             res_hidden=res_hidden,
             num_res_blocks=num_res_blocks,
         )
-    decoder = wavenet_decoder(
+    quantizer_module = VectorQuantizer(num_codes, code_dim, **extra)
+    if decoder == "mel":
+        mel_decoder = MelDecoder(
+            code_dim,
+            n_mels,
+            strides=strides,
+            hidden=hidden if decoder_hidden is None else decoder_hidden,
+            res_hidden=res_hidden if decoder_res_hidden is None else decoder_res_hidden,
+            num_res_blocks=decoder_res_blocks,
+            num_speakers=num_speakers,
+            speaker_channels=speaker_channels,
+        )
+        return AudioVQVAE(encoder, quantizer_module, mel_decoder, jitter=jitter, mel_loss=mel_loss)
+    wavenet = wavenet_decoder(
         code_dim=code_dim,
         hop=math.prod(encoder.factor),
         num_speakers=num_speakers,
@@ -368,5 +535,4 @@ def vqvae_audio(
         stacks=stacks,
         upsample=upsample,
     )
-    quantizer_module = VectorQuantizer(num_codes, code_dim, **extra)
-    return AudioVQVAE(encoder, quantizer_module, decoder, jitter=jitter)
+    return AudioVQVAE(encoder, quantizer_module, wavenet, jitter=jitter, mel_loss=mel_loss)
