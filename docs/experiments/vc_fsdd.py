@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -43,8 +44,9 @@ BASE = dict(  # the fsdd preset's encoder and codes, with the mel decoder
     decoder="mel",
     features="logmel",
     sample_rate=SR,
-    mel_hop=128,
-    strides=[2],
+    mel_hop=64,  # 125 Hz frames: Griffin-Lim keeps the speaker far better than at 128
+    n_mels=80,  # and 80 bands rather than 40 (speaker kept 98.5% against 71.5%)
+    strides=[2, 2],  # codes at 31.25 Hz, as the fsdd preset
     jitter=0.12,
     num_codes=128,
     code_dim=64,
@@ -214,14 +216,17 @@ def classifiers(data, speakers, cache: Path):
     return tuple(out)
 
 
-def train_wavenet_vocoder(train, args, cache: Path):
-    path = cache / f"wavenet_vocoder_{args.vocoder_steps}.pt"
+def train_wavenet_vocoder(train, args, cache: Path, mel_hop: int, n_mels: int):
+    key = f"{args.vocoder_steps}_{mel_hop}_{n_mels}_{zlib.crc32(args.vocoder_args.encode())}"
+    path = cache / f"wavenet_vocoder_{key}.pt"
     torch.manual_seed(args.seed)
-    voc = wavenet_vocoder(sample_rate=SR, mel_hop=BASE["mel_hop"], **json.loads(args.vocoder_args))
+    voc = wavenet_vocoder(
+        sample_rate=SR, mel_hop=mel_hop, n_mels=n_mels, **json.loads(args.vocoder_args)
+    )
     if path.exists():
         voc.load_state_dict(torch.load(path))
         return voc.eval(), 0.0
-    voc.fit_norm([voc.logmel(pad_to(it[0], 128)[None])[0] for it in train])
+    voc.fit_norm([voc.logmel(pad_to(it[0], mel_hop)[None])[0] for it in train])
     opt = torch.optim.Adam(voc.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
@@ -293,9 +298,12 @@ def main():
         clfs, [it[1] for it in test], [speakers.index(it[2]) for it in test], [it[3] for it in test]
     )
     if args.vocoder == "griffinlim":
-        vocoder, result["vocoder_train_s"] = griffinlim(sample_rate=SR, mel_hop=128), 0.0
+        vocoder = griffinlim(sample_rate=SR, mel_hop=kwargs["mel_hop"], n_mels=kwargs["n_mels"])
+        result["vocoder_train_s"] = 0.0
     else:
-        vocoder, result["vocoder_train_s"] = train_wavenet_vocoder(data["train"], args, args.cache)
+        vocoder, result["vocoder_train_s"] = train_wavenet_vocoder(
+            data["train"], args, args.cache, kwargs["mel_hop"], kwargs["n_mels"]
+        )
     t0 = time.time()
     true_mels = [model_free_logmel(vocoder, it[0]) for it in test]
     voc_waves = [vocoder.render(m)[0, : len(it[1])] for m, it in zip(true_mels, test)]
