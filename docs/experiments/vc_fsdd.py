@@ -108,6 +108,7 @@ def train_vqvae(items, speakers, kwargs, args, tag):
             print(
                 f"[{tag}] step {step} recon {out.recon_loss.item():.3f} "
                 f"vq {out.quant.loss.item():.4f} ppl {out.quant.perplexity.item():.1f} "
+                f"adv {0.0 if out.adversary_loss is None else out.adversary_loss.item():.3f} "
                 f"({time.time() - t0:.0f}s)",
                 flush=True,
             )

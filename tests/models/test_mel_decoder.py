@@ -107,3 +107,19 @@ def test_rebuilds_from_config_and_decode_needs_a_vocoder():
         model.decode(model.encode(audio), spk)
     with pytest.raises(ValueError, match="features='logmel'"):
         vqvae_audio(num_speakers=2, decoder="mel")
+
+
+def test_speaker_adversary_reverses_its_gradient_into_the_encoder():
+    from vqkit.models.vqvae_audio import _ReverseGrad
+
+    x = torch.randn(3, requires_grad=True)
+    _ReverseGrad.apply(x).sum().backward()
+    torch.testing.assert_close(x.grad, -torch.ones(3))
+    torch.manual_seed(0)
+    model = tiny(adversary=0.5)
+    out = model(torch.randint(0, 256, (2, 64)), torch.tensor([0, 1]))
+    torch.testing.assert_close(out.loss, out.recon_loss + out.quant.loss + 0.5 * out.adversary_loss)
+    out.adversary_loss.backward()
+    assert model.adversary.head.weight.grad.abs().sum() > 0
+    assert model.encoder.frames.net[0].conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.parameters())

@@ -56,6 +56,8 @@ class AudioVQVAEOutput:
         loss: ``recon_loss + quant.loss``, the quantity to minimise.
         mel: ``(B, n_mels, T / mel_hop)`` predicted log-mel (mel decoder; None otherwise).
         target_mel: the true log-mel of the input it was compared with (mel decoder).
+        adversary_loss: cross-entropy of the speaker adversary on the latents (when the model
+            has one and speakers were given); ``loss`` includes ``adversary * adversary_loss``.
     """
 
     logits: Tensor | None
@@ -64,6 +66,7 @@ class AudioVQVAEOutput:
     loss: Tensor
     mel: Tensor | None = None
     target_mel: Tensor | None = None
+    adversary_loss: Tensor | None = None
 
 
 FEATURES = ("waveform", "logmel")  # what the audio encoder reads
@@ -90,8 +93,9 @@ class LogMelEncoder(nn.Module):
         classes: mu-law classes of the audio (to undo the companding).
         hidden, strides, res_hidden, num_res_blocks: the :class:`~vqkit.nn.Encoder` over frames.
         norm: ``"batch"`` (per band, batch statistics; the default) or ``"instance"`` (per band
-            and per utterance: mean and variance over the utterance's frames, which removes
-            much of a speaker's spectral colouring from what the codes see).
+            and per utterance: mean and variance over the utterance's frames, padding left out,
+            which removes much of a speaker's spectral colouring from what the codes see; see
+            :class:`InstanceMelNorm`).
         warp: while training, stretch the mel axis of the encoder's input by a random factor in
             ``[1 - warp, 1 + warp]`` per utterance (vocal-tract-length perturbation on the mel
             bins; 0: off). The decoder's target is never warped.
@@ -127,7 +131,7 @@ class LogMelEncoder(nn.Module):
         if norm == "batch":
             self.norm = nn.BatchNorm1d(n_mels, affine=False)
         else:
-            self.norm = nn.InstanceNorm1d(n_mels, affine=False)
+            self.norm = InstanceMelNorm()
         self.frames = Encoder(
             1,
             n_mels,
@@ -159,6 +163,23 @@ class LogMelEncoder(nn.Module):
         return self.encode_frames(self.logmel(x))
 
 
+class InstanceMelNorm(nn.Module):
+    """Per-utterance, per-band normalisation of log-mel ``(B, n_mels, F)``, over the frames
+    that are not digital silence (padding: every band at the log floor), so that a crop padded
+    with silence while training gets the same statistics as the whole utterance later."""
+
+    def __init__(self, floor: float = math.log(1e-5), eps: float = 1e-5) -> None:
+        super().__init__()
+        self.floor, self.eps = floor, eps
+
+    def forward(self, mel: Tensor) -> Tensor:
+        keep = (mel.amax(1, keepdim=True) > self.floor + 1.0).to(mel.dtype)  # (B, 1, F)
+        count = keep.sum(-1, keepdim=True).clamp_min(1.0)
+        mean = (mel * keep).sum(-1, keepdim=True) / count
+        var = ((mel - mean).square() * keep).sum(-1, keepdim=True) / count
+        return (mel - mean) / (var + self.eps).sqrt()
+
+
 def warp_mel(mel: Tensor, warp: float) -> Tensor:
     """Stretch ``(B, n_mels, F)`` along the mel axis by a random factor per item in
     ``[1 - warp, 1 + warp]`` (linear interpolation between bins, the top bin repeated)."""
@@ -170,6 +191,35 @@ def warp_mel(mel: Tensor, warp: float) -> Tensor:
     frac = (pos - lo).unsqueeze(-1)  # (B, n, 1)
     gather = lambda idx: mel.gather(1, idx.unsqueeze(-1).expand_as(mel))  # noqa: E731
     return gather(lo) * (1.0 - frac) + gather(hi) * frac
+
+
+class _ReverseGrad(torch.autograd.Function):
+    """Identity forward, negated gradient backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        return -grad
+
+
+class SpeakerAdversary(nn.Module):
+    """Predicts the speaker from the encoder's latents ``(B, D, T')`` through a gradient
+    reversal: the classifier learns to tell speakers apart, the encoder to stop it."""
+
+    def __init__(self, code_dim: int, num_speakers: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(code_dim, hidden, 3, padding=1), nn.ReLU(), nn.Conv1d(hidden, hidden, 1)
+        )
+        self.head = nn.Linear(hidden, num_speakers)
+
+    def forward(self, z: Tensor, speaker: Tensor) -> Tensor:
+        """Mean cross-entropy (nats) of the speaker given the latents (scalar)."""
+        h = self.net(_ReverseGrad.apply(z)).relu().mean(-1)  # (B, hidden)
+        return F.cross_entropy(self.head(h), speaker)
 
 
 def time_jitter(z: Tensor, p: float) -> Tensor:
@@ -201,6 +251,9 @@ class AudioVQVAE(nn.Module):
             (:func:`time_jitter`; 0: off). Chorowski et al. (2019) use 0.12 so that codes
             cannot carry exact timing and follow phones more closely.
         mel_loss: ``"l1"`` or ``"l2"`` between predicted and true log-mel (mel decoder).
+        adversary: weight of a :class:`SpeakerAdversary` on the encoder's latents (0: none;
+            needs ``num_speakers``); it pushes speaker information out of the codes.
+        num_speakers: speakers of the adversary (the decoder's own count when None).
 
     Attributes:
         config: the dict :func:`vqkit.models.build_model` takes, when built by a builder.
@@ -214,6 +267,8 @@ class AudioVQVAE(nn.Module):
         *,
         jitter: float = 0.0,
         mel_loss: str = "l1",
+        adversary: float = 0.0,
+        num_speakers: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= jitter <= 1.0:
@@ -237,6 +292,13 @@ class AudioVQVAE(nn.Module):
             )
         self._hop = hop
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.adversary_weight = float(adversary)
+        self.adversary = None
+        if adversary:
+            num_speakers = self.num_speakers if num_speakers is None else num_speakers
+            if not num_speakers:
+                raise ValueError("a speaker adversary needs num_speakers")
+            self.adversary = SpeakerAdversary(quantizer.dim, num_speakers)
         self.config: dict | None = None
 
     @property
@@ -298,16 +360,18 @@ class AudioVQVAE(nn.Module):
             z = self.encoder(self.to_float(audio))  # (B, D, T / hop)
         quant = self.quantizer(z)
         z_q = time_jitter(quant.quantized, self.jitter) if self.training else quant.quantized
+        adv = None
+        if self.adversary is not None and speaker is not None:
+            adv = self.adversary(z, speaker)
+        extra = quant.loss if adv is None else quant.loss + self.adversary_weight * adv
         if self.is_mel:
             mel = self.decoder(z_q, speaker)  # (B, n_mels, T / mel_hop)
             diff = mel - target.to(mel.dtype)
             recon_loss = diff.abs().mean() if self.mel_loss == "l1" else diff.square().mean()
-            return AudioVQVAEOutput(
-                None, quant, recon_loss, recon_loss + quant.loss, mel=mel, target_mel=target
-            )
+            return AudioVQVAEOutput(None, quant, recon_loss, recon_loss + extra, mel, target, adv)
         logits = self.decoder(z_q, speaker, audio)  # (B, classes, T)
         recon_loss = F.cross_entropy(logits, audio)
-        return AudioVQVAEOutput(logits, quant, recon_loss, recon_loss + quant.loss)
+        return AudioVQVAEOutput(logits, quant, recon_loss, recon_loss + extra, adversary_loss=adv)
 
     @torch.no_grad()
     def logmel(self, audio: Tensor) -> Tensor:
@@ -428,6 +492,7 @@ def vqvae_audio(
     mel_loss: str = "l1",
     mel_norm: str = "batch",
     mel_warp: float = 0.0,
+    adversary: float = 0.0,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: the paper's 6 stride-2 convs (window 4, 64x) and a WaveNet decoder.
 
@@ -461,6 +526,8 @@ def vqvae_audio(
             (:class:`LogMelEncoder`).
         mel_warp: random mel-axis stretch of the encoder's input while training, in
             ``[1 - mel_warp, 1 + mel_warp]`` (:class:`LogMelEncoder`; 0: off).
+        adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
+            (:class:`AudioVQVAE`; 0: none).
 
     Examples:
         >>> model = vqvae_audio(num_speakers=4)
@@ -519,7 +586,15 @@ def vqvae_audio(
             num_speakers=num_speakers,
             speaker_channels=speaker_channels,
         )
-        return AudioVQVAE(encoder, quantizer_module, mel_decoder, jitter=jitter, mel_loss=mel_loss)
+        return AudioVQVAE(
+            encoder,
+            quantizer_module,
+            mel_decoder,
+            jitter=jitter,
+            mel_loss=mel_loss,
+            adversary=adversary,
+            num_speakers=num_speakers,
+        )
     wavenet = wavenet_decoder(
         code_dim=code_dim,
         hop=math.prod(encoder.factor),
@@ -535,4 +610,12 @@ def vqvae_audio(
         stacks=stacks,
         upsample=upsample,
     )
-    return AudioVQVAE(encoder, quantizer_module, wavenet, jitter=jitter, mel_loss=mel_loss)
+    return AudioVQVAE(
+        encoder,
+        quantizer_module,
+        wavenet,
+        jitter=jitter,
+        mel_loss=mel_loss,
+        adversary=adversary,
+        num_speakers=num_speakers,
+    )
