@@ -88,6 +88,8 @@ def crops(items, speakers, n, crop, gen):
 def train_vqvae(items, speakers, kwargs, args, tag):
     torch.manual_seed(args.seed)
     model = vqvae_audio(num_speakers=len(speakers), **kwargs)
+    if kwargs.get("mel_norm") == "speaker":
+        model.set_speaker_stats([it[0] for it in items], [speakers.index(it[2]) for it in items])
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05
@@ -121,12 +123,30 @@ def pad_to(x, hop):
 
 
 @torch.no_grad()
+def encode(model, x, name, speakers, items):
+    """Codes ``(1, T')`` of one utterance of speaker ``name``; for ``mel_norm="speaker"`` a
+    training speaker's stored statistics, or those of ``name``'s utterances among ``items``
+    (an unseen speaker: the utterances being converted, no labels used)."""
+    x = pad_to(x, model.hop)[None]
+    if getattr(model.encoder, "norm_kind", None) != "speaker":
+        return model.encode(x)
+    if name in speakers:
+        return model.encode(x, speakers.index(name))
+    key = (id(model), name)
+    if key not in _STATS:
+        _STATS[key] = model.speaker_stats([it[0] for it in items if it[2] == name])
+    return model.encode(x, stats=_STATS[key])
+
+
+_STATS: dict = {}
+
+
 def convert_all(model, items, speakers, targets, vocoder):
     """For every item and target speaker: the rendered waveform, cropped to the source length.
     Returns a list of (wave, source index, target id)."""
     out = []
-    for i, (x, _, _, _) in enumerate(items):
-        codes = model.encode(pad_to(x, model.hop)[None])  # (1, T')
+    for i, (x, _, name, _) in enumerate(items):
+        codes = encode(model, x, name, speakers, items)  # (1, T')
         spk = torch.tensor(targets)
         mel = model.decode_mel(codes.expand(len(targets), -1), spk)
         waves = vocoder.render(mel)
@@ -161,14 +181,14 @@ def evaluate(model, test, speakers, all_speakers, clfs, vocoder, sources=None):
     return out
 
 
-def probe(model, train, test, speakers, seed=0):
+def probe(model, train, test, speakers, seed=0, model_speakers=None):
     """Linear probes from code histograms / mean code vectors to the speaker."""
 
     @torch.no_grad()
     def feats(items):
         hist, mean = [], []
-        for x, *_ in items:
-            codes = model.encode(pad_to(x, model.hop)[None])[0]
+        for x, _, name, _ in items:
+            codes = encode(model, x, name, model_speakers or speakers, items)[0]
             h = torch.bincount(codes, minlength=model.quantizer.num_codes).float()
             hist.append(h / h.sum())
             mean.append(model.latents(codes[None])[0].mean(-1))
@@ -325,7 +345,7 @@ def main():
         model3, result["unseen_train_s"] = train_vqvae(train3, seen, kwargs, args, "unseen")
         src = [it for it in test if it[2] == args.holdout]
         result["unseen"] = evaluate(model3, src, seen, speakers, clfs, vocoder)["convert"]
-        result["unseen_probe"] = probe(model3, data["train"], test, speakers)
+        result["unseen_probe"] = probe(model3, data["train"], test, speakers, model_speakers=seen)
         print("unseen", result["unseen"], flush=True)
     result["total_s"] = round(time.time() - t_start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

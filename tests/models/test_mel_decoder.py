@@ -123,3 +123,21 @@ def test_speaker_adversary_reverses_its_gradient_into_the_encoder():
     assert model.adversary.head.weight.grad.abs().sum() > 0
     assert model.encoder.frames.net[0].conv.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.decoder.parameters())
+
+
+def test_speaker_norm_uses_each_speakers_statistics():
+    torch.manual_seed(0)
+    model = tiny(mel_norm="speaker")
+    utts = [torch.randint(0, 256, (96,)) for _ in range(6)]
+    ids = [0, 0, 1, 1, 2, 2]
+    model.set_speaker_stats(utts, ids)
+    mean, std = model.speaker_stats(utts[2:4])
+    torch.testing.assert_close(model.encoder.speaker_mean[1], mean)
+    torch.testing.assert_close(model.encoder.speaker_std[1], std)
+    model.eval()
+    x = torch.stack(utts[2:4])
+    torch.testing.assert_close(model.encode(x, 1), model.encode(x, stats=(mean, std)))
+    out = model(x, torch.tensor([1, 1]))
+    assert out.mel.shape == (2, 8, 6)
+    with pytest.raises(ValueError, match="statistics"):
+        model.encode(x)

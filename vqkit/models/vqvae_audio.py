@@ -71,7 +71,7 @@ class AudioVQVAEOutput:
 
 FEATURES = ("waveform", "logmel")  # what the audio encoder reads
 DECODERS = ("wavenet", "mel")  # what it decodes to: mu-law samples, or log-mel frames
-MEL_NORMS = ("batch", "instance")  # how the log-mel encoder normalises its input
+MEL_NORMS = ("batch", "instance", "speaker")  # how the log-mel encoder normalises its input
 MEL_LOSSES = ("l1", "l2")
 
 
@@ -95,7 +95,12 @@ class LogMelEncoder(nn.Module):
         norm: ``"batch"`` (per band, batch statistics; the default) or ``"instance"`` (per band
             and per utterance: mean and variance over the utterance's frames, padding left out,
             which removes much of a speaker's spectral colouring from what the codes see; see
-            :class:`InstanceMelNorm`).
+            :class:`InstanceMelNorm`), or ``"speaker"`` (per band, with each speaker's mean
+            and deviation over all their frames: the speaker's average colouring goes, the
+            digit- or phone-dependent part stays; set the statistics of the training speakers
+            with :meth:`AudioVQVAE.set_speaker_stats` before training, and give those of a new
+            speaker, from :meth:`AudioVQVAE.speaker_stats`, to ``encode(..., stats=)``).
+        num_speakers: training speakers (``norm="speaker"``).
         warp: while training, stretch the mel axis of the encoder's input by a random factor in
             ``[1 - warp, 1 + warp]`` per utterance (vocal-tract-length perturbation on the mel
             bins; 0: off). The decoder's target is never warped.
@@ -115,6 +120,7 @@ class LogMelEncoder(nn.Module):
         num_res_blocks: int = 2,
         norm: str = "batch",
         warp: float = 0.0,
+        num_speakers: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(mel_hop, int) or mel_hop < 1:
@@ -128,10 +134,17 @@ class LogMelEncoder(nn.Module):
         )
         self.mel_hop, self.n_mels, self.warp = mel_hop, n_mels, warp
         self.mu = classes - 1  # the companding of MuLawEncode / MuLawDecode
+        self.norm_kind = norm
         if norm == "batch":
             self.norm = nn.BatchNorm1d(n_mels, affine=False)
-        else:
+        elif norm == "instance":
             self.norm = InstanceMelNorm()
+        else:
+            if not num_speakers:
+                raise ValueError("mel_norm='speaker' needs num_speakers")
+            self.norm = None
+            self.register_buffer("speaker_mean", torch.zeros(num_speakers, n_mels))
+            self.register_buffer("speaker_std", torch.ones(num_speakers, n_mels))
         self.frames = Encoder(
             1,
             n_mels,
@@ -152,15 +165,37 @@ class LogMelEncoder(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.mel(wav)[..., : wav.shape[-1] // self.mel.hop]
 
-    def encode_frames(self, mel: Tensor) -> Tensor:
-        """``(B, n_mels, F)`` log-mel -> ``(B, D, F / prod(strides))`` latents."""
+    def encode_frames(self, mel: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(B, n_mels, F)`` log-mel -> ``(B, D, F / prod(strides))`` latents.
+
+        ``stats``: ``(mean, std)``, each ``(B, n_mels)`` or ``(n_mels,)``: the speaker
+        statistics of ``norm="speaker"`` (required there, ignored otherwise).
+        """
         if self.training and self.warp > 0:
             mel = warp_mel(mel, self.warp)
-        return self.frames(self.norm(mel).to(self.frames.net[-1].weight.dtype))
+        if self.norm is None:
+            if stats is None:
+                raise ValueError(
+                    "mel_norm='speaker' needs the speaker's statistics: pass speaker ids of "
+                    "training speakers or stats=model.speaker_stats(utterances)"
+                )
+            mean, std = (s.to(mel.dtype).expand(mel.shape[0], -1).unsqueeze(-1) for s in stats)
+            normed = (mel - mean) / std
+        else:
+            normed = self.norm(mel)
+        return self.frames(normed.to(self.frames.net[-1].weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 1, T)`` companded waveform -> ``(B, D, T / (mel_hop * prod(strides)))``."""
         return self.encode_frames(self.logmel(x))
+
+
+def mel_stats(mels: Sequence[Tensor], floor: float = math.log(1e-5)) -> tuple[Tensor, Tensor]:
+    """Per-band mean and deviation ``(n_mels,)`` over all frames of ``(n_mels, F_i)`` log-mels
+    that are not digital silence (every band at the log floor)."""
+    frames = torch.cat([m.reshape(m.shape[-2], -1) for m in mels], dim=1)  # (n_mels, sum F)
+    frames = frames[:, frames.amax(0) > floor + 1.0]
+    return frames.mean(1), frames.std(1).clamp_min(1e-3)
 
 
 class InstanceMelNorm(nn.Module):
@@ -355,7 +390,7 @@ class AudioVQVAE(nn.Module):
         self._check_audio(audio)
         if self.is_mel:
             target = self.encoder.logmel(self.to_float(audio))  # (B, n_mels, T / mel_hop)
-            z = self.encoder.encode_frames(target)  # (B, D, T / hop)
+            z = self.encoder.encode_frames(target, self._stats(speaker, None))  # (B, D, T / hop)
         else:
             z = self.encoder(self.to_float(audio))  # (B, D, T / hop)
         quant = self.quantizer(z)
@@ -382,11 +417,59 @@ class AudioVQVAE(nn.Module):
         self._check_audio(audio)
         return self.encoder.logmel(self.to_float(audio))
 
+    def _stats(self, speaker, stats):
+        """The speaker statistics of ``mel_norm="speaker"`` (None for other encoders)."""
+        if getattr(self.encoder, "norm_kind", None) != "speaker":
+            return None
+        if stats is not None:
+            return stats
+        if speaker is None:
+            return None  # encode_frames says what is missing
+        return self.encoder.speaker_mean[speaker], self.encoder.speaker_std[speaker]
+
     @torch.no_grad()
-    def encode(self, audio: Tensor) -> Tensor:
-        """``(B, T)`` mu-law classes -> ``(B, T / hop)`` int64 codes."""
+    def speaker_stats(self, audios: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-band log-mel mean and deviation ``(n_mels,)`` of one speaker's utterances (mu-law
+        classes ``(T_i,)``; a tail shorter than ``mel_hop`` is dropped), silent frames left out."""
+        if self.mel_hop is None:
+            raise ValueError("speaker_stats() needs the log-mel encoder (features='logmel')")
+        mels = []
+        for a in audios:
+            a = a.reshape(1, -1)[:, : a.numel() // self.mel_hop * self.mel_hop]
+            mels.append(self.encoder.logmel(self.to_float(a.long()))[0])
+        return mel_stats(mels)
+
+    @torch.no_grad()
+    def set_speaker_stats(self, audios: Sequence[Tensor], speakers: Sequence[int]) -> None:
+        """Set the statistics of ``mel_norm="speaker"`` from training utterances (mu-law classes
+        ``(T_i,)``) and their speaker ids."""
+        if getattr(self.encoder, "norm_kind", None) != "speaker":
+            raise ValueError("set_speaker_stats() is for mel_norm='speaker'")
+        for k in sorted(set(int(s) for s in speakers)):
+            mean, std = self.speaker_stats([a for a, s in zip(audios, speakers) if int(s) == k])
+            self.encoder.speaker_mean[k], self.encoder.speaker_std[k] = mean, std
+
+    @torch.no_grad()
+    def encode(
+        self,
+        audio: Tensor,
+        speaker: Tensor | int | None = None,
+        *,
+        stats: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """``(B, T)`` mu-law classes -> ``(B, T / hop)`` int64 codes.
+
+        ``speaker`` (ids of training speakers) or ``stats`` (:meth:`speaker_stats` of any
+        speaker) are needed by ``mel_norm="speaker"`` only.
+        """
         self._check_audio(audio)
-        return self.quantizer.encode(self.encoder(self.to_float(audio)))
+        if isinstance(speaker, int):
+            speaker = torch.full((audio.shape[0],), speaker, dtype=torch.long)
+        norm_stats = self._stats(speaker, stats)
+        if norm_stats is None:
+            return self.quantizer.encode(self.encoder(self.to_float(audio)))
+        mel = self.encoder.logmel(self.to_float(audio))
+        return self.quantizer.encode(self.encoder.encode_frames(mel, norm_stats))
 
     def latents(self, codes: Tensor) -> Tensor:
         """Codes ``(B, T')`` -> quantized vectors ``(B, D, T')`` in the decoder's dtype."""
@@ -522,7 +605,8 @@ def vqvae_audio(
         decoder_hidden, decoder_res_hidden, decoder_res_blocks: the mel decoder's conv stack
             (defaults: ``hidden``, ``res_hidden``; 4 residual blocks).
         mel_loss: ``"l1"`` or ``"l2"`` on the log-mel (mel decoder).
-        mel_norm: ``"batch"`` or ``"instance"`` normalisation of the encoder's log-mel input
+        mel_norm: ``"batch"``, ``"instance"`` or ``"speaker"`` normalisation of the encoder's
+            log-mel input
             (:class:`LogMelEncoder`).
         mel_warp: random mel-axis stretch of the encoder's input while training, in
             ``[1 - mel_warp, 1 + mel_warp]`` (:class:`LogMelEncoder`; 0: off).
@@ -563,6 +647,7 @@ def vqvae_audio(
             num_res_blocks=num_res_blocks,
             norm=mel_norm,
             warp=mel_warp,
+            num_speakers=num_speakers,
         )
     else:
         encoder = Encoder(
