@@ -144,13 +144,35 @@ _STATS: dict = {}
 def convert_all(model, items, speakers, targets, vocoder):
     """For every item and target speaker: the rendered waveform, cropped to the source length.
     Returns a list of (wave, source index, target id)."""
-    out = []
+    mels, index = [], []
     for i, (x, _, name, _) in enumerate(items):
         codes = encode(model, x, name, speakers, items)  # (1, T')
         spk = torch.tensor(targets)
         mel = model.decode_mel(codes.expand(len(targets), -1), spk)
-        waves = vocoder.render(mel)
-        out += [(waves[k, : len(x)], i, t) for k, t in enumerate(targets)]
+        mels += list(mel)
+        index += [(i, t) for t in targets]
+    waves = render_many(vocoder, mels, [len(items[i][0]) for i, _ in index])
+    return [(w, i, t) for w, (i, t) in zip(waves, index)]
+
+
+FLOOR = math.log(1e-5)  # log-mel of digital silence
+
+
+@torch.no_grad()
+def render_many(vocoder, mels, lengths, batch=64):
+    """Render ``(n_mels, F_i)`` log-mels in batches of similar lengths (padded with silence),
+    each cropped to its ``lengths[i]`` samples."""
+    order = sorted(range(len(mels)), key=lambda i: mels[i].shape[-1])
+    out = [None] * len(mels)
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        frames = max(mels[i].shape[-1] for i in idx)
+        x = torch.full((len(idx), mels[idx[0]].shape[0], frames), FLOOR)
+        for k, i in enumerate(idx):
+            x[k, :, : mels[i].shape[-1]] = mels[i]
+        waves = vocoder.render(x)
+        for k, i in enumerate(idx):
+            out[i] = waves[k, : lengths[i]].clone()
     return out
 
 
@@ -327,7 +349,7 @@ def main():
         )
     t0 = time.time()
     true_mels = [model_free_logmel(vocoder, it[0]) for it in test]
-    voc_waves = [vocoder.render(m)[0, : len(it[1])] for m, it in zip(true_mels, test)]
+    voc_waves = render_many(vocoder, [m[0] for m in true_mels], [len(it[1]) for it in test])
     result["vocoder"] = scores(
         clfs, voc_waves, [speakers.index(it[2]) for it in test], [it[3] for it in test]
     )
