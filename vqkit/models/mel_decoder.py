@@ -7,6 +7,7 @@ vocoder (:mod:`vqkit.models.vocoder`) turns the frames into a waveform. Decoding
 utterance's codes with another speaker's id converts the voice.
 
 Example:
+    >>> import torch
     >>> dec = MelDecoder(8, 40, strides=[2], hidden=16, res_hidden=8, num_res_blocks=2,
     ...                  num_speakers=3)
     >>> dec(torch.randn(2, 8, 5), torch.tensor([0, 2])).shape
