@@ -43,8 +43,9 @@ def random_codes(b: int = 2, k: int = 7, shape=SHAPE, seed: int = 1) -> torch.Te
 )
 def test_vqvae_video_round_trip_with_per_axis_strides(strides, clip, latent):
     torch.manual_seed(0)
-    model = vqvae_video(hidden=8, res_hidden=4, num_res_blocks=1, num_codes=16, code_dim=4,
-                        strides=strides).eval()
+    model = vqvae_video(
+        hidden=8, res_hidden=4, num_res_blocks=1, num_codes=16, code_dim=4, strides=strides
+    ).eval()
     x = torch.rand(2, 3, *clip) - 0.5
     expected_factor = tuple(a // b for a, b in zip(clip, latent))
     assert model.factor == expected_factor
@@ -175,8 +176,10 @@ def test_previous_step_window_indices():
     h0 = prior.embed(codes.flatten(1), None, 4, 5)
     h1 = prior.embed(changed.flatten(1), None, 4, 5)
     assert not torch.equal(h0, h1)
-    assert torch.equal(tiny_prior(prev_kernel=0).embed(codes.flatten(1), None, 4, 5),
-                       tiny_prior(prev_kernel=0).embed(changed.flatten(1), None, 4, 5))
+    assert torch.equal(
+        tiny_prior(prev_kernel=0).embed(codes.flatten(1), None, 4, 5),
+        tiny_prior(prev_kernel=0).embed(changed.flatten(1), None, 4, 5),
+    )
 
 
 @pytest.mark.parametrize("context_steps", [0, 1, 2, 3])
@@ -188,8 +191,16 @@ def test_cached_and_naive_sampling_agree_exactly(context_steps, temperature):
     runs = []
     for cached in (True, False):
         gen = torch.Generator().manual_seed(11)
-        runs.append(prior.generate(context=context, cond=cond, temperature=temperature,
-                                   generator=gen, cached=cached, return_logits=True))
+        runs.append(
+            prior.generate(
+                context=context,
+                cond=cond,
+                temperature=temperature,
+                generator=gen,
+                cached=cached,
+                return_logits=True,
+            )
+        )
     (codes_c, logits_c), (codes_n, logits_n) = runs
     assert torch.equal(codes_c, codes_n)
     assert torch.equal(codes_c[:, :context_steps], context)  # the prefix is kept as given
@@ -213,8 +224,15 @@ def test_samples_are_reproducible_and_vary_with_the_seed():
 def test_conditioning_steers_what_is_generated():
     """Train on volumes whose step t is filled with code cond[t]; sampling must obey cond."""
     torch.manual_seed(0)
-    prior = video_prior(num_codes=5, shape=(4, 1, 2), dim=32, num_layers=1, num_heads=2,
-                        num_conds=5, cond_per_step=1)
+    prior = video_prior(
+        num_codes=5,
+        shape=(4, 1, 2),
+        dim=32,
+        num_layers=1,
+        num_heads=2,
+        num_conds=5,
+        cond_per_step=1,
+    )
     opt = torch.optim.Adam(prior.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
     for _ in range(150):
@@ -269,8 +287,9 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_predict_video_keeps_the_context_codes_and_samples_the_rest():
     torch.manual_seed(0)
-    vqvae = vqvae_video(hidden=8, res_hidden=4, num_res_blocks=1, num_codes=7, code_dim=4,
-                        strides=[(2, 2, 2)]).eval()
+    vqvae = vqvae_video(
+        hidden=8, res_hidden=4, num_res_blocks=1, num_codes=7, code_dim=4, strides=[(2, 2, 2)]
+    ).eval()
     prior = tiny_prior(num_conds=5, cond_per_step=2)  # codes (3, 2, 2) <- clips (6, 4, 4)
     clips = torch.rand(2, 3, 6, 4, 4)
     actions = torch.randint(0, 5, (2, 6), generator=torch.Generator().manual_seed(0))
@@ -281,10 +300,12 @@ def test_predict_video_keeps_the_context_codes_and_samples_the_rest():
         prefix = vqvae.encode(clips[:, :, :2] - 0.5)
         codes = prior.generate(context=prefix, cond=actions.view(2, 3, 2), temperature=0)
         torch.testing.assert_close(out, (vqvae.decode(codes) + 0.5).clamp(0, 1))
-    a = predict_video(vqvae, prior, clips[:, :, :2], actions,
-                      generator=torch.Generator().manual_seed(4))
-    b = predict_video(vqvae, prior, clips[:, :, :2], actions,
-                      generator=torch.Generator().manual_seed(4))
+    a = predict_video(
+        vqvae, prior, clips[:, :, :2], actions, generator=torch.Generator().manual_seed(4)
+    )
+    b = predict_video(
+        vqvae, prior, clips[:, :, :2], actions, generator=torch.Generator().manual_seed(4)
+    )
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="multiple of the VQ-VAE's time factor 2"):
         predict_video(vqvae, prior, clips[:, :, :3], actions)

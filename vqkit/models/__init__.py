@@ -9,9 +9,17 @@ from vqkit.models.likelihood import (
     to_data,
     to_model,
 )
+from vqkit.models.mel_decoder import MelDecoder
 from vqkit.models.pixelcnn import GatedPixelCNN, gated_pixelcnn
 from vqkit.models.registry import BUILDERS, build_model, register
 from vqkit.models.video_prior import VideoPrior, video_prior
+from vqkit.models.vocoder import (
+    GriffinLimVocoder,
+    MelUpsampler,
+    WaveNetVocoder,
+    griffinlim,
+    wavenet_vocoder,
+)
 from vqkit.models.vqvae import VQVAE, VQVAEOutput, vqvae_image, vqvae_nd, vqvae_video
 from vqkit.models.vqvae_audio import AudioVQVAE, AudioVQVAEOutput, vqvae_audio
 from vqkit.models.wavenet import WaveNet, wavenet_prior
@@ -26,6 +34,10 @@ __all__ = [
     "DiscretizedLogistic",
     "GatedPixelCNN",
     "GaussianLikelihood",
+    "GriffinLimVocoder",
+    "MelDecoder",
+    "MelUpsampler",
+    "WaveNetVocoder",
     "Likelihood",
     "VQVAEOutput",
     "VideoPrior",
@@ -35,6 +47,7 @@ __all__ = [
     "build_likelihood",
     "build_model",
     "gated_pixelcnn",
+    "griffinlim",
     "register",
     "to_data",
     "to_model",
@@ -45,4 +58,5 @@ __all__ = [
     "video_prior",
     "wavenet_decoder",
     "wavenet_prior",
+    "wavenet_vocoder",
 ]

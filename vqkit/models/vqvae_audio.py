@@ -1,5 +1,7 @@
 """The audio VQ-VAE (van den Oord et al. 2017, section 4.3): strided conv encoder -> quantizer ->
-WaveNet decoder conditioned on the codes and on a speaker.
+a decoder conditioned on the codes and on a speaker: a WaveNet over samples (the paper), or a
+mel decoder to log-mel frames (:class:`~vqkit.models.mel_decoder.MelDecoder`) that a vocoder
+(:mod:`vqkit.models.vocoder`) renders.
 
 Audio travels as 8-bit mu-law classes ``(B, T)`` int64 in ``[0, 256)`` everywhere: the encoder
 reads them as floats in ``[-1, 1]`` (the companded waveform), the decoder predicts them. Voice
@@ -14,6 +16,11 @@ Example:
     (torch.Size([2, 256, 64]), torch.Size([2, 16]))
     >>> model.decode(model.encode(audio), torch.tensor([1, 1])).shape  # both as speaker 1
     torch.Size([2, 64])
+    >>> mel = vqvae_audio(num_speakers=3, decoder="mel", features="logmel", sample_rate=8000,
+    ...                   mel_hop=16, strides=[2], hidden=16, res_hidden=8, code_dim=8)
+    >>> out = mel(audio, speaker)  # L1 between predicted and true log-mel frames
+    >>> mel.decode_mel(mel.encode(audio), torch.tensor([1, 1])).shape  # (B, n_mels, frames)
+    torch.Size([2, 40, 4])
 """
 
 from __future__ import annotations
@@ -27,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqkit.audio import LogMel
+from vqkit.models.logmel_encoder import (
+    MEL_NORMS,
+    InstanceMelNorm,
+    LogMelEncoder,
+    mel_stats,
+    warp_mel,
+)
+from vqkit.models.mel_decoder import MelDecoder
 from vqkit.models.registry import register
 from vqkit.models.vqvae import make_quantizer
 from vqkit.models.wavenet_decoder import WaveNetDecoder, wavenet_decoder
@@ -35,86 +49,78 @@ from vqkit.nn.conv import Stride
 from vqkit.nn.encoder import Encoder
 from vqkit.quantize import QuantizerOutput
 
+__all__ = [
+    "MEL_NORMS",
+    "AudioVQVAE",
+    "AudioVQVAEOutput",
+    "InstanceMelNorm",
+    "LogMelEncoder",
+    "SpeakerAdversary",
+    "mel_stats",
+    "time_jitter",
+    "vqvae_audio",
+    "warp_mel",
+]
+
 
 @dataclass
 class AudioVQVAEOutput:
     """What :meth:`AudioVQVAE.forward` returns.
 
     Attributes:
-        logits: ``(B, classes, T)`` teacher-forced logits; ``logits[:, :, t]`` predicts sample t.
+        logits: ``(B, classes, T)`` teacher-forced logits; ``logits[:, :, t]`` predicts sample t
+            (WaveNet decoder; None with the mel decoder).
         quant: the quantizer's output (codes ``(B, T / hop)``, loss terms, perplexity).
-        recon_loss: mean cross-entropy in nats per sample (scalar).
+        recon_loss: WaveNet: mean cross-entropy in nats per sample; mel: mean L1 (or L2)
+            between predicted and true log-mel (scalar).
         loss: ``recon_loss + quant.loss``, the quantity to minimise.
+        mel: ``(B, n_mels, T / mel_hop)`` predicted log-mel (mel decoder; None otherwise).
+        target_mel: the true log-mel of the input it was compared with (mel decoder).
+        adversary_loss: cross-entropy of the speaker adversary on the latents (when the model
+            has one and speakers were given); ``loss`` includes ``adversary * adversary_loss``.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     quant: QuantizerOutput
     recon_loss: Tensor
     loss: Tensor
+    mel: Tensor | None = None
+    target_mel: Tensor | None = None
+    adversary_loss: Tensor | None = None
 
 
 FEATURES = ("waveform", "logmel")  # what the audio encoder reads
+DECODERS = ("wavenet", "mel")  # what it decodes to: mu-law samples, or log-mel frames
+MEL_LOSSES = ("l1", "l2")
 
 
-class LogMelEncoder(nn.Module):
-    """Log-mel front-end, then the shared :class:`vqkit.nn.Encoder` (dims=1) over the frames.
+class _ReverseGrad(torch.autograd.Function):
+    """Identity forward, negated gradient backward (Ganin & Lempitsky 2015)."""
 
-    Reads the same ``(B, 1, T)`` companded waveform in ``[-1, 1]`` as the waveform encoder,
-    expands the mu-law, takes log-mel frames every ``mel_hop`` samples (window 25 ms), normalises
-    each band (batch statistics while training, running ones after: ``BatchNorm1d`` without
-    affine), and downsamples the frames further by ``strides``. The total hop is ``mel_hop *
-    prod(strides)``. Spectral frames make codes follow phones much more closely than strided
-    convolutions over samples do in short training.
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        return x.view_as(x)
 
-    Args:
-        sample_rate: rate of the audio (for the mel filters).
-        out_channels: latent channels D.
-        mel_hop: samples per log-mel frame.
-        n_mels: mel bands.
-        classes: mu-law classes of the audio (to undo the companding).
-        hidden, strides, res_hidden, num_res_blocks: the :class:`~vqkit.nn.Encoder` over frames.
-    """
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        return -grad
 
-    def __init__(
-        self,
-        sample_rate: int,
-        out_channels: int,
-        *,
-        mel_hop: int,
-        n_mels: int = 40,
-        classes: int = 256,
-        hidden: int = 128,
-        strides: Sequence[Stride] = (2,),
-        res_hidden: int = 32,
-        num_res_blocks: int = 2,
-    ) -> None:
+
+class SpeakerAdversary(nn.Module):
+    """Predicts the speaker from the encoder's latents ``(B, D, T')`` through a gradient
+    reversal: the classifier learns to tell speakers apart, the encoder to stop it."""
+
+    def __init__(self, code_dim: int, num_speakers: int, hidden: int = 64) -> None:
         super().__init__()
-        if not isinstance(mel_hop, int) or mel_hop < 1:
-            raise ValueError(f"mel_hop must be a positive int (samples per frame), got {mel_hop!r}")
-        self.mel = LogMel(
-            sample_rate, n_mels=n_mels, hop_ms=1000.0 * mel_hop / sample_rate, pad_mode="constant"
+        self.net = nn.Sequential(
+            nn.Conv1d(code_dim, hidden, 3, padding=1), nn.ReLU(), nn.Conv1d(hidden, hidden, 1)
         )
-        self.mu = classes - 1  # the companding of MuLawEncode / MuLawDecode
-        self.norm = nn.BatchNorm1d(n_mels, affine=False)
-        self.frames = Encoder(
-            1,
-            n_mels,
-            hidden,
-            out_channels,
-            strides=strides,
-            res_hidden=res_hidden,
-            num_res_blocks=num_res_blocks,
-        )
-        self.factor = (mel_hop * math.prod(self.frames.factor),)
+        self.head = nn.Linear(hidden, num_speakers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, 1, T)`` companded waveform -> ``(B, D, T / (mel_hop * prod(strides)))``."""
-        import torchaudio.functional as AF  # what MuLawDecode uses; it takes float levels too
-
-        wav = AF.mu_law_decoding((x[:, 0].float() + 1.0) * (self.mu / 2.0), self.mu + 1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            mel = self.mel(wav)[..., : wav.shape[-1] // self.mel.hop]  # (B, n_mels, T / mel_hop)
-        return self.frames(self.norm(mel).to(x.dtype))
+    def forward(self, z: Tensor, speaker: Tensor) -> Tensor:
+        """Mean cross-entropy (nats) of the speaker given the latents (scalar)."""
+        h = self.net(_ReverseGrad.apply(z)).relu().mean(-1)  # (B, hidden)
+        return F.cross_entropy(self.head(h), speaker)
 
 
 def time_jitter(z: Tensor, p: float) -> Tensor:
@@ -133,15 +139,22 @@ def time_jitter(z: Tensor, p: float) -> Tensor:
 
 
 class AudioVQVAE(nn.Module):
-    """Encoder -> quantizer -> :class:`~vqkit.models.wavenet_decoder.WaveNetDecoder`.
+    """Encoder -> quantizer -> decoder: a :class:`~vqkit.models.wavenet_decoder.WaveNetDecoder`
+    (mu-law samples) or a :class:`~vqkit.models.mel_decoder.MelDecoder` (log-mel frames).
 
     Args:
-        encoder: ``(B, 1, T) -> (B, D, T / hop)``, e.g. :class:`vqkit.nn.Encoder` with dims=1.
+        encoder: ``(B, 1, T) -> (B, D, T / hop)``, e.g. :class:`vqkit.nn.Encoder` with dims=1;
+            a :class:`LogMelEncoder` for the mel decoder (whose log-mel is also the target).
         quantizer: a :class:`vqkit.quantize.Quantizer` over ``D`` channels.
-        decoder: a WaveNetDecoder whose ``hop`` equals the encoder's total stride.
+        decoder: a WaveNetDecoder whose ``hop`` equals the encoder's total stride, or a
+            MelDecoder whose frames per code equal the encoder's strides over frames.
         jitter: time-jitter probability applied to the quantised vectors while training
             (:func:`time_jitter`; 0: off). Chorowski et al. (2019) use 0.12 so that codes
             cannot carry exact timing and follow phones more closely.
+        mel_loss: ``"l1"`` or ``"l2"`` between predicted and true log-mel (mel decoder).
+        adversary: weight of a :class:`SpeakerAdversary` on the encoder's latents (0: none;
+            needs ``num_speakers``); it pushes speaker information out of the codes.
+        num_speakers: speakers of the adversary (the decoder's own count when None).
 
     Attributes:
         config: the dict :func:`vqkit.models.build_model` takes, when built by a builder.
@@ -151,35 +164,71 @@ class AudioVQVAE(nn.Module):
         self,
         encoder: nn.Module,
         quantizer: nn.Module,
-        decoder: WaveNetDecoder,
+        decoder: WaveNetDecoder | MelDecoder,
         *,
         jitter: float = 0.0,
+        mel_loss: str = "l1",
+        adversary: float = 0.0,
+        num_speakers: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"jitter must lie in [0, 1], got {jitter}")
-        self.jitter = jitter
+        if mel_loss not in MEL_LOSSES:
+            raise ValueError(f"mel_loss must be one of {MEL_LOSSES}, got {mel_loss!r}")
+        self.jitter, self.mel_loss = jitter, mel_loss
         hop = math.prod(encoder.factor)
-        if decoder.hop != hop:
+        if isinstance(decoder, MelDecoder):
+            if not isinstance(encoder, LogMelEncoder):
+                raise ValueError("the mel decoder needs the log-mel encoder (features='logmel')")
+            if encoder.mel_hop * decoder.factor != hop or decoder.n_mels != encoder.n_mels:
+                raise ValueError(
+                    f"the mel decoder's {decoder.factor} frames per code of {decoder.n_mels} "
+                    f"bands must match the encoder's {hop // encoder.mel_hop} of "
+                    f"{encoder.n_mels}"
+                )
+        elif decoder.hop != hop:
             raise ValueError(
                 f"the decoder's hop ({decoder.hop}) must equal the encoder's total stride ({hop})"
             )
+        self._hop = hop
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.adversary_weight = float(adversary)
+        self.adversary = None
+        if adversary:
+            num_speakers = self.num_speakers if num_speakers is None else num_speakers
+            if not num_speakers:
+                raise ValueError("a speaker adversary needs num_speakers")
+            self.adversary = SpeakerAdversary(quantizer.dim, num_speakers)
         self.config: dict | None = None
+
+    @property
+    def is_mel(self) -> bool:
+        """True when the decoder predicts log-mel frames (render them with a vocoder)."""
+        return isinstance(self.decoder, MelDecoder)
 
     @property
     def hop(self) -> int:
         """Samples per code."""
-        return self.decoder.hop
+        return self._hop
+
+    @property
+    def mel_hop(self) -> int | None:
+        """Samples per log-mel frame of the log-mel encoder (None: waveform encoder)."""
+        return getattr(self.encoder, "mel_hop", None)
 
     @property
     def classes(self) -> int:
         """Mu-law classes of the audio."""
+        if self.is_mel:
+            return self.encoder.mu + 1
         return self.decoder.wavenet.in_classes
 
     @property
     def num_speakers(self) -> int | None:
-        """Speakers of the decoder's global conditioning (None: no speaker input)."""
+        """Speakers of the decoder's speaker conditioning (None: no speaker input)."""
+        if self.is_mel:
+            return self.decoder.num_speakers
         return self.decoder.wavenet.global_classes
 
     def _check_audio(self, audio: Tensor) -> None:
@@ -205,18 +254,88 @@ class AudioVQVAE(nn.Module):
     def forward(self, audio: Tensor, speaker: Tensor | None = None) -> AudioVQVAEOutput:
         """Teacher-forced pass: ``audio`` ``(B, T)`` classes, ``speaker`` ``(B,)`` ids or None."""
         self._check_audio(audio)
-        z = self.encoder(self.to_float(audio))  # (B, D, T / hop)
+        if self.is_mel:
+            target = self.encoder.logmel(self.to_float(audio))  # (B, n_mels, T / mel_hop)
+            z = self.encoder.encode_frames(target, self._stats(speaker, None))  # (B, D, T / hop)
+        else:
+            z = self.encoder(self.to_float(audio))  # (B, D, T / hop)
         quant = self.quantizer(z)
         z_q = time_jitter(quant.quantized, self.jitter) if self.training else quant.quantized
+        adv = None
+        if self.adversary is not None and speaker is not None:
+            adv = self.adversary(z, speaker)
+        extra = quant.loss if adv is None else quant.loss + self.adversary_weight * adv
+        if self.is_mel:
+            mel = self.decoder(z_q, speaker)  # (B, n_mels, T / mel_hop)
+            diff = mel - target.to(mel.dtype)
+            recon_loss = diff.abs().mean() if self.mel_loss == "l1" else diff.square().mean()
+            return AudioVQVAEOutput(None, quant, recon_loss, recon_loss + extra, mel, target, adv)
         logits = self.decoder(z_q, speaker, audio)  # (B, classes, T)
         recon_loss = F.cross_entropy(logits, audio)
-        return AudioVQVAEOutput(logits, quant, recon_loss, recon_loss + quant.loss)
+        return AudioVQVAEOutput(logits, quant, recon_loss, recon_loss + extra, adversary_loss=adv)
 
     @torch.no_grad()
-    def encode(self, audio: Tensor) -> Tensor:
-        """``(B, T)`` mu-law classes -> ``(B, T / hop)`` int64 codes."""
+    def logmel(self, audio: Tensor) -> Tensor:
+        """``(B, T)`` mu-law classes -> ``(B, n_mels, T / mel_hop)`` true log-mel: what the mel
+        decoder is trained to predict and a vocoder renders."""
+        if self.mel_hop is None:
+            raise ValueError("logmel() needs the log-mel encoder (features='logmel')")
         self._check_audio(audio)
-        return self.quantizer.encode(self.encoder(self.to_float(audio)))
+        return self.encoder.logmel(self.to_float(audio))
+
+    def _stats(self, speaker, stats):
+        """The speaker statistics of ``mel_norm="speaker"`` (None for other encoders)."""
+        if getattr(self.encoder, "norm_kind", None) != "speaker":
+            return None
+        if stats is not None:
+            return stats
+        if speaker is None:
+            return None  # encode_frames says what is missing
+        return self.encoder.speaker_mean[speaker], self.encoder.speaker_std[speaker]
+
+    @torch.no_grad()
+    def speaker_stats(self, audios: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-band log-mel mean and deviation ``(n_mels,)`` of one speaker's utterances (mu-law
+        classes ``(T_i,)``; a tail shorter than ``mel_hop`` is dropped), silent frames left out."""
+        if self.mel_hop is None:
+            raise ValueError("speaker_stats() needs the log-mel encoder (features='logmel')")
+        mels = []
+        for a in audios:
+            a = a.reshape(1, -1)[:, : a.numel() // self.mel_hop * self.mel_hop]
+            mels.append(self.encoder.logmel(self.to_float(a.long()))[0])
+        return mel_stats(mels)
+
+    @torch.no_grad()
+    def set_speaker_stats(self, audios: Sequence[Tensor], speakers: Sequence[int]) -> None:
+        """Set the statistics of ``mel_norm="speaker"`` from training utterances (mu-law classes
+        ``(T_i,)``) and their speaker ids."""
+        if getattr(self.encoder, "norm_kind", None) != "speaker":
+            raise ValueError("set_speaker_stats() is for mel_norm='speaker'")
+        for k in sorted(set(int(s) for s in speakers)):
+            mean, std = self.speaker_stats([a for a, s in zip(audios, speakers) if int(s) == k])
+            self.encoder.speaker_mean[k], self.encoder.speaker_std[k] = mean, std
+
+    @torch.no_grad()
+    def encode(
+        self,
+        audio: Tensor,
+        speaker: Tensor | int | None = None,
+        *,
+        stats: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """``(B, T)`` mu-law classes -> ``(B, T / hop)`` int64 codes.
+
+        ``speaker`` (ids of training speakers) or ``stats`` (:meth:`speaker_stats` of any
+        speaker) are needed by ``mel_norm="speaker"`` only.
+        """
+        self._check_audio(audio)
+        if isinstance(speaker, int):
+            speaker = torch.full((audio.shape[0],), speaker, dtype=torch.long)
+        norm_stats = self._stats(speaker, stats)
+        if norm_stats is None:
+            return self.quantizer.encode(self.encoder(self.to_float(audio)))
+        mel = self.encoder.logmel(self.to_float(audio))
+        return self.quantizer.encode(self.encoder.encode_frames(mel, norm_stats))
 
     def latents(self, codes: Tensor) -> Tensor:
         """Codes ``(B, T')`` -> quantized vectors ``(B, D, T')`` in the decoder's dtype."""
@@ -226,8 +345,10 @@ class AudioVQVAE(nn.Module):
     def nll_bits(self, audio: Tensor, speaker: Tensor | None = None) -> Tensor:
         """``(B,)`` teacher-forced reconstruction NLL ``-log2 p(x | z_q(x), speaker)`` per sample.
 
-        Goes through ``encode``, so no codebook state changes.
+        Goes through ``encode``, so no codebook state changes. WaveNet decoder only.
         """
+        if self.is_mel:
+            raise ValueError("nll_bits() needs the WaveNet decoder; the mel decoder has no NLL")
         logits = self.decoder(self.latents(self.encode(audio)), speaker, audio)
         return F.cross_entropy(logits, audio, reduction="none").mean(1) / math.log(2)
 
@@ -257,6 +378,12 @@ class AudioVQVAE(nn.Module):
             fused: with ``cached``, the fused CPU kernel (None: on the CPU when numba imports;
                 see :meth:`WaveNet.generate`).
         """
+        if self.is_mel:
+            raise ValueError(
+                "decode() generates samples with the WaveNet decoder; this model has a mel "
+                "decoder: take decode_mel(codes, speaker) and render it with a vocoder "
+                "(vqkit.models.vocoder)"
+            )
         return self.decoder.generate(
             self.latents(codes),
             speaker,
@@ -266,7 +393,22 @@ class AudioVQVAE(nn.Module):
             fused=fused,
         )
 
+    @torch.no_grad()
+    def decode_mel(self, codes: Tensor, speaker: Tensor | int | None = None) -> Tensor:
+        """Predicted log-mel ``(B, n_mels, T' * frames per code)`` of codes ``(B, T')`` spoken
+        by ``speaker`` (``(B,)`` ids or one int; another speaker than the source's converts).
+        Mel decoder only; a vocoder's ``render`` turns the frames into a waveform."""
+        if not self.is_mel:
+            raise ValueError("decode_mel() needs the mel decoder (vqvae_audio(decoder='mel'))")
+        if isinstance(speaker, int):
+            speaker = torch.full((codes.shape[0],), speaker, dtype=torch.long)
+        if speaker is not None:
+            speaker = speaker.to(codes.device)
+        return self.decoder(self.latents(codes), speaker)
+
     def _dtype(self) -> torch.dtype:
+        if self.is_mel:
+            return self.decoder.layers[0].weight.dtype
         return self.decoder.wavenet.embed.weight.dtype
 
 
@@ -296,6 +438,14 @@ def vqvae_audio(
     n_mels: int = 40,
     jitter: float = 0.0,
     quantizer: dict[str, Any] | None = None,
+    decoder: str = "wavenet",
+    decoder_hidden: int | None = None,
+    decoder_res_hidden: int | None = None,
+    decoder_res_blocks: int = 4,
+    mel_loss: str = "l1",
+    mel_norm: str = "batch",
+    mel_warp: float = 0.0,
+    adversary: float = 0.0,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: strided convs (or log-mel frames) -> codes -> a WaveNet decoder.
 
@@ -322,6 +472,20 @@ def vqvae_audio(
         mel_hop, n_mels: the log-mel frames of ``"logmel"``.
         jitter: time-jitter probability while training (:class:`AudioVQVAE`).
         quantizer: further :class:`~vqkit.quantize.VectorQuantizer` keyword arguments.
+        decoder: ``"wavenet"`` (mu-law samples from the codes, the paper; the WaveNet arguments
+            above) or ``"mel"`` (:class:`~vqkit.models.mel_decoder.MelDecoder`: log-mel frames
+            at ``mel_hop``, the encoder's own log-mel as target; needs ``features="logmel"``;
+            render with a vocoder from :mod:`vqkit.models.vocoder`).
+        decoder_hidden, decoder_res_hidden, decoder_res_blocks: the mel decoder's conv stack
+            (defaults: ``hidden``, ``res_hidden``; 4 residual blocks).
+        mel_loss: ``"l1"`` or ``"l2"`` on the log-mel (mel decoder).
+        mel_norm: ``"batch"``, ``"instance"`` or ``"speaker"`` normalisation of the encoder's
+            log-mel input
+            (:class:`LogMelEncoder`).
+        mel_warp: random mel-axis stretch of the encoder's input while training, in
+            ``[1 - mel_warp, 1 + mel_warp]`` (:class:`LogMelEncoder`; 0: off).
+        adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
+            (:class:`AudioVQVAE`; 0: none).
 
     Examples:
         >>> model = vqvae_audio(num_speakers=4)
@@ -330,6 +494,10 @@ def vqvae_audio(
     """
     if features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "mel" and features != "logmel":
+        raise ValueError("decoder='mel' needs features='logmel' (its log-mel is the target)")
     encoder: nn.Module
     if features == "logmel":
         if sample_rate is None:
@@ -344,6 +512,9 @@ def vqvae_audio(
             strides=strides,
             res_hidden=res_hidden,
             num_res_blocks=num_res_blocks,
+            norm=mel_norm,
+            warp=mel_warp,
+            num_speakers=num_speakers,
         )
     else:
         encoder = Encoder(
@@ -355,7 +526,28 @@ def vqvae_audio(
             res_hidden=res_hidden,
             num_res_blocks=num_res_blocks,
         )
-    decoder = wavenet_decoder(
+    if decoder == "mel":
+        quantizer_module = make_quantizer(num_codes, code_dim, quantizer)
+        mel_decoder = MelDecoder(
+            code_dim,
+            n_mels,
+            strides=strides,
+            hidden=hidden if decoder_hidden is None else decoder_hidden,
+            res_hidden=res_hidden if decoder_res_hidden is None else decoder_res_hidden,
+            num_res_blocks=decoder_res_blocks,
+            num_speakers=num_speakers,
+            speaker_channels=speaker_channels,
+        )
+        return AudioVQVAE(
+            encoder,
+            quantizer_module,
+            mel_decoder,
+            jitter=jitter,
+            mel_loss=mel_loss,
+            adversary=adversary,
+            num_speakers=num_speakers,
+        )
+    wavenet = wavenet_decoder(
         code_dim=code_dim,
         hop=math.prod(encoder.factor),
         num_speakers=num_speakers,
@@ -370,5 +562,15 @@ def vqvae_audio(
         stacks=stacks,
         upsample=upsample,
     )
-    quantizer_module = make_quantizer(num_codes, code_dim, quantizer)
-    return AudioVQVAE(encoder, quantizer_module, decoder, jitter=jitter)
+    quantizer_module = make_quantizer(
+        num_codes, code_dim, quantizer
+    )  # after the decoder, as before
+    return AudioVQVAE(
+        encoder,
+        quantizer_module,
+        wavenet,
+        jitter=jitter,
+        mel_loss=mel_loss,
+        adversary=adversary,
+        num_speakers=num_speakers,
+    )

@@ -1,0 +1,143 @@
+"""The mel decoder of the audio VQ-VAE: lengths, speaker conditioning, gradients, rebuilding."""
+
+import pytest
+import torch
+
+from vqkit.models import AudioVQVAE, MelDecoder, build_model, vqvae_audio
+
+TINY = dict(
+    decoder="mel",
+    features="logmel",
+    sample_rate=8000,
+    mel_hop=16,
+    n_mels=8,
+    strides=[2],
+    hidden=8,
+    res_hidden=4,
+    num_res_blocks=1,
+    decoder_res_blocks=2,
+    num_codes=8,
+    code_dim=4,
+)
+
+
+def tiny(**kwargs) -> AudioVQVAE:
+    return vqvae_audio(**{"num_speakers": 3, **TINY, **kwargs})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("strides", [[2], [2, 2], [1], [3]])
+@pytest.mark.parametrize("codes", [1, 2, 5, 7])
+def test_output_length_is_frames_per_code_times_codes(strides, codes):
+    dec = MelDecoder(4, 8, strides=strides, hidden=8, res_hidden=4, num_speakers=2)
+    factor = 1
+    for s in strides:
+        factor *= s
+    assert dec(torch.randn(2, 4, codes), torch.tensor([0, 1])).shape == (2, 8, codes * factor)
+
+
+@pytest.mark.parametrize("num_samples", [32, 64, 96, 160])
+def test_model_output_matches_the_input_frames(num_samples):
+    """For any length (a multiple of the hop) the prediction has the true log-mel's frames."""
+    model = tiny()
+    audio = torch.randint(0, 256, (2, num_samples))
+    out = model(audio, torch.tensor([0, 2]))
+    assert out.logits is None
+    assert out.mel.shape == out.target_mel.shape == (2, 8, num_samples // 16)
+    torch.testing.assert_close(out.recon_loss, (out.mel - out.target_mel).abs().mean())
+    torch.testing.assert_close(out.loss, out.recon_loss + out.quant.loss)
+    codes = model.encode(audio)
+    assert codes.shape == (2, num_samples // 32)
+    assert model.decode_mel(codes, 1).shape == (2, 8, num_samples // 16)
+
+
+def test_speaker_changes_the_output_and_enters_every_layer():
+    torch.manual_seed(0)
+    model = tiny()
+    for film in model.decoder.films:  # zero at initialisation: give them something
+        torch.nn.init.normal_(film.weight)
+    codes = model.encode(torch.randint(0, 256, (1, 64)))
+    a, b = model.decode_mel(codes, 0), model.decode_mel(codes, 1)
+    assert not torch.allclose(a, b)
+    # conv + every residual block + each upsampling stage but the output one
+    assert len(model.decoder.films) == 1 + 2
+
+
+def test_mel_loss_gradient_reaches_encoder_quantizer_and_decoder():
+    torch.manual_seed(0)
+    model = tiny()  # codebook learned by its own loss term (no EMA): it gets a gradient
+    model(torch.randint(0, 256, (2, 64)), torch.tensor([0, 1])).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        # FiLM weights start at zero, so the embedding gets no gradient on the first step
+        if not name.startswith(("decoder.films", "decoder.speaker_embed")):
+            assert p.grad.abs().sum() > 0, name
+    assert model.decoder.films[0].bias.grad.abs().sum() > 0
+    assert model.decoder.films[0].weight.grad.abs().sum() > 0
+    # once the FiLM weights move, the speakers used get a gradient too (and only they)
+    model.zero_grad()
+    for film in model.decoder.films:
+        torch.nn.init.normal_(film.weight)
+    model(torch.randint(0, 256, (2, 64)), torch.tensor([0, 1])).loss.backward()
+    grad = model.decoder.speaker_embed.weight.grad.abs().sum(1)
+    assert grad[0] > 0 and grad[1] > 0 and grad[2] == 0
+
+
+def test_recon_loss_alone_reaches_the_encoder_through_the_straight_through_path():
+    torch.manual_seed(0)
+    model = tiny()
+    out = model(torch.randint(0, 256, (2, 64)), torch.tensor([0, 1]))
+    out.recon_loss.backward()
+    assert model.encoder.frames.net[0].conv.weight.grad.abs().sum() > 0
+    assert model.quantizer.codebook.grad is None or model.quantizer.codebook.grad.abs().sum() == 0
+
+
+def test_rebuilds_from_config_and_decode_needs_a_vocoder():
+    torch.manual_seed(0)
+    model = tiny(mel_norm="instance", mel_warp=0.1, mel_loss="l2").eval()
+    rebuilt = build_model(model.config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    audio, spk = torch.randint(0, 256, (2, 64)), torch.tensor([0, 1])
+    torch.testing.assert_close(rebuilt(audio, spk).mel, model(audio, spk).mel)
+    with pytest.raises(ValueError, match="decode_mel"):
+        model.decode(model.encode(audio), spk)
+    with pytest.raises(ValueError, match="features='logmel'"):
+        vqvae_audio(num_speakers=2, decoder="mel")
+
+
+def test_speaker_adversary_reverses_its_gradient_into_the_encoder():
+    from vqkit.models.vqvae_audio import _ReverseGrad
+
+    x = torch.randn(3, requires_grad=True)
+    _ReverseGrad.apply(x).sum().backward()
+    torch.testing.assert_close(x.grad, -torch.ones(3))
+    torch.manual_seed(0)
+    model = tiny(adversary=0.5)
+    out = model(torch.randint(0, 256, (2, 64)), torch.tensor([0, 1]))
+    torch.testing.assert_close(out.loss, out.recon_loss + out.quant.loss + 0.5 * out.adversary_loss)
+    out.adversary_loss.backward()
+    assert model.adversary.head.weight.grad.abs().sum() > 0
+    assert model.encoder.frames.net[0].conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+
+def test_speaker_norm_uses_each_speakers_statistics():
+    torch.manual_seed(0)
+    model = tiny(mel_norm="speaker")
+    utts = [torch.randint(0, 256, (96,)) for _ in range(6)]
+    ids = [0, 0, 1, 1, 2, 2]
+    model.set_speaker_stats(utts, ids)
+    mean, std = model.speaker_stats(utts[2:4])
+    torch.testing.assert_close(model.encoder.speaker_mean[1], mean)
+    torch.testing.assert_close(model.encoder.speaker_std[1], std)
+    model.eval()
+    x = torch.stack(utts[2:4])
+    torch.testing.assert_close(model.encode(x, 1), model.encode(x, stats=(mean, std)))
+    out = model(x, torch.tensor([1, 1]))
+    assert out.mel.shape == (2, 8, 6)
+    with pytest.raises(ValueError, match="statistics"):
+        model.encode(x)

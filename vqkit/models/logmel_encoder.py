@@ -1,0 +1,175 @@
+"""The audio VQ-VAE's log-mel encoder and its input normalisations.
+
+:class:`LogMelEncoder` reads mu-law audio, takes log-mel frames and runs the shared
+:class:`vqkit.nn.Encoder` (dims=1) over them; its log-mel is also the mel decoder's target.
+The frames are normalised per band by batch statistics, per utterance
+(:class:`InstanceMelNorm`) or per speaker (:func:`mel_stats`), and can be warped along the mel
+axis while training (:func:`warp_mel`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vqkit.audio import LogMel
+from vqkit.nn.conv import Stride
+from vqkit.nn.encoder import Encoder
+
+MEL_NORMS = ("batch", "instance", "speaker")  # how the log-mel encoder normalises its input
+
+
+class LogMelEncoder(nn.Module):
+    """Log-mel front-end, then the shared :class:`vqkit.nn.Encoder` (dims=1) over the frames.
+
+    Reads the same ``(B, 1, T)`` companded waveform in ``[-1, 1]`` as the waveform encoder,
+    expands the mu-law, takes log-mel frames every ``mel_hop`` samples (window 25 ms), normalises
+    each band (batch statistics while training, running ones after: ``BatchNorm1d`` without
+    affine), and downsamples the frames further by ``strides``. The total hop is ``mel_hop *
+    prod(strides)``. Spectral frames make codes follow phones much more closely than strided
+    convolutions over samples do in short training.
+
+    Args:
+        sample_rate: rate of the audio (for the mel filters).
+        out_channels: latent channels D.
+        mel_hop: samples per log-mel frame.
+        n_mels: mel bands.
+        classes: mu-law classes of the audio (to undo the companding).
+        hidden, strides, res_hidden, num_res_blocks: the :class:`~vqkit.nn.Encoder` over frames.
+        norm: ``"batch"`` (per band, batch statistics; the default) or ``"instance"`` (per band
+            and per utterance: mean and variance over the utterance's frames, padding left out,
+            which removes much of a speaker's spectral colouring from what the codes see; see
+            :class:`InstanceMelNorm`), or ``"speaker"`` (per band, with each speaker's mean
+            and deviation over all their frames: the speaker's average colouring goes, the
+            digit- or phone-dependent part stays; set the statistics of the training speakers
+            with :meth:`AudioVQVAE.set_speaker_stats` before training, and give those of a new
+            speaker, from :meth:`AudioVQVAE.speaker_stats`, to ``encode(..., stats=)``).
+        num_speakers: training speakers (``norm="speaker"``).
+        warp: while training, stretch the mel axis of the encoder's input by a random factor in
+            ``[1 - warp, 1 + warp]`` per utterance (vocal-tract-length perturbation on the mel
+            bins; 0: off). The decoder's target is never warped.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        out_channels: int,
+        *,
+        mel_hop: int,
+        n_mels: int = 40,
+        classes: int = 256,
+        hidden: int = 128,
+        strides: Sequence[Stride] = (2,),
+        res_hidden: int = 32,
+        num_res_blocks: int = 2,
+        norm: str = "batch",
+        warp: float = 0.0,
+        num_speakers: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(mel_hop, int) or mel_hop < 1:
+            raise ValueError(f"mel_hop must be a positive int (samples per frame), got {mel_hop!r}")
+        if norm not in MEL_NORMS:
+            raise ValueError(f"mel_norm must be one of {MEL_NORMS}, got {norm!r}")
+        if not 0.0 <= warp < 1.0:
+            raise ValueError(f"mel_warp must lie in [0, 1), got {warp}")
+        self.mel = LogMel(
+            sample_rate, n_mels=n_mels, hop_ms=1000.0 * mel_hop / sample_rate, pad_mode="constant"
+        )
+        self.mel_hop, self.n_mels, self.warp = mel_hop, n_mels, warp
+        self.mu = classes - 1  # the companding of MuLawEncode / MuLawDecode
+        self.norm_kind = norm
+        if norm == "batch":
+            self.norm = nn.BatchNorm1d(n_mels, affine=False)
+        elif norm == "instance":
+            self.norm = InstanceMelNorm()
+        else:
+            if not num_speakers:
+                raise ValueError("mel_norm='speaker' needs num_speakers")
+            self.norm = None
+            self.register_buffer("speaker_mean", torch.zeros(num_speakers, n_mels))
+            self.register_buffer("speaker_std", torch.ones(num_speakers, n_mels))
+        self.frames = Encoder(
+            1,
+            n_mels,
+            hidden,
+            out_channels,
+            strides=strides,
+            res_hidden=res_hidden,
+            num_res_blocks=num_res_blocks,
+        )
+        self.factor = (mel_hop * math.prod(self.frames.factor),)
+
+    def logmel(self, x: Tensor) -> Tensor:
+        """``(B, 1, T)`` companded waveform -> ``(B, n_mels, T / mel_hop)`` log-mel (float32);
+        frame f is centred on sample ``f * mel_hop``."""
+        import torchaudio.functional as AF  # what MuLawDecode uses; it takes float levels too
+
+        wav = AF.mu_law_decoding((x[:, 0].float() + 1.0) * (self.mu / 2.0), self.mu + 1)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.mel(wav)[..., : wav.shape[-1] // self.mel.hop]
+
+    def encode_frames(self, mel: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(B, n_mels, F)`` log-mel -> ``(B, D, F / prod(strides))`` latents.
+
+        ``stats``: ``(mean, std)``, each ``(B, n_mels)`` or ``(n_mels,)``: the speaker
+        statistics of ``norm="speaker"`` (required there, ignored otherwise).
+        """
+        if self.training and self.warp > 0:
+            mel = warp_mel(mel, self.warp)
+        if self.norm is None:
+            if stats is None:
+                raise ValueError(
+                    "mel_norm='speaker' needs the speaker's statistics: pass speaker ids of "
+                    "training speakers or stats=model.speaker_stats(utterances)"
+                )
+            mean, std = (s.to(mel.dtype).expand(mel.shape[0], -1).unsqueeze(-1) for s in stats)
+            normed = (mel - mean) / std
+        else:
+            normed = self.norm(mel)
+        return self.frames(normed.to(self.frames.net[-1].weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 1, T)`` companded waveform -> ``(B, D, T / (mel_hop * prod(strides)))``."""
+        return self.encode_frames(self.logmel(x))
+
+
+def mel_stats(mels: Sequence[Tensor], floor: float = math.log(1e-5)) -> tuple[Tensor, Tensor]:
+    """Per-band mean and deviation ``(n_mels,)`` over all frames of ``(n_mels, F_i)`` log-mels
+    that are not digital silence (every band at the log floor)."""
+    frames = torch.cat([m.reshape(m.shape[-2], -1) for m in mels], dim=1)  # (n_mels, sum F)
+    frames = frames[:, frames.amax(0) > floor + 1.0]
+    return frames.mean(1), frames.std(1).clamp_min(1e-3)
+
+
+class InstanceMelNorm(nn.Module):
+    """Per-utterance, per-band normalisation of log-mel ``(B, n_mels, F)``, over the frames
+    that are not digital silence (padding: every band at the log floor), so that a crop padded
+    with silence while training gets the same statistics as the whole utterance later."""
+
+    def __init__(self, floor: float = math.log(1e-5), eps: float = 1e-5) -> None:
+        super().__init__()
+        self.floor, self.eps = floor, eps
+
+    def forward(self, mel: Tensor) -> Tensor:
+        keep = (mel.amax(1, keepdim=True) > self.floor + 1.0).to(mel.dtype)  # (B, 1, F)
+        count = keep.sum(-1, keepdim=True).clamp_min(1.0)
+        mean = (mel * keep).sum(-1, keepdim=True) / count
+        var = ((mel - mean).square() * keep).sum(-1, keepdim=True) / count
+        return (mel - mean) / (var + self.eps).sqrt()
+
+
+def warp_mel(mel: Tensor, warp: float) -> Tensor:
+    """Stretch ``(B, n_mels, F)`` along the mel axis by a random factor per item in
+    ``[1 - warp, 1 + warp]`` (linear interpolation between bins, the top bin repeated)."""
+    b, n, _ = mel.shape
+    alpha = 1.0 + (torch.rand(b, 1, device=mel.device) * 2.0 - 1.0) * warp  # (B, 1)
+    pos = (torch.arange(n, device=mel.device, dtype=mel.dtype)[None] / alpha).clamp(0, n - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    frac = (pos - lo).unsqueeze(-1)  # (B, n, 1)
+    gather = lambda idx: mel.gather(1, idx.unsqueeze(-1).expand_as(mel))  # noqa: E731
+    return gather(lo) * (1.0 - frac) + gather(hi) * frac
