@@ -49,14 +49,32 @@ def load_split(data, split: str) -> Utterances:
 
 
 @torch.no_grad()
-def encode_utterance(vqvae, audio: torch.Tensor, device) -> torch.Tensor:
-    """``(T,)`` mu-law classes -> ``(ceil(T / hop),)`` codes (the tail padded with silence)."""
+def encode_utterance(vqvae, audio: torch.Tensor, device, speaker: int | None = None, stats=None):
+    """``(T,)`` mu-law classes -> ``(ceil(T / hop),)`` codes (the tail padded with silence).
+
+    ``speaker`` (a training speaker's id) or ``stats`` (``vqvae.speaker_stats`` of any speaker's
+    utterances) give the input statistics of an encoder with ``mel_norm="speaker"``."""
     x = audio.long().to(device)
     pad = -len(x) % vqvae.hop
     x = F.pad(x, (0, pad), value=SILENCE_CLASS) if pad or len(x) == 0 else x
     if len(x) == 0:
         x = torch.full((vqvae.hop,), SILENCE_CLASS, device=device)
-    return vqvae.encode(x[None])[0]
+    return vqvae.encode(x[None], speaker, stats=stats)[0]
+
+
+def encode_split(vqvae, split: Utterances, speakers: list[str], device) -> list[torch.Tensor]:
+    """Codes of every utterance (on the CPU). A training speaker's utterances are normalised
+    with that speaker's statistics, another speaker's with those of their utterances here."""
+    ids = {s: speakers.index(s) for s in speakers}
+    stats = {}
+    if getattr(vqvae.encoder, "norm_kind", None) == "speaker":
+        for s in set(split.speakers) - set(ids):
+            mine = [a for a, t in zip(split.audio, split.speakers) if t == s]
+            stats[s] = vqvae.speaker_stats(mine)
+    return [
+        encode_utterance(vqvae, a, device, ids.get(s), stats.get(s)).cpu()
+        for a, s in zip(split.audio, split.speakers)
+    ]
 
 
 def codebook_vectors(vqvae) -> torch.Tensor:
@@ -168,7 +186,7 @@ def reconstruction_metrics(
     out = {}
     known = [i for i, s in enumerate(test.speakers) if s in speakers]
     bits = []
-    for i in known[:nll_utterances]:
+    for i in [] if vqvae.is_mel else known[:nll_utterances]:  # the WaveNet decoder's likelihood
         n = min(len(test.audio[i]), int(nll_seconds * test.sample_rate)) // vqvae.hop * vqvae.hop
         if n == 0:
             continue
@@ -187,7 +205,10 @@ def reconstruction_metrics(
             dists.append(float(diff.pow(2).mean(1).sqrt().mean()))
     if dists:
         out["recon_logmel_distance_db"] = statistics.fmean(dists)
-    out.update(generation_speed(vqvae, result, test.sample_rate, device))
+    if not vqvae.is_mel:
+        out.update(generation_speed(vqvae, result, test.sample_rate, device))
+    else:
+        out["decode_samples_per_s"] = result["decoded_samples"] / result["decode_s"]
     return out
 
 

@@ -18,6 +18,18 @@ def speaker_arg(model, speaker: torch.Tensor) -> torch.Tensor | None:
     return speaker if model.num_speakers else None
 
 
+@torch.no_grad()
+def render(vqvae, vocoder, codes: torch.Tensor, speaker: torch.Tensor, *, temperature, generator):
+    """Waveforms ``(B, T)`` in [-1, 1] on the CPU of codes ``(B, T')`` in the voices ``speaker``
+    ``(B,)``: the WaveNet decoder's samples, or the mel decoder's log-mel through ``vocoder``."""
+    if vqvae.is_mel:
+        return vocoder.render(vqvae.decode_mel(codes, speaker_arg(vqvae, speaker))).cpu()
+    classes = vqvae.decode(
+        codes, speaker_arg(vqvae, speaker), temperature=temperature, generator=generator
+    )
+    return MuLawDecode(vqvae.classes)(classes.cpu())
+
+
 def targets_of(speakers: list[str], max_targets: int | None) -> list[int]:
     """Target speaker ids for the matrix: all, or ``max_targets`` spread over the list."""
     n = len(speakers)
@@ -27,11 +39,14 @@ def targets_of(speakers: list[str], max_targets: int | None) -> list[int]:
 
 
 @torch.no_grad()
-def decode_matrix(vqvae, prior, cfg, test: Any, codes: list, sources: list[int], speakers, device):
+def decode_matrix(
+    vqvae, vocoder, prior, cfg, test: Any, codes: list, sources: list[int], speakers, device
+):
     """Conversions (every source x every target) and prior samples, generated in one batch.
 
     Args:
-        vqvae, prior: the trained models.
+        vqvae, prior: the trained models; vocoder: renders a mel decoder's log-mel (None for
+            the WaveNet decoder).
         cfg: the recipe config (its ``data`` and ``convert`` sections).
         test: the test split; ``codes`` its codes, one ``(T_i',)`` tensor per utterance.
         sources: test utterances to convert.
@@ -46,9 +61,8 @@ def decode_matrix(vqvae, prior, cfg, test: Any, codes: list, sources: list[int],
     rate = cfg.data.sample_rate / vqvae.hop  # codes per second
     max_codes = max(1, int(c.seconds * rate))
     targets = targets_of(speakers, c.max_targets)
-    silence = vqvae.encode(torch.full((1, vqvae.hop), silence_class(vqvae.classes), device=device))[
-        0, 0
-    ]
+    quiet = torch.full((1, vqvae.hop), silence_class(vqvae.classes), device=device)
+    silence = vqvae.encode(quiet, 0)[0, 0]  # speaker 0's statistics, if the encoder needs any
     jobs, rows, lengths = [], [], []
     for s in sources:
         row = codes[s][:max_codes].to(device)
@@ -75,11 +89,9 @@ def decode_matrix(vqvae, prior, cfg, test: Any, codes: list, sources: list[int],
     speaker = torch.tensor([t for _, _, t in jobs], device=device)
     gen = torch.Generator(device=device).manual_seed(c.seed + 1)
     t0 = time.perf_counter()
-    audio = vqvae.decode(
-        batch, speaker_arg(vqvae, speaker), temperature=c.temperature, generator=gen
-    )
+    audio = render(vqvae, vocoder, batch, speaker, temperature=c.temperature, generator=gen)
     seconds = time.perf_counter() - t0
-    wavs = [MuLawDecode(256)(a[:n].cpu()) for a, n in zip(audio, lengths)]
+    wavs = [a[:n] for a, n in zip(audio, lengths)]
     return {
         "jobs": jobs,
         "wavs": wavs,

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vqkit.audio import MuLawDecode, save_audio, silence_class
+from vqkit.audio import save_audio, silence_class
 from vqkit.config import builder_kwargs
 from vqkit.datasets import SequenceCrops
 from vqkit.datasets.utterances import Utterances, load_classes, load_labelled, spread
 from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
-from vqkit.models import vqvae_audio, wavenet_prior
+from vqkit.models import griffinlim, vqvae_audio, wavenet_prior
 from vqkit.pipeline import (
     Run,
     load_stages,
@@ -80,6 +80,13 @@ PriorConfig = model_section(
 )
 
 
+# The vocoder of a mel decoder (vqvae.decoder=mel): Griffin-Lim, the arguments of its builder
+# beyond the log-mel frames it inverts (those come from the VQ-VAE).
+VocoderConfig = model_section(
+    "VocoderConfig", griffinlim, skip=("sample_rate", "n_mels", "mel_hop")
+)
+
+
 @dataclass
 class ConvertConfig:
     """The conversion matrix and the prior samples, all decoded in one batch."""
@@ -115,6 +122,7 @@ class AudioRecipeConfig:
     prior_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=300, batch_size=16, lr=1e-3, ckpt_every=300)
     )
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # torch intra-op threads (None: torch's default). On a CPU shared with other jobs, 1 is often
@@ -133,12 +141,17 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
     cfg = run.cfg
     v = cfg.vqvae
 
+    spk = [speakers.index(s) for s in train.speakers]
+
     def build():
-        return vqvae_audio(
+        model = vqvae_audio(
             num_speakers=len(speakers) if v.speaker_conditioning else None,
             sample_rate=cfg.data.sample_rate,
             **builder_kwargs(v),
         )
+        if v.mel_norm == "speaker":  # each training speaker's log-mel statistics
+            model.set_speaker_stats(train.audio, spk)
+        return model
 
     def step(model, batch):
         audio, _, speaker = batch
@@ -152,9 +165,20 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
     hop = build().hop
     if v.crop % hop:
         raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {hop}")
-    spk = [speakers.index(s) for s in train.speakers]
     crops = SequenceCrops(train.audio, spk, v.crop, pad_value=silence_class(v.classes))
     return run.train("vqvae", build, step, crops)
+
+
+def build_vocoder(cfg: AudioRecipeConfig, vqvae):
+    """The vocoder that renders a mel decoder's log-mel (None for the WaveNet decoder)."""
+    if not vqvae.is_mel:
+        return None
+    return griffinlim(
+        sample_rate=cfg.data.sample_rate,
+        n_mels=vqvae.encoder.n_mels,
+        mel_hop=vqvae.mel_hop,
+        **builder_kwargs(cfg.vocoder),
+    )
 
 
 def train_prior(run: Run, codes, speaker_ids, num_speakers: int, num_codes: int):
@@ -194,8 +218,8 @@ def run(
         vqvae = train_vqvae(run, train, speakers)
 
     with run.stage("encode"):
-        codes_train = [ev.encode_utterance(vqvae, a, device).cpu() for a in train.audio]
-        codes_test = [ev.encode_utterance(vqvae, a, device).cpu() for a in test.audio]
+        codes_train = ev.encode_split(vqvae, train, speakers, device)
+        codes_test = ev.encode_split(vqvae, test, speakers, device)
 
     with run.stage("prior"):
         spk_train = [speakers.index(s) for s in train.speakers]
@@ -207,7 +231,15 @@ def run(
         with one_thread_on_cpu(device):
             sources = ev.pick_sources(test, speakers, cfg.convert.sources)
             result = generation.decode_matrix(
-                vqvae, prior, cfg, test, codes_test, sources, speakers, device
+                vqvae,
+                build_vocoder(cfg, vqvae),
+                prior,
+                cfg,
+                test,
+                codes_test,
+                sources,
+                speakers,
+                device,
             )
         generation.write_media(run_dir, result, test, speakers, cfg.data.sample_rate)
 
@@ -268,16 +300,20 @@ def convert(
     if speaker not in speakers:
         raise InputError(f"unknown speaker {speaker!r}; this run knows: {', '.join(speakers)}")
     audio = load_classes(source, cfg.data.sample_rate)
-    codes = ev.encode_utterance(vqvae, audio, dev)[None]
+    # An encoder normalised per speaker reads the source with the source's own statistics.
+    stats = vqvae.speaker_stats([audio]) if vqvae.is_mel and _per_speaker(vqvae) else None
+    codes = ev.encode_utterance(vqvae, audio, dev, stats=stats)[None]
     spk = torch.tensor([speakers.index(speaker)], device=dev)
     temp, gen = sampling(cfg.convert, temperature, seed, dev)
     with one_thread_on_cpu(dev):
-        out_classes = vqvae.decode(
-            codes, generation.speaker_arg(vqvae, spk), temperature=temp, generator=gen
+        wav = generation.render(
+            vqvae, build_vocoder(cfg, vqvae), codes, spk, temperature=temp, generator=gen
         )
-    return save_audio(
-        out, MuLawDecode(256)(out_classes[0, : len(audio)].cpu()), cfg.data.sample_rate
-    )
+    return save_audio(out, wav[0, : len(audio)], cfg.data.sample_rate)
+
+
+def _per_speaker(vqvae) -> bool:
+    return getattr(vqvae.encoder, "norm_kind", None) == "speaker"
 
 
 def sample(
@@ -303,11 +339,11 @@ def sample(
             temperature=temp,
             generator=gen,
         )
-        audio = vqvae.decode(
-            codes, generation.speaker_arg(vqvae, targets), temperature=temp, generator=gen
+        audio = generation.render(
+            vqvae, build_vocoder(cfg, vqvae), codes, targets, temperature=temp, generator=gen
         )
     gap = torch.zeros(int(0.3 * cfg.data.sample_rate))
-    wav = torch.cat([torch.cat([MuLawDecode(256)(a.cpu()), gap]) for a in audio])
+    wav = torch.cat([torch.cat([a, gap]) for a in audio])
     return save_audio(out or run_dir / "samples_new.wav", wav, cfg.data.sample_rate)
 
 
@@ -320,12 +356,12 @@ def units(
     device: str = "auto",
 ) -> dict:
     """Unit metrics of a finished run's codes on the held-out utterances of ``data``."""
-    dev, vqvae, _, _ = _load(run_dir, device)
+    dev, vqvae, speakers, _ = _load(run_dir, device)
     test = load_labelled(data, sample_rate=cfg.data.sample_rate, max_seconds=cfg.data.max_seconds)
     limit = cfg.eval.max_utterances if max_utterances is None else max_utterances
     if limit is not None:
         test = test.subset(spread(len(test.audio), limit))
-    codes = [ev.encode_utterance(vqvae, a, dev).cpu() for a in test.audio]
+    codes = ev.encode_split(vqvae, test, speakers, dev)
     rate = cfg.data.sample_rate / vqvae.hop
     out = {"num_codes": vqvae.quantizer.num_codes, "code_rate_hz": rate, "utterances": len(codes)}
     out.update(ev.unit_metrics(codes, test, rate, cfg.eval, codebook=ev.codebook_vectors(vqvae)))
