@@ -12,6 +12,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -155,6 +156,27 @@ def load_audio(
         wav = resample(wav, sr, sample_rate)
         sr = sample_rate
     return wav.contiguous(), int(sr)
+
+
+def read_chunks(path: str | Path, *, sample_rate: int, seconds: float = 10.0) -> Iterator[Tensor]:
+    """An audio file as consecutive mono float32 chunks ``(T_i,)`` at ``sample_rate``, about
+    ``seconds`` each, read from disk as they are needed: memory stays bounded by one chunk
+    however long the file is (each chunk is resampled on its own).
+
+    Raises:
+        FileNotFoundError, AudioError: as :func:`load_audio` (NaN or inf in a chunk included).
+    """
+    path = Path(path)
+    info = audio_info(path)
+    block = max(1, int(seconds * info.sample_rate))
+    try:
+        for data in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+            if not np.isfinite(data).all():
+                raise AudioError(f"audio file {path} holds NaN or infinite samples")
+            wav = torch.from_numpy(data.mean(axis=1))
+            yield resample(wav, info.sample_rate, sample_rate)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"cannot read audio file {path}: {e}") from e
 
 
 def save_audio(path: str | Path, wav: Tensor | np.ndarray, sample_rate: int) -> Path:

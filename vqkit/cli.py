@@ -204,20 +204,39 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
-    check_output_file(args.out)
-    if not args.source.is_file():
-        raise FileNotFoundError(f"source audio file not found: {args.source}")
-    out = _recipe_command(recipe, "convert", args.run_dir)(
+    if args.out is not None:  # checked before any work
+        check_output_file(args.out)
+        if args.out.suffix.lower() not in (".wav", ".flac", ".ogg"):
+            raise InputError(f"--out {args.out}: write .wav, .flac or .ogg")
+    if args.out_dir is not None:
+        check_output_dir(args.out_dir, "--out-dir")
+    fn = _recipe_command(recipe, "convert", args.run_dir)
+    if args.list_speakers:
+        print("\n".join(json.loads((path / "speakers.json").read_text())))
+        return 0
+    if not args.source or not args.speaker:
+        raise InputError("vqkit convert needs --source FILE|DIR ... and --speaker NAME ...")
+    if not args.chunk_seconds > 0:
+        raise InputError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
+    if (args.out is None) == (args.out_dir is None):
+        raise InputError("give --out FILE (one source, one speaker) or --out-dir DIR")
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    written = fn(
         cfg,
         path,
-        source=args.source,
-        speaker=args.speaker,
+        sources=args.source,
+        speakers=args.speaker,
         out=args.out,
+        out_dir=args.out_dir,
         temperature=args.temperature,
         seed=args.seed,
         device=args.device or "auto",
+        chunk_seconds=args.chunk_seconds,
+        progress=not args.no_progress,
     )
-    print(f"vqkit: {args.source} in the voice of {args.speaker} written to {out}")
+    where = args.out if args.out is not None else args.out_dir
+    print(f"vqkit: {len(written)} conversion(s) written to {where}")
     return 0
 
 
@@ -426,9 +445,32 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="voice conversion with a finished audio run", formatter_class=fmt
     )
     conv.add_argument("run_dir", help="a run directory made by `vqkit run`")
-    conv.add_argument("--source", type=Path, required=True, help="audio file to convert")
-    conv.add_argument("--speaker", required=True, help="target speaker, as named in the data")
-    conv.add_argument("--out", type=Path, required=True, help="output WAV file")
+    conv.add_argument(
+        "--source", type=Path, nargs="+", default=[], help="audio files or folders of them"
+    )
+    conv.add_argument(
+        "--speaker",
+        action="append",
+        default=[],
+        help="target speaker, as named in the data (repeatable; --list-speakers lists them)",
+    )
+    conv.add_argument("--out", type=Path, default=None, help="output file: one source, one speaker")
+    conv.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="output folder: OUT_DIR/<source stem>_to_<speaker>.wav for every pair",
+    )
+    conv.add_argument(
+        "--list-speakers", action="store_true", help="print the run's speakers and stop"
+    )
+    conv.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=10.0,
+        help="long inputs are converted in chunks of this many seconds (bounded memory)",
+    )
+    conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature; None: the run's"
     )

@@ -14,13 +14,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from vqkit.audio import save_audio, silence_class
+from vqkit.audio import MuLawEncode, audio_info, read_chunks, save_audio, silence_class
 from vqkit.config import builder_kwargs
 from vqkit.datasets import SequenceCrops
-from vqkit.datasets.utterances import Utterances, load_classes, load_labelled, spread
+from vqkit.datasets.utterances import Utterances, load_labelled, spread
 from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
@@ -284,32 +286,92 @@ def _load(run_dir: Path, device: str, *, prior: bool = False):
     return dev, models[0], speakers, models[1] if prior else None
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+
+def _source_files(sources: list[Path]) -> list[Path]:
+    """The audio files named, and those in the folders named (sorted)."""
+    files = []
+    for src in sources:
+        if src.is_dir():
+            found = sorted(f for f in src.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise InputError(f"{src} holds no audio file ({', '.join(AUDIO_SUFFIXES)})")
+            files += found
+        elif src.is_file():
+            files.append(src)
+        else:
+            raise FileNotFoundError(f"source audio not found: {src}")
+    return files
+
+
 def convert(
     cfg: AudioRecipeConfig,
     run_dir: Path,
     *,
-    source: Path,
-    speaker: str,
-    out: Path,
+    sources: list[Path],
+    speakers: list[str],
+    out: Path | None = None,
+    out_dir: Path | None = None,
     temperature: float | None = None,
     seed: int | None = None,
     device: str = "auto",
-) -> Path:
-    """Decode ``source``'s codes with ``speaker``'s voice into ``out`` (a WAV file)."""
-    dev, vqvae, speakers, _ = _load(run_dir, device)
-    if speaker not in speakers:
-        raise InputError(f"unknown speaker {speaker!r}; this run knows: {', '.join(speakers)}")
-    audio = load_classes(source, cfg.data.sample_rate)
-    # An encoder normalised per speaker reads the source with the source's own statistics.
-    stats = vqvae.speaker_stats([audio]) if vqvae.is_mel and _per_speaker(vqvae) else None
-    codes = ev.encode_utterance(vqvae, audio, dev, stats=stats)[None]
-    spk = torch.tensor([speakers.index(speaker)], device=dev)
-    temp, gen = sampling(cfg.convert, temperature, seed, dev)
-    with one_thread_on_cpu(dev):
-        wav = generation.render(
-            vqvae, build_vocoder(cfg, vqvae), codes, spk, temperature=temp, generator=gen
+    chunk_seconds: float = 10.0,
+    progress: bool = True,
+) -> list[Path]:
+    """Every source (files, or folders of them) in the voice of every speaker.
+
+    Writes ``out_dir/<source stem>_to_<speaker>.wav`` (or ``out`` for one source and one
+    speaker). Each source is read, encoded and decoded in chunks of ``chunk_seconds``, every
+    target speaker of a chunk in one batch, and written as it goes: memory stays bounded by one
+    chunk whatever the length of the input. An encoder normalised per speaker reads each source
+    with the statistics of its first chunk.
+
+    Returns:
+        The files written, source by source, speaker by speaker.
+    """
+    dev, vqvae, known, _ = _load(run_dir, device)
+    unknown = [s for s in speakers if s not in known]
+    if unknown:
+        names = ", ".join(repr(u) for u in unknown)
+        raise InputError(f"unknown speaker {names}; this run knows: {', '.join(known)}")
+    files = _source_files(sources)
+    if out is not None and (len(files) != 1 or len(speakers) != 1):
+        raise InputError(
+            f"--out takes one source and one speaker ({len(files)} and {len(speakers)} given); "
+            "use --out-dir DIR for several"
         )
-    return save_audio(out, wav[0, : len(audio)], cfg.data.sample_rate)
+    sr, vocoder = cfg.data.sample_rate, build_vocoder(cfg, vqvae)
+    temp, gen = sampling(cfg.convert, temperature, seed, dev)
+    ids = torch.tensor([known.index(s) for s in speakers], device=dev)
+    total = sum(audio_info(f).frames / audio_info(f).sample_rate for f in files) * len(speakers)
+    written = []
+    with tqdm(total=round(total, 1), unit="s", desc="convert", disable=not progress) as bar:
+        for f in files:
+            paths = (
+                [out] if out is not None else [out_dir / f"{f.stem}_to_{s}.wav" for s in speakers]
+            )
+            writers = [sf.SoundFile(str(p), "w", samplerate=sr, channels=1) for p in paths]
+            stats = None
+            try:
+                for piece in read_chunks(f, sample_rate=sr, seconds=chunk_seconds):
+                    classes = MuLawEncode(vqvae.classes)(piece).to(torch.uint8)
+                    if stats is None and _per_speaker(vqvae):
+                        stats = vqvae.speaker_stats([classes])
+                    codes = ev.encode_utterance(vqvae, classes, dev, stats=stats)
+                    with one_thread_on_cpu(dev):
+                        wav = generation.render(
+                            vqvae, vocoder, codes.expand(len(ids), -1), ids,
+                            temperature=temp, generator=gen,
+                        )  # fmt: skip
+                    for w, writer in zip(wav[:, : len(piece)], writers):
+                        writer.write(w.numpy())
+                    bar.update(round(len(piece) / sr * len(ids), 1))
+            finally:
+                for writer in writers:
+                    writer.close()
+            written += paths
+    return written
 
 
 def _per_speaker(vqvae) -> bool:
