@@ -23,7 +23,14 @@ def render(vqvae, vocoder, codes: torch.Tensor, speaker: torch.Tensor, *, temper
     """Waveforms ``(B, T)`` in [-1, 1] on the CPU of codes ``(B, T')`` in the voices ``speaker``
     ``(B,)``: the WaveNet decoder's samples, or the mel decoder's log-mel through ``vocoder``."""
     if vqvae.is_mel:
-        return vocoder.render(vqvae.decode_mel(codes, speaker_arg(vqvae, speaker))).cpu()
+        # Row by row: a batched conv differs from a single one in the last bits, and Griffin-Lim
+        # would amplify that; this way a batch renders exactly what each row renders alone.
+        spk = speaker_arg(vqvae, speaker)
+        mel = torch.cat([
+            vqvae.decode_mel(c[None], None if spk is None else spk[i : i + 1])
+            for i, c in enumerate(codes)
+        ])  # fmt: skip
+        return vocoder.render(mel).cpu()
     classes = vqvae.decode(
         codes, speaker_arg(vqvae, speaker), temperature=temperature, generator=generator
     )
