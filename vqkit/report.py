@@ -14,6 +14,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+
+from vqkit.audio import LogMel
 from vqkit.runs import read_run_config
 
 MIME = {
@@ -138,6 +143,26 @@ def svg_histogram(counts: list[float], *, title: str, width: int = 460, height: 
         f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}'
         f" ({used} of {len(values)} codes used, sorted)</text>{bars}</svg>"
     )
+
+
+def save_logmel_png(
+    path: str | Path, wavs: list[torch.Tensor], sample_rate: int, *, top_db: float = 70.0
+) -> Path:
+    """Log-mel spectrograms of waveforms ``(T_i,)`` side by side in one PNG, low frequencies at
+    the bottom, dark for loud; each panel spans ``top_db`` below the loudest bin of all."""
+    mel = LogMel(sample_rate, n_mels=64)
+    panels = [mel(w.float().reshape(1, -1))[0] * (10 / math.log(10)) for w in wavs]  # dB
+    peak = max(float(p.max()) for p in panels)
+    gap = torch.full((panels[0].shape[0], 3), peak - top_db)
+    joined = torch.cat([x for p in panels for x in (p, gap)][:-1], dim=1).flip(0)
+    grey = ((peak - joined).clamp(0, top_db) / top_db * 255).round().to(torch.uint8).numpy()
+    image = Image.fromarray(np.ascontiguousarray(grey)).resize(
+        (grey.shape[1] * 3, grey.shape[0] * 2), Image.NEAREST
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
 
 
 def svg_codes_vs_labels(

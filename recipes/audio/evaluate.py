@@ -276,10 +276,14 @@ def conversion_metrics(
     train: Utterances, test: Utterances, speakers, result: dict, cfg, device
 ) -> dict:
     """Speaker and content classifiers trained on real training audio, applied to real test
-    audio (their reference accuracy), reconstructions, conversions and prior samples."""
+    audio (their reference accuracy), reconstructions, conversions and prior samples.
+
+    Returns:
+        ``(metrics, verdicts)``: the rates, and what the classifiers say of each decoded
+        waveform of ``result["jobs"]`` (a line each, for the report)."""
     sr, e = train.sample_rate, cfg.eval
     if len(speakers) < 2:
-        return {}
+        return {}, [""] * len(result["jobs"])
     opts = dict(sample_rate=sr, steps=e.classifier_steps, crop=e.classifier_crop, device=device)
     waves = [train.waveform(i) for i in range(len(train.audio))]
     spk_clf = train_classifier(
@@ -343,4 +347,22 @@ def conversion_metrics(
         out["target_speaker_rate"] = out["conversion_speaker_rate"]
     if "conversion_content_rate" in out:
         out["content_kept_rate"] = out["conversion_content_rate"]
+    return out, _verdicts(spk_clf, content_clf, vocab, test, speakers, result)
+
+
+def _verdicts(spk_clf, content_clf, vocab, test: Utterances, speakers, result) -> list[str]:
+    """What the classifiers say of each decoded waveform, for the report."""
+    heard = predict(spk_clf, result["wavs"])
+    said = predict(content_clf, result["wavs"]) if content_clf is not None else None
+    out = []
+    for j, ((_, s, t), wav) in enumerate(zip(result["jobs"], result["wavs"])):
+        v = f"heard as {speakers[int(heard[j])]} {'✓' if int(heard[j]) == t else '✗'}"
+        if said is not None and s is not None and test.label_kind == "words":
+            ok = int(said[j]) == test.labels[s]
+            v += f", digit {int(said[j])} {'✓' if ok else '✗'}"
+        elif said is not None and s is not None:
+            feats = content_clf.features
+            target = _content_targets(test, s, feats.frame_rate, feats.num_frames(len(wav)), vocab)
+            v += f", {accuracy([said[j]], [target]):.0%} of frames' phones kept"
+        out.append(v)
     return out

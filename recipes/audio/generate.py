@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vqkit.audio import MuLawDecode, save_audio, silence_class
+from vqkit.report import save_logmel_png
 from vqkit.runs import add_media
 
 
@@ -109,14 +110,27 @@ def decode_matrix(
     }
 
 
-def write_media(run_dir: Path, result: dict, test: Any, speakers: list[str], sr: int) -> None:
-    """WAVs of originals, reconstructions, the conversion matrix and prior samples + media.json."""
+def write_media(
+    run_dir: Path,
+    result: dict,
+    test: Any,
+    speakers: list[str],
+    sr: int,
+    verdicts: list[str],
+    *,
+    pictures: int = 4,
+) -> None:
+    """WAVs of originals, reconstructions, the conversion matrix and prior samples, each titled
+    with the classifiers' verdict, + media.json. For the first ``pictures`` sources every cell
+    also gets a log-mel picture: source | decoded | a real recording of the target speaker."""
+    reference = {sp: i for i, sp in reversed(list(enumerate(test.speakers)))}  # first of each
+    shown = set(result["sources"][:pictures])
     for s in result["sources"]:
         name = f"originals/{test.ids[s]}.wav"
         save_audio(run_dir / name, MuLawDecode(256)(test.audio[s].long()), sr)
         add_media(run_dir, "audio", name, f"{test.ids[s]} ({test.speakers[s]})", "Originals")
     counts: dict[str, int] = {}
-    for (kind, s, t), wav in zip(result["jobs"], result["wavs"]):
+    for (kind, s, t), wav, verdict in zip(result["jobs"], result["wavs"], verdicts):
         target = speakers[t]
         if kind == "sample":
             counts[target] = counts.get(target, 0) + 1
@@ -129,5 +143,19 @@ def write_media(run_dir: Path, result: dict, test: Any, speakers: list[str], sr:
             name = f"conversions/{test.ids[s]}__to_{target}.wav"
             title = f"{test.ids[s]} ({test.speakers[s]}) as {target}"
             group = f"Conversions of {test.ids[s]} ({test.speakers[s]})"
+        title = f"{title}: {verdict}" if verdict else title
         save_audio(run_dir / name, wav, sr)
         add_media(run_dir, "audio", name, title, group)
+        if s in shown and target in reference:
+            real = test.waveform(reference[target])
+            picture = save_logmel_png(
+                run_dir / name.replace(".wav", ".png"), [test.waveform(s), wav, real], sr
+            )
+            add_media(
+                run_dir,
+                "image",
+                str(picture.relative_to(run_dir)),
+                f"log-mel: source | {kind if kind == 'sample' else 'decoded'} | real {target} "
+                f"({test.ids[reference[target]]})",
+                group,
+            )

@@ -97,6 +97,7 @@ class ConvertConfig:
     max_targets: int | None = 6  # target speakers (None: all training speakers)
     seconds: float = 1.5  # longest decoded clip
     prior_samples: int = 1  # prior samples per target speaker
+    pictures: int = 4  # sources whose cells get log-mel pictures in the report
     temperature: float = 1.0
     seed: int = 0
 
@@ -243,7 +244,6 @@ def run(
                 speakers,
                 device,
             )
-        generation.write_media(run_dir, result, test, speakers, cfg.data.sample_rate)
 
     with run.stage("eval"):
         metrics = {
@@ -266,7 +266,12 @@ def run(
                 codebook=ev.codebook_vectors(vqvae),
             )
         )
-        metrics.update(ev.conversion_metrics(train, test, speakers, result, cfg, device))
+        scores, verdicts = ev.conversion_metrics(train, test, speakers, result, cfg, device)
+        metrics.update(scores)
+        generation.write_media(
+            run_dir, result, test, speakers, cfg.data.sample_rate, verdicts,
+            pictures=cfg.convert.pictures,
+        )  # fmt: skip
         for k, path in enumerate(
             ev.plot_codes(run_dir, codes_test, test, metrics["code_rate_hz"], cfg.eval.plots)
         ):

@@ -104,3 +104,19 @@ def test_out_takes_one_pair(run, tmp_path, capsys):
     code = _convert(run, "--source", *map(str, sources), "--speaker", "george",
                     "--out", str(tmp_path / "x.wav"))  # fmt: skip
     assert code == 2 and "--out takes one source and one speaker" in capsys.readouterr().err
+
+
+def test_the_report_shows_each_cell_with_its_verdict_and_log_mel(run):
+    import json
+
+    from PIL import Image
+
+    media = json.loads((run / "media.json").read_text())
+    cells = [m for m in media if m["path"].startswith(("conversions/", "reconstructions/"))]
+    audio = [m for m in cells if m["kind"] == "audio"]
+    assert audio and all("heard as " in m["title"] and "digit " in m["title"] for m in audio)
+    pictures = [m for m in cells if m["kind"] == "image"]
+    assert len(pictures) == len(audio)  # convert.sources=1 <= convert.pictures
+    width, height = Image.open(run / pictures[0]["path"]).size
+    assert height == 128 and width > 3 * 3 * 8  # three panels of 64 bands, upscaled
+    assert "source | decoded | real" in pictures[0]["title"]
