@@ -323,6 +323,7 @@ def conversion_metrics(
         "recon": ([], [], []),
         "convert": ([], [], []),
         "sample": ([], [], []),
+        "vocoder": ([], [], []),
     }
     for (kind, s, t), wav in zip(result["jobs"], result["wavs"]):
         if kind == "convert":
@@ -335,7 +336,12 @@ def conversion_metrics(
             content_k.append(
                 _content_targets(test, s, feats.frame_rate, feats.num_frames(len(wav)), vocab)
             )
-    names = {"recon": "recon", "convert": "conversion", "sample": "prior_sample"}
+    names = {
+        "recon": "recon",
+        "convert": "conversion",
+        "sample": "prior_sample",
+        "vocoder": "vocoder",
+    }
     for kind, (w, spk, content) in groups.items():
         if not w:
             continue

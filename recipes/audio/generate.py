@@ -63,7 +63,9 @@ def decode_matrix(
 
     Returns:
         ``{"jobs": [(kind, source or None, target id)], "wavs": [float waveforms], "sources",
-        "targets", "decode_s", "decoded_samples"}``.
+        "targets", "decode_s", "decoded_samples"}``; kind is ``convert`` (own speaker: a
+        reconstruction), ``sample`` (prior), or ``vocoder`` (a source's true log-mel through
+        the vocoder alone, mel decoder only).
     """
     c = cfg.convert
     rate = cfg.data.sample_rate / vqvae.hop  # codes per second
@@ -100,6 +102,12 @@ def decode_matrix(
     audio = render(vqvae, vocoder, batch, speaker, temperature=c.temperature, generator=gen)
     seconds = time.perf_counter() - t0
     wavs = [a[:n] for a, n in zip(audio, lengths)]
+    if vocoder is not None:  # the vocoder alone: the true log-mel of each source, rendered
+        for s in sources:
+            x = test.audio[s][: max_codes * vqvae.hop].long()[None].to(device)
+            x = x[:, : x.shape[1] // vqvae.mel_hop * vqvae.mel_hop]
+            jobs.append(("vocoder", s, speakers.index(test.speakers[s])))
+            wavs.append(vocoder.render(vqvae.logmel(x)).cpu()[0])
     return {
         "jobs": jobs,
         "wavs": wavs,
@@ -132,7 +140,10 @@ def write_media(
     counts: dict[str, int] = {}
     for (kind, s, t), wav, verdict in zip(result["jobs"], result["wavs"], verdicts):
         target = speakers[t]
-        if kind == "sample":
+        if kind == "vocoder":
+            name = f"vocoder/{test.ids[s]}.wav"
+            title, group = f"{test.ids[s]} ({target})", "Vocoder alone (true log-mel)"
+        elif kind == "sample":
             counts[target] = counts.get(target, 0) + 1
             name = f"samples/{target}_{counts[target]}.wav"
             title, group = f"prior sample as {target}", "Prior samples (codes from the prior)"
@@ -155,7 +166,7 @@ def write_media(
                 run_dir,
                 "image",
                 str(picture.relative_to(run_dir)),
-                f"log-mel: source | {kind if kind == 'sample' else 'decoded'} | real {target} "
+                f"log-mel: source | {kind if kind != 'convert' else 'decoded'} | real {target} "
                 f"({test.ids[reference[target]]})",
                 group,
             )

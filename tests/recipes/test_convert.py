@@ -120,3 +120,6 @@ def test_the_report_shows_each_cell_with_its_verdict_and_log_mel(run):
     width, height = Image.open(run / pictures[0]["path"]).size
     assert height == 128 and width > 3 * 3 * 8  # three panels of 64 bands, upscaled
     assert "source | decoded | real" in pictures[0]["title"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["vocoder_count"] == 1 and 0 <= metrics["vocoder_content_rate"] <= 1
+    assert (run / "vocoder").is_dir()  # the source's true log-mel through the vocoder alone
