@@ -90,11 +90,60 @@ def _device(model) -> torch.device:
 
 
 def pick_sources(test: Utterances, speakers: list[str], n: int) -> list[int]:
-    """``n`` test utterances by training speakers, spread over the (sorted) list."""
+    """``n`` test utterances by ``speakers``, spread over the (sorted) list."""
     known = [i for i, s in enumerate(test.speakers) if s in speakers]
     if not known:
-        raise InputError("no test utterance is by a training speaker; nothing to convert")
+        raise InputError(f"no test utterance is by {', '.join(speakers)}; nothing to convert")
     return [known[i] for i in spread(len(known), n)]
+
+
+def leave_out(train: Utterances, heldout: list[str]) -> Utterances:
+    """The training split without the speakers of ``data.heldout_speakers``."""
+    missing = sorted(set(heldout) - set(train.speakers))
+    if missing:
+        raise InputError(
+            f"data.heldout_speakers: no training utterance by {', '.join(missing)}; speakers: "
+            f"{', '.join(sorted(set(train.speakers)))}"
+        )
+    keep = [i for i, s in enumerate(train.speakers) if s not in heldout]
+    return train.subset(keep) if heldout else train
+
+
+def speaker_probe(codes_train, train: Utterances, codes_test, test: Utterances, speakers, vqvae):
+    """How much of the speaker the codes carry: a linear classifier (multinomial logistic
+    regression, L2) from each utterance's code histogram to its speaker, trained on the
+    training utterances, scored on the test utterances of training speakers; beside chance
+    (the most frequent speaker). Lower is better for conversion."""
+    k = vqvae.quantizer.num_codes
+
+    def features(codes):
+        h = torch.stack([torch.bincount(c.flatten(), minlength=k).float() for c in codes])
+        return h / h.sum(1, keepdim=True).clamp_min(1)
+
+    known = [i for i, s in enumerate(test.speakers) if s in speakers]
+    if len(speakers) < 2 or not known:
+        return {}
+    x, y = features(codes_train), torch.tensor([speakers.index(s) for s in train.speakers])
+    xt = features([codes_test[i] for i in known])
+    yt = torch.tensor([speakers.index(test.speakers[i]) for i in known])
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    w = torch.zeros(k, len(speakers), requires_grad=True)
+    b = torch.zeros(len(speakers), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy((x - mean) / std @ w + b, y) + 1e-3 * w.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    pred = ((xt - mean) / std @ w + b).argmax(1)
+    return {
+        "speaker_probe_accuracy": float((pred == yt).float().mean()),
+        "speaker_probe_chance": float(torch.bincount(yt).max() / len(yt)),
+    }
 
 
 # --- unit discovery --------------------------------------------------------------------------
@@ -324,9 +373,12 @@ def conversion_metrics(
         "convert": ([], [], []),
         "sample": ([], [], []),
         "vocoder": ([], [], []),
+        "unseen": ([], [], []),
     }
     for (kind, s, t), wav in zip(result["jobs"], result["wavs"]):
-        if kind == "convert":
+        if kind == "convert" and test.speakers[s] not in speakers:
+            kind = "unseen"  # a held-out voice converted
+        elif kind == "convert":
             kind = "recon" if speakers[t] == test.speakers[s] else "convert"
         waves_k, spk_k, content_k = groups[kind]
         waves_k.append(wav)
@@ -341,6 +393,7 @@ def conversion_metrics(
         "convert": "conversion",
         "sample": "prior_sample",
         "vocoder": "vocoder",
+        "unseen": "unseen",
     }
     for kind, (w, spk, content) in groups.items():
         if not w:

@@ -103,7 +103,7 @@ def decode_matrix(
     seconds = time.perf_counter() - t0
     wavs = [a[:n] for a, n in zip(audio, lengths)]
     if vocoder is not None:  # the vocoder alone: the true log-mel of each source, rendered
-        for s in sources:
+        for s in (s for s in sources if test.speakers[s] in speakers):
             x = test.audio[s][: max_codes * vqvae.hop].long()[None].to(device)
             x = x[:, : x.shape[1] // vqvae.mel_hop * vqvae.mel_hop]
             jobs.append(("vocoder", s, speakers.index(test.speakers[s])))
@@ -153,7 +153,8 @@ def write_media(
         else:
             name = f"conversions/{test.ids[s]}__to_{target}.wav"
             title = f"{test.ids[s]} ({test.speakers[s]}) as {target}"
-            group = f"Conversions of {test.ids[s]} ({test.speakers[s]})"
+            unseen = "" if test.speakers[s] in speakers else ", a voice unseen in training"
+            group = f"Conversions of {test.ids[s]} ({test.speakers[s]}{unseen})"
         title = f"{title}: {verdict}" if verdict else title
         save_audio(run_dir / name, wav, sr)
         add_media(run_dir, "audio", name, title, group)

@@ -56,6 +56,9 @@ class DataConfig:
     sample_rate: int = 8000
     max_files: int | None = None  # per split, spread evenly over the files (tiny runs)
     max_seconds: float | None = 8.0  # longer utterances are cut to this
+    # Speakers left out of training: their test utterances are converted as unseen voices (each
+    # read with the statistics of their own test utterances) and scored apart.
+    heldout_speakers: list[str] = field(default_factory=list)
 
 
 # The model sections are the builders' arguments (the builders hold the defaults), plus the
@@ -213,6 +216,7 @@ def run(
 
     with run.stage("data"):
         train, test = ev.load_split(cfg.data, "train"), ev.load_split(cfg.data, "test")
+        train = ev.leave_out(train, cfg.data.heldout_speakers)
         speakers = sorted(set(train.speakers))
         if run.main:
             write_json(run_dir / "speakers.json", speakers)
@@ -233,6 +237,8 @@ def run(
     with run.stage("decode"):
         with one_thread_on_cpu(device):
             sources = ev.pick_sources(test, speakers, cfg.convert.sources)
+            unseen = sorted(set(cfg.data.heldout_speakers))
+            sources += ev.pick_sources(test, unseen, cfg.convert.sources) if unseen else []
             result = generation.decode_matrix(
                 vqvae,
                 build_vocoder(cfg, vqvae),
@@ -257,6 +263,7 @@ def run(
         }
         metrics.update(ev.reconstruction_metrics(vqvae, test, speakers, result, device))
         metrics.update(ev.prior_metrics(prior, codes_train, codes_test, test, speakers, device))
+        metrics.update(ev.speaker_probe(codes_train, train, codes_test, test, speakers, vqvae))
         metrics.update(
             ev.unit_metrics(
                 codes_test,

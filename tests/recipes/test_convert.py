@@ -123,3 +123,20 @@ def test_the_report_shows_each_cell_with_its_verdict_and_log_mel(run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["vocoder_count"] == 1 and 0 <= metrics["vocoder_content_rate"] <= 1
     assert (run / "vocoder").is_dir()  # the source's true log-mel through the vocoder alone
+
+
+def test_heldout_speakers_are_converted_as_unseen_voices(tmp_path):
+    if not FSDD.is_dir():
+        pytest.skip(f"FSDD not found at {FSDD} (set VQKIT_SHARED_DATA)")
+    import json
+
+    out = tmp_path / "heldout"
+    sets = [x for v in [*TINY, "data.heldout_speakers=[nicolas]"] for x in ("--set", v)]
+    argv = ["run", "audio", "--preset", "fsdd", "--data", str(FSDD), "--out", str(out)]
+    assert main([*argv, "--device", "cpu", "--no-progress", *sets]) == 0
+    assert json.loads((out / "speakers.json").read_text()) == ["george", "jackson", "lucas"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_speakers"] == 3 and metrics["unseen_count"] == 2  # 1 source x 2 targets
+    assert 0 <= metrics["unseen_speaker_rate"] <= 1 and 0 <= metrics["unseen_content_rate"] <= 1
+    assert 0 <= metrics["speaker_probe_accuracy"] <= 1 and metrics["speaker_probe_chance"] > 0
+    assert any("nicolas" in p.name for p in (out / "conversions").iterdir())
