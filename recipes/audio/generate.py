@@ -105,7 +105,7 @@ def decode_matrix(
     if vocoder is not None:  # the vocoder alone: the true log-mel of each source, rendered
         for s in (s for s in sources if test.speakers[s] in speakers):
             x = test.audio[s][: max_codes * vqvae.hop].long()[None].to(device)
-            x = x[:, : x.shape[1] // vqvae.mel_hop * vqvae.mel_hop]
+            x = x[:, : x.shape[1] // vqvae.hop * vqvae.hop]  # logmel() takes whole codes
             jobs.append(("vocoder", s, speakers.index(test.speakers[s])))
             wavs.append(vocoder.render(vqvae.logmel(x)).cpu()[0])
     return {
