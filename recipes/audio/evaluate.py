@@ -67,7 +67,7 @@ def encode_split(vqvae, split: Utterances, speakers: list[str], device) -> list[
     with that speaker's statistics, another speaker's with those of their utterances here."""
     ids = {s: speakers.index(s) for s in speakers}
     stats = {}
-    if getattr(vqvae.encoder, "norm_kind", None) == "speaker":
+    if vqvae.speaker_norm:
         for s in set(split.speakers) - set(ids):
             mine = [a for a, t in zip(split.audio, split.speakers) if t == s]
             stats[s] = vqvae.speaker_stats(mine)

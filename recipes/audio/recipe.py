@@ -155,7 +155,9 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
             sample_rate=cfg.data.sample_rate,
             **builder_kwargs(v),
         )
-        if v.mel_norm == "speaker":  # each training speaker's log-mel statistics
+        if v.crop % model.hop:
+            raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {model.hop}")
+        if model.speaker_norm:  # each training speaker's log-mel statistics
             model.set_speaker_stats(train.audio, spk)
         return model
 
@@ -168,9 +170,6 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
             **quantizer_logs(out.quant),
         }
 
-    hop = build().hop
-    if v.crop % hop:
-        raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {hop}")
     crops = SequenceCrops(train.audio, spk, v.crop, pad_value=silence_class(v.classes))
     return run.train("vqvae", build, step, crops)
 
@@ -356,7 +355,8 @@ def convert(
     sr, vocoder = cfg.data.sample_rate, build_vocoder(cfg, vqvae)
     temp, gen = sampling(cfg.convert, temperature, seed, dev)
     ids = torch.tensor([known.index(s) for s in speakers], device=dev)
-    total = sum(audio_info(f).frames / audio_info(f).sample_rate for f in files) * len(speakers)
+    infos = [audio_info(f) for f in files]
+    total = sum(i.frames / i.sample_rate for i in infos) * len(speakers)  # seconds to convert
     written = []
     with tqdm(total=round(total, 1), unit="s", desc="convert", disable=not progress) as bar:
         for f in files:
@@ -368,7 +368,7 @@ def convert(
             try:
                 for piece in read_chunks(f, sample_rate=sr, seconds=chunk_seconds):
                     classes = MuLawEncode(vqvae.classes)(piece).to(torch.uint8)
-                    if stats is None and _per_speaker(vqvae):
+                    if stats is None and vqvae.speaker_norm:
                         stats = vqvae.speaker_stats([classes])
                     codes = ev.encode_utterance(vqvae, classes, dev, stats=stats)
                     with one_thread_on_cpu(dev):
@@ -384,10 +384,6 @@ def convert(
                     writer.close()
             written += paths
     return written
-
-
-def _per_speaker(vqvae) -> bool:
-    return getattr(vqvae.encoder, "norm_kind", None) == "speaker"
 
 
 def sample(

@@ -140,3 +140,13 @@ def test_heldout_speakers_are_converted_as_unseen_voices(tmp_path):
     assert 0 <= metrics["unseen_speaker_rate"] <= 1 and 0 <= metrics["unseen_content_rate"] <= 1
     assert 0 <= metrics["speaker_probe_accuracy"] <= 1 and metrics["speaker_probe_chance"] > 0
     assert any("nicolas" in p.name for p in (out / "conversions").iterdir())
+
+
+def test_a_crop_off_the_hop_is_refused_before_training(tmp_path, capsys):
+    if not FSDD.is_dir():
+        pytest.skip(f"FSDD not found at {FSDD} (set VQKIT_SHARED_DATA)")
+    sets = [x for v in [*TINY, "vqvae.crop=500"] for x in ("--set", v)]
+    argv = ["run", "audio", "--preset", "fsdd", "--data", str(FSDD), "--out", str(tmp_path / "r")]
+    assert main([*argv, "--device", "cpu", "--no-progress", *sets]) == 2
+    assert "vqvae.crop=500 must be a multiple of the hop 128" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "vqvae").exists()  # nothing trained

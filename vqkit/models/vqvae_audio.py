@@ -203,6 +203,12 @@ class AudioVQVAE(nn.Module):
         self.config: dict | None = None
 
     @property
+    def speaker_norm(self) -> bool:
+        """True when the encoder reads log-mel normalised with each speaker's statistics
+        (``mel_norm="speaker"``): encoding needs a speaker id or ``stats=``."""
+        return getattr(self.encoder, "norm_kind", None) == "speaker"
+
+    @property
     def is_mel(self) -> bool:
         """True when the decoder predicts log-mel frames (render them with a vocoder)."""
         return isinstance(self.decoder, MelDecoder)
@@ -285,7 +291,7 @@ class AudioVQVAE(nn.Module):
 
     def _stats(self, speaker, stats):
         """The speaker statistics of ``mel_norm="speaker"`` (None for other encoders)."""
-        if getattr(self.encoder, "norm_kind", None) != "speaker":
+        if not self.speaker_norm:
             return None
         if stats is not None:
             return stats
@@ -309,7 +315,7 @@ class AudioVQVAE(nn.Module):
     def set_speaker_stats(self, audios: Sequence[Tensor], speakers: Sequence[int]) -> None:
         """Set the statistics of ``mel_norm="speaker"`` from training utterances (mu-law classes
         ``(T_i,)``) and their speaker ids."""
-        if getattr(self.encoder, "norm_kind", None) != "speaker":
+        if not self.speaker_norm:
             raise ValueError("set_speaker_stats() is for mel_norm='speaker'")
         for k in sorted(set(int(s) for s in speakers)):
             mean, std = self.speaker_stats([a for a, s in zip(audios, speakers) if int(s) == k])
