@@ -11,6 +11,12 @@ confident draws and re-masks the rest, so that the share still masked follows th
 schedule and reaches zero after the last pass. A kept code never changes; positions given as
 ``known`` (e.g. the codes of context frames) are kept from the start.
 
+A transformer pass costs far more than a cached PixelCNN step, and attention grows with the
+square of the positions. ``patch`` (e.g. ``(2, 2)``) makes one transformer token of each patch
+of codes, as ViT and DiT do with pixels: the token's input sums one embedding per code (a
+table per offset in the patch), its output holds the logits of every code of the patch. The
+masking, the loss and the sampler still work code by code.
+
 MaskGIT has no exact likelihood (the order in which codes are revealed is itself random), so
 it has no ``nll_bits``: :attr:`MaskGIT.has_likelihood` is False.
 
@@ -71,6 +77,8 @@ class MaskGIT(nn.Module):
             one action per time step of a code volume, added to the positions of that index.
         cond_per_step: S, condition tokens per leading index (each with its own table).
         dim, layers, heads, mlp_ratio, dropout: The pre-norm transformer.
+        patch: Codes per transformer token along each grid axis (one int: every axis); each
+            must divide its axis. 1: a token per code.
         steps: Default number of sampling steps.
         noise: Scale of the Gumbel noise added to the confidences while sampling, annealed as
             ``noise * temperature * (1 - s / steps)``; 0 keeps the plain confidences.
@@ -94,6 +102,7 @@ class MaskGIT(nn.Module):
         heads: int = 4,
         mlp_ratio: int = 4,
         dropout: float = 0.0,
+        patch: int | Sequence[int] = 1,
         steps: int = 10,
         noise: float = 1.0,
     ) -> None:
@@ -125,18 +134,32 @@ class MaskGIT(nn.Module):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if not isinstance(noise, (int, float)) or not noise >= 0 or not math.isfinite(noise):
             raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+        patch = (patch,) * len(grid) if isinstance(patch, int) else tuple(patch)
+        if (
+            len(patch) != len(grid)
+            or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in patch)
+            or any(g % p for g, p in zip(grid, patch))
+        ):
+            raise ValueError(
+                f"patch must be a positive int or one per grid axis, each dividing its axis of "
+                f"grid {list(grid)}, got {patch!r}"
+            )
         self.num_codes = num_codes
         self.mask_token = num_codes
         self.grid = grid
         self.length = math.prod(grid)  # N, positions of the flattened grid
+        self.patch = patch
+        self.patch_size = math.prod(patch)  # P, codes per token
+        self.tokens = self.length // self.patch_size  # T, transformer positions
         self.num_classes = num_classes
         self.num_conds = num_conds
         self.cond_per_step = cond_per_step
         self.steps = steps
         self.noise = float(noise)
 
-        self.tok = nn.Embedding(num_codes + 1, dim)  # + [MASK]
-        self.pos = nn.Embedding(self.length, dim)
+        # One table of K + 1 entries ([MASK] last) per offset in the patch.
+        self.tok = nn.Embedding(self.patch_size * (num_codes + 1), dim)
+        self.pos = nn.Embedding(self.tokens, dim)
         self.cls = nn.Embedding(num_classes, dim) if num_classes else None
         self.cond = nn.Embedding(cond_per_step * num_conds, dim) if num_conds else None
         layer = nn.TransformerEncoderLayer(
@@ -151,11 +174,22 @@ class MaskGIT(nn.Module):
         self.encoder = nn.TransformerEncoder(
             layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
         )
-        self.head = nn.Linear(dim, num_codes)
+        self.head = nn.Linear(dim, self.patch_size * num_codes)
         self.apply(self._init)
-        # The leading-axis index of every flattened position (where its condition applies).
+        # Flat code positions in token order (token-major, then offset in the patch), and back.
+        split = [n for g, p in zip(grid, patch) for n in (g // p, p)]
+        axes = list(range(0, 2 * len(grid), 2)) + list(range(1, 2 * len(grid), 2))
+        order = torch.arange(self.length).view(split).permute(axes).reshape(-1)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("inverse", order.argsort(), persistent=False)
         self.register_buffer(
-            "lead_of", torch.arange(self.length) // (self.length // grid[0]), persistent=False
+            "offsets", torch.arange(self.patch_size) * (num_codes + 1), persistent=False
+        )
+        # The leading-axis index of each token (a token spans patch[0] of them).
+        self.register_buffer(
+            "lead_of",
+            torch.arange(self.tokens) // (self.tokens // (grid[0] // patch[0])),
+            persistent=False,
         )
 
     @staticmethod
@@ -232,14 +266,18 @@ class MaskGIT(nn.Module):
 
     def _logits(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
         """Flat tokens ``(B, N)`` in ``[0, K]`` -> logits ``(B, N, K)`` (inputs validated)."""
-        h = self.tok(tokens) + self.pos.weight  # (B, N, dim)
+        b, patched = tokens.shape[0], self.patch_size > 1
+        x = (tokens[:, self.order] if patched else tokens).view(b, self.tokens, self.patch_size)
+        h = self.tok(x + self.offsets).sum(2) + self.pos.weight  # (B, T, dim)
         if self.cls is not None:
             h = h + self.cls(y.long())[:, None]
         if self.cond is not None:
             offsets = torch.arange(self.cond_per_step, device=cond.device) * self.num_conds
             per_index = self.cond(cond + offsets).sum(dim=2)  # (B, grid[0], dim)
-            h = h + per_index[:, self.lead_of]
-        return self.head(self.encoder(h))
+            per_token = per_index.view(b, -1, self.patch[0], per_index.shape[-1]).sum(2)
+            h = h + per_token[:, self.lead_of]
+        logits = self.head(self.encoder(h)).view(b, self.length, self.num_codes)
+        return logits[:, self.inverse] if patched else logits
 
     def forward(self, tokens: Tensor, y: Tensor | None = None, cond: Tensor | None = None):
         """Logits of every position given the visible ones.
@@ -418,6 +456,7 @@ def maskgit(
     heads: int = 4,
     mlp_ratio: int = 4,
     dropout: float = 0.0,
+    patch: int | Sequence[int] = 1,
     steps: int = 10,
     noise: float = 1.0,
 ) -> MaskGIT:
@@ -440,6 +479,7 @@ def maskgit(
         heads=heads,
         mlp_ratio=mlp_ratio,
         dropout=dropout,
+        patch=patch,
         steps=steps,
         noise=noise,
     )
