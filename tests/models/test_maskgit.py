@@ -115,6 +115,23 @@ def test_loss_masks_a_cosine_share_of_positions_reproducibly():
     assert share.min() >= 0.01 and share.max() <= 1.0
 
 
+def test_prefix_items_keep_their_first_leading_indices_visible():
+    grid = (4, 2, 2)
+    model = tiny(grid, prefix_share=1.0).train()
+    codes = torch.randint(0, K, (400, *grid), generator=gen(4))
+    seen, _, hooks = capture(model)
+    torch.manual_seed(0)
+    model.loss(codes)
+    for h in hooks:
+        h.remove()
+    masked = (seen["tokens"] == K).view(400, 4, 4)  # (B, leading index, positions in it)
+    assert not masked[:, 0].any()  # at least the first leading index is always given
+    hit = masked.any(2)  # (B, 4): leading indices with a hidden code
+    first = hit.float().argmax(1)
+    assert bool(hit.any(1).all())  # something is hidden in every item
+    assert set(first.tolist()) == {1, 2, 3}  # visible prefixes of every length 1 .. 3
+
+
 # ---------------------------------------------------------------- sampling
 
 
@@ -285,6 +302,8 @@ def test_config_rebuilds_the_same_model():
         (dict(dropout=1.0), "dropout"),
         (dict(patch=3), "patch"),
         (dict(patch=(2, 2, 2)), "patch"),
+        (dict(prefix_share=1.5), "prefix_share"),
+        (dict(grid=(1, 4), prefix_share=0.5), "prefix_share"),
     ],
 )
 def test_bad_builder_arguments_are_value_errors(kwargs, match):

@@ -79,6 +79,9 @@ class MaskGIT(nn.Module):
         dim, layers, heads, mlp_ratio, dropout: The pre-norm transformer.
         patch: Codes per transformer token along each grid axis (one int: every axis); each
             must divide its axis. 1: a token per code.
+        prefix_share: Share of the training items whose first leading indices stay visible
+            (see :meth:`loss`), for priors that continue a given prefix (video prediction from
+            context frames); needs ``grid[0] >= 2``.
         steps: Default number of sampling steps.
         noise: Scale of the Gumbel noise added to the confidences while sampling, annealed as
             ``noise * temperature * (1 - s / steps)``; 0 keeps the plain confidences.
@@ -103,6 +106,7 @@ class MaskGIT(nn.Module):
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         patch: int | Sequence[int] = 1,
+        prefix_share: float = 0.0,
         steps: int = 10,
         noise: float = 1.0,
     ) -> None:
@@ -134,6 +138,10 @@ class MaskGIT(nn.Module):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if not isinstance(noise, (int, float)) or not noise >= 0 or not math.isfinite(noise):
             raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+        if not isinstance(prefix_share, (int, float)) or not 0 <= prefix_share <= 1:
+            raise ValueError(f"prefix_share must be a number in [0, 1], got {prefix_share!r}")
+        if prefix_share > 0 and grid[0] < 2:
+            raise ValueError(f"prefix_share > 0 needs a leading grid axis >= 2, got grid {grid}")
         patch = (patch,) * len(grid) if isinstance(patch, int) else tuple(patch)
         if (
             len(patch) != len(grid)
@@ -154,6 +162,7 @@ class MaskGIT(nn.Module):
         self.num_classes = num_classes
         self.num_conds = num_conds
         self.cond_per_step = cond_per_step
+        self.prefix_share = float(prefix_share)
         self.steps = steps
         self.noise = float(noise)
 
@@ -184,6 +193,9 @@ class MaskGIT(nn.Module):
         self.register_buffer("inverse", order.argsort(), persistent=False)
         self.register_buffer(
             "offsets", torch.arange(self.patch_size) * (num_codes + 1), persistent=False
+        )
+        self.register_buffer(
+            "lead_of_code", torch.arange(self.length) // (self.length // grid[0]), persistent=False
         )
         # The leading-axis index of each token (a token spans patch[0] of them).
         self.register_buffer(
@@ -300,8 +312,10 @@ class MaskGIT(nn.Module):
         """Masked-token cross-entropy in nats (scalar), over the masked positions only.
 
         Each item hides ``ceil(mask_schedule(u) * N)`` (at least 1) random positions, ``u ~
-        U(0, 1)``; the draws use torch's default generator, so seeding makes training
-        reproducible.
+        U(0, 1)``. A ``prefix_share`` of the items instead keeps its first ``k`` leading indices
+        visible (``k`` uniform in ``1 .. grid[0] - 1``) and hides the schedule's share of the
+        rest: the task of predicting a volume from its first steps. The draws use torch's
+        default generator, so seeding makes training reproducible.
         """
         self._check_tokens(codes)
         batch = codes.shape[0]
@@ -309,8 +323,16 @@ class MaskGIT(nn.Module):
         cond = self._check_cond(cond, batch)
         flat = codes.flatten(1).long()  # (B, N)
         ratio = mask_schedule(torch.rand(batch, device=flat.device))
-        hidden = torch.ceil(ratio * self.length).long().clamp(1, self.length)  # (B,)
-        ranks = torch.rand(flat.shape, device=flat.device).argsort(1).argsort(1)
+        scores = torch.rand(flat.shape, device=flat.device)
+        eligible = torch.full((batch,), self.length, device=flat.device)
+        if self.prefix_share > 0:
+            keep = torch.randint(1, self.grid[0], (batch,), device=flat.device)
+            keep = keep * (torch.rand(batch, device=flat.device) < self.prefix_share)
+            visible = self.lead_of_code < keep[:, None]  # (B, N): the kept leading indices
+            scores = scores.masked_fill(visible, 2.0)  # ranked after every other position
+            eligible = eligible - visible.sum(1)
+        hidden = torch.ceil(ratio * eligible).long().clamp(min=1)  # (B,)
+        ranks = scores.argsort(1).argsort(1)
         mask = ranks < hidden[:, None]  # (B, N): a uniformly random set of `hidden` positions
         logits = self._logits(flat.masked_fill(mask, self.mask_token), y, cond)
         return F.cross_entropy(logits[mask], flat[mask])
@@ -457,6 +479,7 @@ def maskgit(
     mlp_ratio: int = 4,
     dropout: float = 0.0,
     patch: int | Sequence[int] = 1,
+    prefix_share: float = 0.0,
     steps: int = 10,
     noise: float = 1.0,
 ) -> MaskGIT:
@@ -480,6 +503,7 @@ def maskgit(
         mlp_ratio=mlp_ratio,
         dropout=dropout,
         patch=patch,
+        prefix_share=prefix_share,
         steps=steps,
         noise=noise,
     )
