@@ -278,8 +278,15 @@ class MaskGIT(nn.Module):
 
     def _logits(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
         """Flat tokens ``(B, N)`` in ``[0, K]`` -> logits ``(B, N, K)`` (inputs validated)."""
-        b, patched = tokens.shape[0], self.patch_size > 1
-        x = (tokens[:, self.order] if patched else tokens).view(b, self.tokens, self.patch_size)
+        if self.patch_size == 1:
+            return self._network(tokens, y, cond)
+        return self._network(tokens[:, self.order], y, cond)[:, self.inverse]
+
+    def _network(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
+        """:meth:`_logits` with codes in token order (``order``) on both sides, which spares
+        the sampler two gathers per step."""
+        b = tokens.shape[0]
+        x = tokens.view(b, self.tokens, self.patch_size)
         h = self.tok(x + self.offsets).sum(2) + self.pos.weight  # (B, T, dim)
         if self.cls is not None:
             h = h + self.cls(y.long())[:, None]
@@ -288,8 +295,7 @@ class MaskGIT(nn.Module):
             per_index = self.cond(cond + offsets).sum(dim=2)  # (B, grid[0], dim)
             per_token = per_index.view(b, -1, self.patch[0], per_index.shape[-1]).sum(2)
             h = h + per_token[:, self.lead_of]
-        logits = self.head(self.encoder(h)).view(b, self.length, self.num_codes)
-        return logits[:, self.inverse] if patched else logits
+        return self.head(self.encoder(h)).view(b, self.length, self.num_codes)
 
     def forward(self, tokens: Tensor, y: Tensor | None = None, cond: Tensor | None = None):
         """Logits of every position given the visible ones.
@@ -400,6 +406,9 @@ class MaskGIT(nn.Module):
             if given.any() and int(flat_known[given].max()) >= self.num_codes:
                 raise ValueError(f"known codes must lie in [0, {self.num_codes}) where known")
             tokens = torch.where(given, flat_known, tokens)
+        patched = self.patch_size > 1
+        if patched:  # the steps work in token order; the order of positions is theirs to pick
+            tokens = tokens[:, self.order]
         masked = tokens == self.mask_token  # (n, N)
         total = masked.sum(1)  # codes to draw per item
         trace = []
@@ -408,16 +417,19 @@ class MaskGIT(nn.Module):
                 tokens, masked = self._step(
                     tokens, masked, total, s, steps, y, cond, temperature, generator
                 )
-            trace.append(tokens.view(n, *self.grid).clone())
-        codes = tokens.view(n, *self.grid).clone()  # an ordinary tensor, usable with autograd
-        return (codes, torch.stack(trace).clone()) if return_trace else codes
+            if return_trace:
+                trace.append((tokens[:, self.inverse] if patched else tokens).view(n, *self.grid))
+        codes = (tokens[:, self.inverse] if patched else tokens).view(n, *self.grid)
+        # Clones made outside inference mode are ordinary tensors, usable with autograd.
+        return (codes.clone(), torch.stack(trace).clone()) if return_trace else codes.clone()
 
     def _step(self, tokens, masked, total, s, steps, y, cond, temperature, generator):
         """One pass: draw every masked position, keep the most confident, re-mask the rest."""
-        logits = self._logits(tokens, y, cond)[masked]  # (M, K) for the masked positions
-        picked = sample_logits(logits, temperature, generator)  # (M,)
-        scaled = logits.float() / temperature if temperature > 0 else logits.float()
-        confidence = scaled.log_softmax(-1).gather(1, picked[:, None]).squeeze(1)  # log p
+        logits = self._network(tokens, y, cond)[masked].float()  # (M, K): the masked positions
+        scaled = logits / temperature if temperature not in (0, 1) else logits
+        picked = sample_logits(scaled, 1.0 if temperature > 0 else 0, generator)  # (M,)
+        # log p of each draw, without writing out the (M, K) log-probabilities
+        confidence = scaled.gather(1, picked[:, None]).squeeze(1) - scaled.logsumexp(-1)
         anneal = self.noise * temperature * (1 - s / steps)
         if anneal > 0:
             u = torch.rand(confidence.shape, generator=generator, device=confidence.device)
