@@ -254,7 +254,9 @@ def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
         loss = prior.loss(c, cond=y if vocab else None)
         return loss, {name: loss / LN2}
 
-    return run.train("prior", build, step, TensorDataset(codes, step_conds(conds, time_factor)))
+    section = "prior.maskgit" if cfg.prior.kind == "maskgit" else "prior"
+    data = TensorDataset(codes, step_conds(conds, time_factor))
+    return run.train("prior", build, step, data, section=section)
 
 
 # --- prediction ------------------------------------------------------------------------------

@@ -211,3 +211,16 @@ def test_predict_video_keeps_the_context_codes_with_maskgit():
         decoded = to_data(vqvae.decode(drawn[0]))
     assert torch.equal(drawn[0][:, :2], prefix)  # the context's codes, kept verbatim
     torch.testing.assert_close(frames, decoded)
+
+
+def test_maskgit_settings_are_checked_and_named(tmp_path, capsys):
+    cases = [
+        (["prior.kind=pixelcnn"], "config key 'prior.kind' must be one of transformer, maskgit"),
+        # The builder's refusal names the key of MaskGIT's own section.
+        (["prior.kind=maskgit", "prior.maskgit.patch=[3,2,2]"],
+         "config key 'prior.maskgit.patch' must be a positive int or one per grid axis"),
+    ]
+    for extra, message in cases:
+        code = main(["run", "video", "--out", str(tmp_path / "bad"), "--device", "cpu",
+                     "--no-progress", *sets([*TINY, *extra])])
+        assert code == 2 and message in capsys.readouterr().err, extra
