@@ -5,11 +5,14 @@ checkpoint; export refuses a broken run. Tiny image runs on the CPU (seconds).""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from vqkit.cli import main
@@ -192,8 +195,7 @@ def test_out_of_range_values_name_the_key(tmp_path, capsys, override, named):
     assert run_image(out, "--set", override) == 2
     msg = error(capsys)
     assert named in msg and "must be" in msg, msg
-    if "vqvae." not in override or "quantizer" in override:  # checked before config.yaml
-        assert not out.exists()
+    assert not out.exists()  # checked before anything of the run is written
 
 
 def test_a_run_that_failed_before_training_starts_again_without_resume(tmp_path, capsys):
@@ -262,14 +264,39 @@ def test_a_sha256_pin_covers_a_bundle_folder(finished_run, tmp_path):
         load_bundle(f"{out}#sha256={'0' * 64}")
 
 
-def test_threads_below_one_names_the_key():
+@pytest.mark.parametrize(
+    ("modality", "override", "message"),
+    [
+        ("audio", "threads=0", "'threads' must be >= 1"),
+        ("audio", "vqvae.crop=0", "'vqvae.crop' must be >= 1"),
+        ("audio", "data.sample_rate=0", "'data.sample_rate' must be >= 1"),
+        ("audio", "data.min_seconds=-1", "'data.min_seconds' must be >= 0"),
+        ("audio", "convert.seconds=0", "'convert.seconds' must be > 0"),
+        ("audio", "eval.classifier_crop=0", "'eval.classifier_crop' must be >= 1"),
+        ("image", "sample.per_class=0", "'sample.per_class' must be >= 1"),
+        ("image", "data.image_size=4", "'data.image_size' must be >= 8"),
+        ("video", "eval_batch_size=0", "'eval_batch_size' must be >= 1"),
+        ("video", "predict.fps=0", "'predict.fps' must be > 0"),
+    ],
+)
+def test_recipe_values_are_range_checked_as_they_are_read(modality, override, message):
     from vqkit.config import ConfigError, load_config
-    from vqkit.pipeline import check_run_config
     from vqkit.runs import load_recipe, preset_path
 
-    cfg = load_config(load_recipe("audio").CONFIG, preset_path("audio", "builtin"), ["threads=0"])
-    with pytest.raises(ConfigError, match="'threads' must be >= 1"):
-        check_run_config(cfg)
+    cls = load_recipe(modality).CONFIG
+    with pytest.raises(ConfigError, match=message):
+        load_config(cls, preset_path(modality, "builtin"), [override])
+    if modality == "audio":  # an Optional size may still be None
+        assert load_config(cls, None, ["eval.classifier_crop=null"]).eval.classifier_crop is None
+
+
+@pytest.mark.parametrize("override", ["vqvae.code_dim=0", "vqvae.n_mels=0", "vqvae.hidden=0"])
+def test_audio_builder_sizes_name_the_key_before_anything_is_written(tmp_path, capsys, override):
+    out = tmp_path / "run"
+    assert run_audio(out, speech_folder(tmp_path / "speech"), "--set", override) == 2
+    key = override.split("=")[0]
+    assert f"config key '{key}' must be an int >= 1" in error(capsys)
+    assert not out.exists()
 
 
 # --- 7. messages name what a CLI user can change -----------------------------------------------
@@ -342,3 +369,118 @@ def test_convert_and_export_outputs_are_checked_first(finished_run, tmp_path, ca
     assert "is a folder" in error(capsys)
     assert main(["export", str(finished_run), str(tmp_path / "afile" / "b.zip")]) == 2
     assert "afile" in error(capsys)
+
+
+# --- 1. bad audio files are skipped, named and counted, or refused with data.strict ------------
+
+AUDIO_TINY = [
+    "threads=1", "data.sample_rate=8000", "vqvae.strides=[2]", "vqvae.hidden=8",
+    "vqvae.res_hidden=4", "vqvae.num_res_blocks=1", "vqvae.num_codes=16", "vqvae.code_dim=4",
+    "vqvae.residual_channels=6", "vqvae.layers_per_stack=3", "vqvae.stacks=1", "vqvae.crop=512",
+    "vqvae_train.steps=2", "vqvae_train.batch_size=4", "vqvae_train.log_every=1",
+    "prior.residual_channels=6", "prior.layers_per_stack=2", "prior.stacks=1", "prior.crop=16",
+    "prior_train.steps=2", "prior_train.batch_size=4", "prior_train.log_every=1",
+    "convert.sources=1", "convert.max_targets=2", "convert.seconds=0.05",
+    "eval.classifier_steps=2", "eval.abx_triples=20",
+]  # fmt: skip
+
+
+def speech_folder(root: Path, *bad: str) -> Path:
+    """Two speakers with six 0.3 s tones each (bob5 and carol0 fall in the test split), and the
+    bad files named: ``short`` (bob/tiny.wav, 10 samples), ``nan`` (carol/nan.wav), ``loud``
+    (carol/loud.wav, a float file peaking at 8)."""
+    t = np.arange(2400) / 8000
+    for k, speaker in enumerate(("bob", "carol")):
+        (root / speaker).mkdir(parents=True)
+        for i in range(6):
+            tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * i + 300 * k) * t)
+            sf.write(root / speaker / f"{speaker}{i}.wav", tone.astype(np.float32), 8000)
+    if "short" in bad:
+        sf.write(root / "bob" / "tiny.wav", np.full(10, 0.1, np.float32), 8000)
+    if "nan" in bad:
+        nan = (0.3 * np.sin(np.arange(2400) / 3)).astype(np.float32)
+        nan[100] = np.nan
+        sf.write(root / "carol" / "nan.wav", nan, 8000, subtype="FLOAT")
+    if "loud" in bad:
+        loud = (8 * np.sin(np.arange(2400) / 5)).astype(np.float32)
+        sf.write(root / "carol" / "loud.wav", loud, 8000, subtype="FLOAT")
+    return root
+
+
+def run_audio(out: Path, data: Path, *extra: str) -> int:
+    return main(["run", "audio", "--preset", "folder", "--out", str(out), "--data", str(data),
+                 "--no-progress", "--device", "cpu", *sets(AUDIO_TINY), *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def audio_run(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("audio")
+    data = speech_folder(tmp / "speech", "short", "nan", "loud")
+    with pytest.warns(RuntimeWarning) as caught:
+        assert run_audio(tmp / "run", data) == 0
+    return tmp / "run", data, [str(w.message) for w in caught]
+
+
+def test_bad_audio_files_are_skipped_named_and_counted_in_metrics(audio_run):
+    run, _, warned = audio_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["skipped_files"] == 3 and metrics["train_utterances"] == 10
+    reasons = {Path(s["file"]).name: s["reason"] for s in metrics["skipped"]}
+    assert set(reasons) == {"tiny.wav", "nan.wav", "loud.wav"}
+    assert "too short" in reasons["tiny.wav"] and "data.min_seconds" in reasons["tiny.wav"]
+    assert "NaN" in reasons["nan.wav"] and "peaks at 8" in reasons["loud.wav"]
+    for name in reasons:  # one warning each, naming the file and the strict setting
+        (message,) = [m for m in warned if name in m]
+        assert "set data.strict=true" in message
+
+
+@pytest.mark.parametrize("bad", ["short", "nan", "loud"])
+def test_data_strict_makes_a_bad_audio_file_an_error(tmp_path, capsys, bad):
+    data = speech_folder(tmp_path / "speech", bad)
+    out = tmp_path / "run"
+    assert run_audio(out, data, "--set", "data.strict=true") == 2
+    name = {"short": "tiny.wav", "nan": "nan.wav", "loud": "loud.wav"}[bad]
+    assert name in error(capsys)
+    assert not out.exists()  # refused before anything of the run is written
+
+
+def test_convert_refuses_one_bad_source_and_skips_bad_ones_of_many(audio_run, tmp_path, capsys):
+    run, data, _ = audio_run
+    one = ["convert", str(run), "--speaker", "carol", "--out", str(tmp_path / "a.wav")]
+    assert main([*one, "--source", str(data / "bob" / "tiny.wav")]) == 2
+    msg = error(capsys)
+    assert "tiny.wav is too short" in msg and not (tmp_path / "a.wav").exists()
+    many = ["convert", str(run), "--source", str(data / "carol"), "--speaker", "bob",
+            "--out-dir", str(tmp_path / "many"), "--no-progress"]  # fmt: skip
+    with pytest.warns(RuntimeWarning) as caught:
+        assert main(many) == 0
+    messages = " ".join(str(w.message) for w in caught)
+    assert "nan.wav holds NaN" in messages and "loud.wav peaks at 8" in messages
+    assert "pass --strict" in messages
+    # nan.wav failed part-way through its output: the partial file is removed.
+    written = sorted(p.name for p in (tmp_path / "many").iterdir())
+    assert written == [f"carol{i}_to_bob.wav" for i in range(6)]
+    assert "2 unusable source(s) skipped" in capsys.readouterr().out
+    strict = tmp_path / "strict"
+    assert main([*many[:-3], "--out-dir", str(strict), "--strict", "--no-progress"]) == 2
+    assert "loud.wav" in error(capsys)
+    assert not list(strict.iterdir())  # refused before any conversion
+
+
+def test_audio_outputs_take_the_format_of_their_extension(audio_run, tmp_path, capsys):
+    run, data, _ = audio_run
+    source = str(data / "bob" / "bob0.wav")
+    for suffix, fmt in ((".flac", "FLAC"), (".ogg", "OGG"), (".wav", "WAV")):
+        out = tmp_path / f"conv{suffix}"
+        argv = ["convert", str(run), "--source", source, "--speaker", "carol", "--out", str(out)]
+        assert main([*argv, "--no-progress"]) == 0
+        assert sf.info(str(out)).format == fmt
+    assert main(["sample", str(run), "--out", str(tmp_path / "s.flac")]) == 0
+    assert sf.info(str(tmp_path / "s.flac")).format == "FLAC"
+    capsys.readouterr()
+    for command in (["sample", str(run)], ["convert", str(run), "--source", source, "--speaker",
+                                            "carol"]):  # fmt: skip
+        assert main([*command, "--out", str(tmp_path / "x.mp3")]) == 2
+        assert "unknown extension '.mp3'; use .wav, .flac, .ogg" in error(capsys)
+        assert not (tmp_path / "x.mp3").exists()

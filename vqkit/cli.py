@@ -26,6 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
+from vqkit.audio import audio_format
 from vqkit.bundle import export_bundle, read_bundle_metadata
 from vqkit.config import builder_kwargs, load_config
 from vqkit.distributed import (
@@ -70,15 +71,17 @@ def _check_run_dir(run_dir: Path) -> None:
 
 
 def _check_resume(recipe, cfg, existing: Path, run_dir: Path) -> None:
-    """A resumed run keeps its model: refuse overrides of the builder arguments of its model
-    sections once a stage has a checkpoint, before anything of the run is written."""
-    if not any((p / "ckpt" / "latest").is_file() for p in run_dir.iterdir() if p.is_dir()):
-        return  # nothing trained yet: the model may still change
+    """A resumed run keeps its models: refuse overrides of the builder arguments of a model
+    section whose stage has a checkpoint, before anything of the run is written. A stage not
+    trained yet (a prior whose size was refused after the VQ-VAE trained) may still change."""
+    trained = {p.name for p in run_dir.iterdir() if (p / "ckpt" / "latest").is_file()}
+    if not trained:
+        return
     old = load_config(recipe.CONFIG, existing)
     changed = []
     for f in dataclasses.fields(cfg):
         new_section, old_section = getattr(cfg, f.name), getattr(old, f.name)
-        if not hasattr(type(new_section), "__builder_params__"):
+        if f.name not in trained or not hasattr(type(new_section), "__builder_params__"):
             continue
         a, b = builder_kwargs(old_section), builder_kwargs(new_section)
         changed += _differences(f.name, a, b)
@@ -206,8 +209,7 @@ def _convert(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
     if args.out is not None:  # checked before any work
         check_output_file(args.out)
-        if args.out.suffix.lower() not in (".wav", ".flac", ".ogg"):
-            raise InputError(f"--out {args.out}: write .wav, .flac or .ogg")
+        audio_format(args.out)  # .wav, .flac or .ogg
     if args.out_dir is not None:
         check_output_dir(args.out_dir, "--out-dir")
     fn = _recipe_command(recipe, "convert", args.run_dir)
@@ -234,6 +236,7 @@ def _convert(args: argparse.Namespace) -> int:
         device=args.device or "auto",
         chunk_seconds=args.chunk_seconds,
         progress=not args.no_progress,
+        strict=args.strict,
     )
     where = args.out if args.out is not None else args.out_dir
     print(f"vqkit: {len(written)} conversion(s) written to {where}")
@@ -469,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="long inputs are converted in chunks of this many seconds (bounded memory)",
+    )
+    conv.add_argument(
+        "--strict",
+        action="store_true",
+        help="an unusable source (unreadable, NaN, too short, float samples above 1) is an "
+        "error, not skipped with a warning",
     )
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.add_argument(

@@ -42,6 +42,8 @@ def load_split(data, split: str) -> Utterances:
         max_files=data.max_files,
         max_seconds=data.max_seconds,
         num_sentences=data.num_sentences,
+        min_seconds=data.min_seconds,
+        strict=data.strict,
     )
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from vqkit.config import builder_kwargs
+from vqkit.config import builder_kwargs, ranged
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
 from vqkit.metrics import LN2, data_variance, psnr
 from vqkit.models import gated_pixelcnn, to_data, to_model, vqvae_image
@@ -41,9 +41,9 @@ class DataConfig:
 
     kind: str = "builtin"
     root: str | None = None
-    image_size: int = 32
-    train_size: int | None = None  # builtin only
-    test_size: int | None = None  # builtin only
+    image_size: int = ranged(32, ge=8)
+    train_size: int | None = ranged(None, ge=1)  # builtin only
+    test_size: int | None = ranged(None, ge=1)  # builtin only
     download: bool = False
     seed: int = 0
     mirror: bool = False  # train the VQ-VAE on the training images and their mirror images
@@ -69,9 +69,9 @@ PriorConfig = model_section(
 
 @dataclass
 class SampleConfig:
-    per_class: int = 8  # class-conditional: one row of this many per class
-    count: int = 64  # unconditional
-    temperature: float = 1.0
+    per_class: int = ranged(8, ge=1)  # class-conditional: one row of this many per class
+    count: int = ranged(64, ge=1)  # unconditional
+    temperature: float = ranged(1.0, gt=0)
     seed: int = 0
 
 
@@ -86,7 +86,7 @@ class ImageRecipeConfig:
         default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3)
     )
     sample: SampleConfig = field(default_factory=SampleConfig)
-    eval_batch_size: int = 256
+    eval_batch_size: int = ranged(256, ge=1)
 
 
 CONFIG = ImageRecipeConfig

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from vqkit.config import builder_kwargs, builder_section
+from vqkit.config import builder_kwargs, builder_section, ranged
 from vqkit.datasets.synthetic_video import (
     ACTIONS,
     SyntheticVideo,
@@ -66,14 +66,16 @@ class DataConfig:
 
     kind: str = "builtin"
     root: str | None = None
-    num_frames: int = 16
-    context_frames: int = 6
-    frame_size: int = 32
-    train_size: int | None = 2000  # builtin: clips; folder: at most this many (None: all)
-    test_size: int | None = 64
-    num_sprites: int = 3  # builtin: distractor sprites
-    frame_rate: float | None = None  # folder: resample to this many fps
-    frames_between_clips: int | None = None  # folder: default num_frames
+    num_frames: int = ranged(16, ge=2)
+    context_frames: int = ranged(6, ge=1)
+    frame_size: int = ranged(32, ge=16)
+    train_size: int | None = ranged(
+        2000, ge=1
+    )  # builtin: clips; folder: at most this many (None: all)
+    test_size: int | None = ranged(64, ge=1)
+    num_sprites: int = ranged(3, ge=0)  # builtin: distractor sprites
+    frame_rate: float | None = ranged(None, gt=0)  # folder: resample to this many fps
+    frames_between_clips: int | None = ranged(None, ge=1)  # folder: default num_frames
     skip_bad_videos: bool = False  # folder: leave unreadable or empty files out
     seed: int = 0
 
@@ -117,12 +119,12 @@ class PriorConfig(TransformerPriorConfig):
 
 @dataclass
 class PredictConfig:
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, gt=0)
     seed: int = 0
-    rollouts: int = 64  # builtin: test clips steered by new action sequences
-    gif_clips: int = 4  # clips shown in each GIF
-    fps: float = 6.0
-    upscale: int = 3
+    rollouts: int = ranged(64, ge=1)  # builtin: test clips steered by new action sequences
+    gif_clips: int = ranged(4, ge=1)  # clips shown in each GIF
+    fps: float = ranged(6.0, gt=0)
+    upscale: int = ranged(3, ge=1)
 
 
 @dataclass
@@ -138,7 +140,7 @@ class VideoRecipeConfig:
         default_factory=lambda: TrainConfig(steps=1500, batch_size=8, lr=1e-3)
     )
     predict: PredictConfig = field(default_factory=PredictConfig)
-    eval_batch_size: int = 32
+    eval_batch_size: int = ranged(32, ge=1)
 
 
 CONFIG = VideoRecipeConfig
