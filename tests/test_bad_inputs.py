@@ -110,7 +110,7 @@ def test_speaker_folder_skips_and_counts_every_bad_file(speaker_folder):
     messages = [str(w.message) for w in caught]
     for bad, why in (("c_nan.wav", "NaN"), ("d_inf.wav", "infinite"), ("e_truncated", "")):
         (message,) = [m for m in messages if bad in m]
-        assert why in message and "set data.strict=true" in message
+        assert why in message and "--set data.strict=true" in message
     assert len(ds.skipped) == 5
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # each bad file warns once
