@@ -432,7 +432,7 @@ def test_bad_audio_files_are_skipped_named_and_counted_in_metrics(audio_run):
     assert "NaN" in reasons["nan.wav"] and "peaks at 8" in reasons["loud.wav"]
     for name in reasons:  # one warning each, naming the file and the strict setting
         (message,) = [m for m in warned if name in m]
-        assert "set data.strict=true" in message
+        assert "--set data.strict=true" in message
 
 
 @pytest.mark.parametrize("bad", ["short", "nan", "loud"])
@@ -484,3 +484,62 @@ def test_audio_outputs_take_the_format_of_their_extension(audio_run, tmp_path, c
         assert main([*command, "--out", str(tmp_path / "x.mp3")]) == 2
         assert "unknown extension '.mp3'; use .wav, .flac, .ogg" in error(capsys)
         assert not (tmp_path / "x.mp3").exists()
+
+
+# --- 6. reconstruct says what it does to the inputs; long stages show progress ----------------
+
+
+def test_reconstruct_states_the_resize_and_the_size_psnr_is_measured_at(finished_run, tmp_path,
+                                                                        capsys):  # fmt: skip
+    from PIL import Image
+
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (96, 48), (200, 30, 30)).save(photo)
+    assert main(["reconstruct", str(finished_run), str(photo), "--out", str(tmp_path / "r.png"),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "resized (shorter side to 32 px) and centre-cropped to 32x32" in out
+    assert "PSNR is measured at 32x32" in out and "wide.png: PSNR" in out
+
+
+def test_the_festival_corpus_build_shows_progress_over_utterances(tmp_path, monkeypatch, capsys):
+    from vqkit.datasets import speech_corpus
+
+    def fake_batch(exe, spk, jobs, out, tmp, sample_rate):  # no festival needed
+        return [{"id": utt, "phone_set": ["a"], "num_samples": 8} for utt, _ in jobs]
+
+    monkeypatch.setattr(speech_corpus, "_festival", lambda: "festival")
+    monkeypatch.setattr(speech_corpus, "_festival_version", lambda exe: "test")
+    monkeypatch.setattr(speech_corpus, "_run_batch", fake_batch)
+    speech_corpus.build_speech_corpus(tmp_path / "speech", num_sentences=2)
+    total = 2 * len(speech_corpus.SPEAKERS)
+    err = capsys.readouterr().err
+    assert "festival corpus" in err and f"{total}/{total}" in err and "utt" in err
+
+
+def test_audio_encoding_shows_progress(audio_run, capsys):
+    from recipes.audio import evaluate as ev
+    from vqkit.datasets.utterances import load_utterances
+    from vqkit.pipeline import load_stages
+
+    run, data, _ = audio_run
+    test = load_utterances("folder", "test", root=data, sample_rate=8000)
+    dev, (vqvae,) = load_stages(run, "cpu", "vqvae")
+    codes = ev.encode_split(vqvae, test, ["bob", "carol"], dev, progress=True)
+    assert len(codes) == len(test.audio)
+    err = capsys.readouterr().err
+    assert "encode:" in err and f"/{len(test.audio)} [" in err
+
+
+def test_no_message_reachable_from_the_cli_names_a_python_argument():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    python_args = re.compile(
+        r"pass (strict|download|split|on_error|overwrite)=|device='cpu'|in Python"
+    )
+    for path in [*(root / "vqkit").rglob("*.py"), *(root / "recipes").rglob("*.py")]:
+        for line in path.read_text().splitlines():
+            if line.lstrip().startswith(('f"', '"', "f'")) and python_args.search(line):
+                # The VCTK class is Python-only (the recipe reads VCTK folders without it).
+                assert "VCTK 0.92 not found" in line, f"{path}: {line.strip()}"

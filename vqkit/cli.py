@@ -199,6 +199,11 @@ def _reconstruct(args: argparse.Namespace) -> int:
     out, scores = recipe.reconstruct(
         cfg, path, args.inputs, out=args.out, device=args.device or "auto"
     )
+    size = cfg.data.image_size
+    print(
+        f"vqkit: every image is resized (shorter side to {size} px) and centre-cropped to "
+        f"{size}x{size}, the size the run was trained at; PSNR is measured at {size}x{size}"
+    )
     for name, score in zip(args.inputs, scores):
         print(f"{name}: PSNR {score:.2f} dB")
     print(f"vqkit: originals above reconstructions written to {out}")

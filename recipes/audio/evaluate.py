@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from vqkit.audio import silence_class
 from vqkit.datasets.alignments import Segment, frame_labels
@@ -64,19 +65,22 @@ def encode_utterance(vqvae, audio: torch.Tensor, device, speaker: int | None = N
     return vqvae.encode(x[None], speaker, stats=stats)[0]
 
 
-def encode_split(vqvae, split: Utterances, speakers: list[str], device) -> list[torch.Tensor]:
-    """Codes of every utterance (on the CPU). A training speaker's utterances are normalised
-    with that speaker's statistics, another speaker's with those of their utterances here."""
+def encode_split(
+    vqvae, split: Utterances, speakers: list[str], device, *, progress: bool = False
+) -> list[torch.Tensor]:
+    """Codes of every utterance (on the CPU), with a progress bar if ``progress``. A training
+    speaker's utterances are normalised with that speaker's statistics, another speaker's with
+    those of their utterances here."""
     ids = {s: speakers.index(s) for s in speakers}
     stats = {}
     if vqvae.speaker_norm:
         for s in set(split.speakers) - set(ids):
             mine = [a for a, t in zip(split.audio, split.speakers) if t == s]
             stats[s] = vqvae.speaker_stats(mine)
-    return [
-        encode_utterance(vqvae, a, device, ids.get(s), stats.get(s)).cpu()
-        for a, s in zip(split.audio, split.speakers)
-    ]
+    pairs = tqdm(
+        list(zip(split.audio, split.speakers)), desc="encode", disable=not progress, leave=False
+    )
+    return [encode_utterance(vqvae, a, device, ids.get(s), stats.get(s)).cpu() for a, s in pairs]
 
 
 def codebook_vectors(vqvae) -> torch.Tensor:

@@ -247,8 +247,9 @@ def run(
         write_json(run_dir / "speakers.json", speakers)
 
     with run.stage("encode"):
-        codes_train = ev.encode_split(vqvae, train, speakers, device)
-        codes_test = ev.encode_split(vqvae, test, speakers, device)
+        bar = run.progress and run.main
+        codes_train = ev.encode_split(vqvae, train, speakers, device, progress=bar)
+        codes_test = ev.encode_split(vqvae, test, speakers, device, progress=bar)
 
     with run.stage("prior"):
         spk_train = [speakers.index(s) for s in train.speakers]

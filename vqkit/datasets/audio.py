@@ -55,7 +55,7 @@ def skip_file(
     skipped.append((path, str(error)))
     warnings.warn(
         f"skipping an unusable audio file ({error}); {len(skipped)} skipped so far {where}; "
-        f"{hint or 'set data.strict=true'} to make it an error",
+        f"{hint or '--set data.strict=true'} to make it an error",
         RuntimeWarning,
         stacklevel=3,
     )
