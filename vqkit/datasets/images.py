@@ -295,8 +295,7 @@ class CIFAR10(Dataset):
         except OSError as err:  # a download without network: URLError, socket errors
             raise InputError(
                 f"could not download CIFAR-10 into {root}: {err}; check the network, or copy "
-                f"cifar-10-batches-py there by hand and set download=false "
-                f"(--set data.download=false)"
+                f"cifar-10-batches-py there by hand and drop --set data.download=true"
             ) from err
         self._images = dataset.data  # (N, 32, 32, 3) uint8
         self._labels = [int(t) for t in dataset.targets]
