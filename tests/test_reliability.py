@@ -543,3 +543,21 @@ def test_no_message_reachable_from_the_cli_names_a_python_argument():
             if line.lstrip().startswith(('f"', '"', "f'")) and python_args.search(line):
                 # The VCTK class is Python-only (the recipe reads VCTK folders without it).
                 assert "VCTK 0.92 not found" in line, f"{path}: {line.strip()}"
+
+
+def test_bad_images_are_skipped_and_counted_in_metrics(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / "images" / split / "a").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(
+                tmp_path / "images" / split / "a" / f"{i}.png"
+            )
+    (tmp_path / "images" / "train" / "a" / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="bad.png"):
+        assert run_image(out, "--preset", "folder", "--data", str(tmp_path / "images"),
+                         *sets(["vqvae_train.batch_size=4", "prior_train.batch_size=4"])) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_files"] == 1 and metrics["skipped"][0].endswith("bad.png")

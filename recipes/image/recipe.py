@@ -315,7 +315,10 @@ def run(
     )
     caption = "Prior samples, one row per class" if prior.num_classes else "Prior samples"
     run.media("image", "samples.png", caption, "Samples")
-    return run.finish(metrics, code_usage=hist)
+    # Unreadable images left out (image folders); encoding read every one in this process.
+    skipped = sorted({f for ds in (train_set, test_set) for f in getattr(ds, "skipped", [])})
+    metrics["skipped_files"] = len(skipped)
+    return run.finish(metrics, code_usage=hist, lists={"skipped": skipped})
 
 
 # --- commands on a finished run --------------------------------------------------------------
