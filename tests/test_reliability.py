@@ -561,3 +561,16 @@ def test_bad_images_are_skipped_and_counted_in_metrics(tmp_path):
                          *sets(["vqvae_train.batch_size=4", "prior_train.batch_size=4"])) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_files"] == 1 and metrics["skipped"][0].endswith("bad.png")
+
+
+def test_the_evaluation_stages_show_progress(tmp_path, capsys):
+    from vqkit.metrics.conversion import train_classifier
+
+    waves = [torch.randn(800) * 0.1 for _ in range(4)]
+    train_classifier(waves, [0, 1, 0, 1], sample_rate=8000, num_classes=2, steps=3,
+                     channels=4, progress="speaker classifier")  # fmt: skip
+    assert "speaker classifier:" in capsys.readouterr().err
+    argv = ["run", "image", "--out", str(tmp_path / "run"), "--device", "cpu", *sets(TINY)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "encode:" in err and "eval:" in err

@@ -328,10 +328,11 @@ def _content_targets(split: Utterances, i: int, clf_rate: float, num_frames: int
 
 
 def conversion_metrics(
-    train: Utterances, test: Utterances, speakers, result: dict, cfg, device
+    train: Utterances, test: Utterances, speakers, result: dict, cfg, device, *, progress=False
 ) -> dict:
     """Speaker and content classifiers trained on real training audio, applied to real test
-    audio (their reference accuracy), reconstructions, conversions and prior samples.
+    audio (their reference accuracy), reconstructions, conversions and prior samples; with
+    ``progress``, a bar over each classifier's training steps.
 
     Returns:
         ``(metrics, verdicts)``: the rates, and what the classifiers say of each decoded
@@ -342,8 +343,13 @@ def conversion_metrics(
     opts = dict(sample_rate=sr, steps=e.classifier_steps, crop=e.classifier_crop, device=device)
     waves = [train.waveform(i) for i in range(len(train.audio))]
     spk_clf = train_classifier(
-        waves, [speakers.index(s) for s in train.speakers], num_classes=len(speakers), **opts
+        waves,
+        [speakers.index(s) for s in train.speakers],
+        num_classes=len(speakers),
+        progress="speaker classifier" if progress else None,
+        **opts,
     )
+    opts["progress"] = "content classifier" if progress else None
     known = [i for i, s in enumerate(test.speakers) if s in speakers]
     test_waves = [test.waveform(i) for i in known]
     out = {

@@ -297,7 +297,9 @@ def run(
                 codebook=ev.codebook_vectors(vqvae),
             )
         )
-        scores, verdicts = ev.conversion_metrics(train, test, speakers, result, cfg, device)
+        scores, verdicts = ev.conversion_metrics(
+            train, test, speakers, result, cfg, device, progress=run.progress
+        )
         metrics.update(scores)
         generation.write_media(
             run_dir, result, test, speakers, cfg.data.sample_rate, verdicts,

@@ -223,8 +223,12 @@ def fit_sigma(vqvae, train_set: Dataset, batch_size: int, device) -> None:
 
 
 @torch.no_grad()
-def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device):
-    """Test reconstruction, bits/dim, codebook health and prior NLL."""
+def evaluate(
+    vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device,
+    progress=False,
+):  # fmt: skip
+    """Test reconstruction, bits/dim, codebook health and prior NLL (a bar over the batches
+    with ``progress``)."""
     vqvae.eval()
     prior.eval()
     likelihood = vqvae.likelihood
@@ -232,7 +236,9 @@ def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, 
     count = dims = 0
     offset = 0
     conditional = bool(prior.num_classes)
-    for x, _ in loader(test_set, cfg.eval_batch_size):
+    batches = loader(test_set, cfg.eval_batch_size)
+    batches = tqdm(batches, desc="eval", disable=not progress, leave=False)
+    for x, _ in batches:
         x = to_model(x.to(device))
         b = x.shape[0]
         codes = codes_test[offset : offset + b].to(device)
@@ -302,8 +308,9 @@ def run(
             fit_sigma(vqvae, train_set, cfg.eval_batch_size, device)
             rewrite_weights(run_dir / "vqvae" / "ckpt", vqvae)  # the weights carry sigma
         metrics, hist = evaluate(
-            vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device
-        )
+            vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device,
+            progress=progress,
+        )  # fmt: skip
         originals = torch.stack([test_set[i][0] for i in range(min(16, len(test_set)))])
         save_pairs(originals, reconstruct_images(vqvae, originals), run_dir / "reconstructions.png")
 
