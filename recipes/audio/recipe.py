@@ -62,13 +62,11 @@ class DataConfig:
 
     kind: str = "builtin"
     root: str | None = None
-    num_sentences: int = ranged(
-        300, ge=1
-    )  # builtin: sentences per speaker when the corpus is built
+    # builtin: sentences per speaker when the corpus is built
+    num_sentences: int = ranged(300, ge=1)
     sample_rate: int = ranged(8000, ge=1)
-    max_files: int | None = ranged(
-        None, ge=1
-    )  # per split, spread evenly over the files (tiny runs)
+    # per split, spread evenly over the files (tiny runs)
+    max_files: int | None = ranged(None, ge=1)
     max_seconds: float | None = ranged(8.0, gt=0)  # longer utterances are cut to this
     # A file shorter than min_seconds, unreadable, holding NaN/inf or float samples above 1 is
     # left out with a warning and counted in metrics.json (skipped_files); strict: an error.
@@ -98,10 +96,8 @@ PriorConfig = model_section(
     skip=("num_codes", "num_speakers"),
     extra={
         "speaker_conditional": (bool, True),
-        "crop": (
-            int,
-            ranged(128, ge=1),
-        ),  # codes per training sequence (shorter utterances are masked)
+        # codes per training sequence (shorter utterances are masked)
+        "crop": (int, ranged(128, ge=1)),
     },
 )
 
@@ -129,9 +125,8 @@ class ConvertConfig:
 @dataclass
 class EvalConfig:
     classifier_steps: int = ranged(300, ge=1)
-    classifier_crop: int | None = ranged(
-        16000, ge=1
-    )  # samples per training crop of the classifiers
+    # samples per training crop of the classifiers
+    classifier_crop: int | None = ranged(16000, ge=1)
     abx_triples: int = ranged(2000, ge=1)
     max_utterances: int | None = ranged(None, ge=1)  # held-out utterances for the unit metrics
     plots: int = ranged(2, ge=0)  # codes-vs-labels plots
