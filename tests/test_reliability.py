@@ -574,3 +574,15 @@ def test_the_evaluation_stages_show_progress(tmp_path, capsys):
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "encode:" in err and "eval:" in err
+
+
+def test_resume_may_change_the_model_of_a_stage_not_trained_yet(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_image(out, "--set", "prior.channels=0") == 2  # refused after the VQ-VAE trained
+    assert "'prior.channels' must be an int >= 1" in error(capsys)
+    assert (out / "vqvae" / "ckpt" / "latest").is_file()
+    assert run_image(out, "--resume") == 0  # the prior's size may still change
+    assert (out / "metrics.json").is_file()
+    capsys.readouterr()
+    assert run_image(out, "--resume", "--set", "prior.channels=12") == 2  # now it is trained
+    assert "prior.channels: 8 -> 12" in error(capsys)
