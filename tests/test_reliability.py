@@ -586,3 +586,20 @@ def test_resume_may_change_the_model_of_a_stage_not_trained_yet(tmp_path, capsys
     capsys.readouterr()
     assert run_image(out, "--resume", "--set", "prior.channels=12") == 2  # now it is trained
     assert "prior.channels: 8 -> 12" in error(capsys)
+
+
+def test_units_skips_and_counts_bad_files_of_its_data(audio_run, tmp_path, capsys):
+    run, _, _ = audio_run
+    recordings = tmp_path / "fsdd" / "recordings"  # FSDD's layout: index < 5 is the test split
+    recordings.mkdir(parents=True)
+    t = np.arange(2400) / 8000
+    for digit in range(2):
+        for speaker in ("bob", "carol"):
+            tone = 0.3 * np.sin(2 * np.pi * (300 + 200 * digit) * t)
+            sf.write(recordings / f"{digit}_{speaker}_0.wav", tone.astype(np.float32), 8000)
+    sf.write(recordings / "1_bob_1.wav", np.full(10, 0.1, np.float32), 8000)  # too short
+    with pytest.warns(RuntimeWarning, match="1_bob_1.wav is too short"):
+        assert main(["units", str(run), "--data", str(tmp_path / "fsdd"), "--device", "cpu"]) == 0
+    assert (
+        "4 held-out utterances, words labels (1 unusable files skipped)" in capsys.readouterr().out
+    )

@@ -273,9 +273,11 @@ def _units(args: argparse.Namespace) -> int:
     metrics = _recipe_command(recipe, "units", args.run_dir)(
         cfg, path, data=args.data, max_utterances=args.max_utterances, device=args.device or "auto"
     )
+    skipped = metrics["skipped_files"]
+    note = f" ({skipped} unusable files skipped)" if skipped else ""
     print(
         f"K = {metrics['num_codes']} codes at {metrics['code_rate_hz']:g} Hz, "
-        f"{metrics['utterances']} held-out utterances, {metrics.get('unit_labels')} labels"
+        f"{metrics['utterances']} held-out utterances, {metrics.get('unit_labels')} labels{note}"
     )
     for key, value in metrics.items():
         if key.startswith("unit_") and key != "unit_labels":

@@ -493,5 +493,6 @@ def units(
     codes = ev.encode_split(vqvae, test, speakers, dev)
     rate = cfg.data.sample_rate / vqvae.hop
     out = {"num_codes": vqvae.quantizer.num_codes, "code_rate_hz": rate, "utterances": len(codes)}
+    out["skipped_files"] = len(test.skipped)  # unusable, left out with a warning each
     out.update(ev.unit_metrics(codes, test, rate, cfg.eval, codebook=ev.codebook_vectors(vqvae)))
     return out
