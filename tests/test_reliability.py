@@ -603,3 +603,17 @@ def test_units_skips_and_counts_bad_files_of_its_data(audio_run, tmp_path, capsy
     assert (
         "4 held-out utterances, words labels (1 unusable files skipped)" in capsys.readouterr().out
     )
+
+
+def test_the_video_encoding_and_prediction_stages_show_progress(tmp_path, capsys):
+    tiny = [
+        "data.num_frames=8", "data.context_frames=2", "data.frame_size=16", "data.train_size=8",
+        "data.test_size=4", "vqvae.hidden=8", "vqvae.res_hidden=4", "vqvae.num_res_blocks=1",
+        "vqvae.num_codes=16", "vqvae.code_dim=4", "vqvae_train.steps=2", "vqvae_train.batch_size=4",
+        "prior.dim=16", "prior.num_layers=1", "prior.num_heads=2", "prior_train.steps=2",
+        "prior_train.batch_size=4", "predict.rollouts=4", "predict.upscale=1", "eval_batch_size=4",
+    ]  # fmt: skip
+    argv = ["run", "video", "--out", str(tmp_path / "run"), "--device", "cpu", *sets(tiny)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "encode:" in err and "predict:" in err

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
+from tqdm.auto import tqdm
 
 from vqkit.config import builder_kwargs, builder_section, ranged
 from vqkit.datasets.synthetic_video import (
@@ -229,14 +230,16 @@ def train_vqvae(run: Run, train_set: TensorDataset, variance: float):
 
 
 @torch.no_grad()
-def encode_all(vqvae, clips: torch.Tensor, device, batch_size: int) -> torch.Tensor:
-    """uint8 clips ``(N, 3, T, H, W)`` -> codes ``(N, T', H', W')`` on the CPU."""
-    return torch.cat(
-        [
-            vqvae.encode(to_model(as_float(clips[i : i + batch_size].to(device)))).cpu()
-            for i in range(0, len(clips), batch_size)
-        ]
-    )
+def encode_all(
+    vqvae, clips: torch.Tensor, device, batch_size: int, *, progress: bool = False
+) -> torch.Tensor:
+    """uint8 clips ``(N, 3, T, H, W)`` -> codes ``(N, T', H', W')`` on the CPU (a bar over the
+    batches with ``progress``)."""
+    starts = range(0, len(clips), batch_size)
+    return torch.cat([
+        vqvae.encode(to_model(as_float(clips[i : i + batch_size].to(device)))).cpu()
+        for i in tqdm(starts, desc="encode", disable=not progress, leave=False)
+    ])  # fmt: skip
 
 
 def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
@@ -264,12 +267,15 @@ def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
 # --- prediction ------------------------------------------------------------------------------
 
 
-def predict_all(vqvae, prior, clips, conds, cfg, device, *, seed_offset=0) -> torch.Tensor:
-    """Predictions for uint8 clips ``(N, 3, T, H, W)`` from their first context frames."""
+def predict_all(
+    vqvae, prior, clips, conds, cfg, device, *, seed_offset=0, progress=False
+) -> torch.Tensor:
+    """Predictions for uint8 clips ``(N, 3, T, H, W)`` from their first context frames (a bar
+    over the batches with ``progress``)."""
     temp, gen = sampling(cfg.predict, None, None, device, offset=seed_offset)
     c, bs = cfg.data.context_frames, cfg.eval_batch_size
     outs = []
-    for i in range(0, len(clips), bs):
+    for i in tqdm(range(0, len(clips), bs), desc="predict", disable=not progress, leave=False):
         y = None if conds is None else conds[i : i + bs]
         context = as_float(clips[i : i + bs, :, :c])
         with one_thread_on_cpu(device):
@@ -369,15 +375,20 @@ def action_following(vqvae, prior, test: SyntheticVideo, clips, conds, cfg, devi
 
 
 @torch.no_grad()
-def evaluate(vqvae, prior, cfg, test_set, clips, conds, codes_train, variance, device) -> dict:
-    """Reconstruction, prior NLL, prediction by horizon against copy-last-frame, actions."""
+def evaluate(
+    vqvae, prior, cfg, test_set, clips, conds, codes_train, variance, device, progress=False
+) -> dict:
+    """Reconstruction, prior NLL, prediction by horizon against copy-last-frame, actions (a
+    progress bar over the predictions with ``progress``)."""
     c, ft = cfg.data.context_frames, vqvae.factor[0]
     bs = cfg.eval_batch_size
     x = as_float(clips)
     codes, recons = reconstruct_all(vqvae, clips, device, bs)
     recon_frames = psnr_per_frame(recons, x)  # (T,)
     vocab = prior.num_conds
-    preds = predict_all(vqvae, prior, clips, conds if vocab else None, cfg, device)
+    preds = predict_all(
+        vqvae, prior, clips, conds if vocab else None, cfg, device, progress=progress
+    )
     future = x[:, :, c:]
     pred_h = psnr_per_frame(preds[:, :, c:], future)  # (T - c,)
     copy_h = psnr_per_frame(copy_last_frame(x, c), future)
@@ -450,7 +461,8 @@ def run(
         vqvae = train_vqvae(run, train, variance)
 
     with run.stage("encode"):
-        codes_train = encode_all(vqvae, train.tensors[0], device, cfg.eval_batch_size)
+        bar = progress and run.main
+        codes_train = encode_all(vqvae, train.tensors[0], device, cfg.eval_batch_size, progress=bar)
 
     with run.stage("prior"):
         ft, vocab = vqvae.factor[0], num_conds(cfg, train_raw)
@@ -461,7 +473,7 @@ def run(
     with run.stage("eval"):
         clips, conds = test.tensors
         metrics, lists, hist, recons, preds = evaluate(
-            vqvae, prior, cfg, test_raw, clips, conds, codes_train, variance, device
+            vqvae, prior, cfg, test_raw, clips, conds, codes_train, variance, device, progress
         )
         k, c = min(cfg.predict.gif_clips, len(clips)), cfg.data.context_frames
         panel_gif(
