@@ -206,3 +206,78 @@ def test_abx_triples_respect_label_and_speaker_rules(within):
         assert a != x and labels[a] == labels[x] != labels[b]
         assert speakers[a] == speakers[b]
         assert (speakers[x] == speakers[a]) is within
+
+
+# ----------------------------------------------------------------------------- cross-checks
+
+
+def test_pnmi_equals_mutual_information_over_label_entropy():
+    # PNMI is computed by sklearn's homogeneity; check it against I(L; C) / H(L) by hand on
+    # codes that carry part of the labels.
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 6, size=3000)
+    codes = np.where(rng.random(3000) < 0.6, labels * 2 + rng.integers(0, 2, 3000), 20)
+    joint = np.zeros((21, 6))
+    np.add.at(joint, (codes, labels), 1)
+    joint /= joint.sum()
+    pc, pl = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    mi = (joint[nz] * np.log(joint[nz] / (pc @ pl)[nz])).sum()
+    h = -(pl * np.log(pl)).sum()
+    split = [codes[:1000], codes[1000:]], [labels[:1000], labels[1000:]]
+    assert pnmi(*split) == pytest.approx(mi / h, rel=1e-9)
+    assert 0.3 < mi / h < 0.9  # neither trivial end
+
+
+def test_abx_known_answer_swapped_speakers():
+    # Speaker s2 says "a" the way s1 says "b" and the other way round: within a speaker every
+    # triple is decided right, across speakers every one wrong.
+    va, vb = np.array([1.0, 0.0, 0.2]), np.array([0.0, 1.0, 0.2])
+    segs, labs, spks = [], [], []
+    for spk, (a, b) in (("s1", (va, vb)), ("s2", (vb, va))):
+        for n in (2, 3, 4):
+            segs += [np.tile(a, (n, 1)), np.tile(b, (n + 1, 1))]
+            labs += ["a", "b"]
+            spks += [spk, spk]
+    assert abx_error(segs, labs, spks, within_speaker=True, num_triples=300) == 0.0
+    assert abx_error(segs, labs, spks, within_speaker=False, num_triples=300) == 1.0
+
+
+def test_abx_matches_the_exact_expectation_of_its_draw():
+    # One speaker, labels a (3 tokens) and b (2 tokens); one "a" token looks like "b". The exact
+    # error of the draw (X uniform over tokens, A uniform over the other tokens of X's label,
+    # B uniform over the other label's tokens), enumerated, against the Monte-Carlo estimate.
+    e1, e2 = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    segs = [e1, e1 * 2, e2 * 3, e2, e2 * 2]  # tokens 0-2 are "a", token 2 looks like "b"
+    labs = ["a", "a", "a", "b", "b"]
+
+    def dist(u, v):  # the angular distance of the one-frame segments
+        cos = float(u[0] @ v[0]) / float(np.linalg.norm(u) * np.linalg.norm(v))
+        return math.acos(max(-1.0, min(1.0, cos))) / math.pi
+
+    expected = 0.0
+    for x in range(5):
+        same = [k for k in range(5) if k != x and labs[k] == labs[x]]
+        other = [k for k in range(5) if labs[k] != labs[x]]
+        for a in same:
+            for b in other:
+                dax, dbx = dist(segs[a], segs[x]), dist(segs[b], segs[x])
+                err = 0.5 if abs(dax - dbx) < 1e-12 else float(dax > dbx)
+                expected += err / (5 * len(same) * len(other))
+    assert 0.2 < expected < 0.5
+    got = abx_error(segs, labs, ["s"] * 5, within_speaker=True, num_triples=40_000, seed=3)
+    assert got == pytest.approx(expected, abs=0.01)  # 4 standard errors at n = 40000
+
+
+def test_dtw_average_matches_librosa():
+    # The batched DTW of abx_error against librosa's: the same least total cost (librosa's D at
+    # the last cell, steps right, down and diagonal, unit weights) over the same path length.
+    librosa = pytest.importorskip("librosa")
+    from vqkit.metrics.units import _dtw_average
+
+    rng = np.random.default_rng(7)
+    costs = [rng.random((int(rng.integers(1, 12)), int(rng.integers(1, 12)))) for _ in range(60)]
+    got = _dtw_average(costs)
+    for c, value in zip(costs, got):
+        d, path = librosa.sequence.dtw(C=c, backtrack=True)
+        assert value == pytest.approx(d[-1, -1] / len(path), rel=1e-12)

@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
 import numpy as np
+from sklearn.metrics import homogeneity_score
 
 __all__ = [
     "code_to_label",
@@ -147,18 +148,16 @@ def cluster_purity(codes, labels) -> float:
 def pnmi(codes, labels) -> float:
     """Phone-normalised mutual information ``I(label; code) / H(label)``, in [0, 1].
 
+    This is the homogeneity of the codes as a clustering of the labels, so it is computed by
+    ``sklearn.metrics.homogeneity_score(labels, codes)``.
+
     Raises:
         ValueError: labels take a single value (H(label) = 0, so PNMI is undefined).
     """
-    counts, _, _ = _joint(*_flatten(codes, labels))
-    p = counts / counts.sum()  # (codes, labels) joint distribution
-    p_code, p_label = p.sum(axis=1, keepdims=True), p.sum(axis=0, keepdims=True)
-    nz = p > 0
-    mutual = float((p[nz] * np.log(p[nz] / (p_code @ p_label)[nz])).sum())
-    h_label = float(-(p_label[p_label > 0] * np.log(p_label[p_label > 0])).sum())
-    if h_label <= 0:
+    c, lab = _flatten(codes, labels)
+    if len(np.unique(lab)) < 2:  # sklearn would answer 1.0
         raise ValueError("labels take a single value, so H(label) = 0 and PNMI is undefined")
-    return max(0.0, min(1.0, mutual / h_label))
+    return float(homogeneity_score(lab, c))
 
 
 # ----------------------------------------------------------------------------- ABX
