@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import statistics
 import sys
 from pathlib import Path
 
@@ -268,21 +269,75 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+UNIT_ROWS = ("accuracy", "chance", "purity", "cluster_purity", "pnmi", "abx_within", "abx_across")
+
+
+def _unit_columns(metrics: dict) -> list[tuple[str, str]]:
+    """``(heading, key prefix)`` of the codes and of each k-means baseline in ``metrics``."""
+    names = sorted({k.split("_")[2] for k in metrics if k.startswith("unit_baseline_")})
+    return [("codes", "unit_")] + [(f"k-means {n}", f"unit_baseline_{n}_") for n in names]
+
+
+def _unit_value(metrics: dict, prefix: str, row: str):
+    return metrics.get(("unit_" if row == "chance" else prefix) + row)
+
+
+def _unit_table(metrics: dict, cells) -> str:
+    """One line per metric, one column per code source; ``cells(prefix, row)`` gives a cell."""
+    cols = _unit_columns(metrics)
+    width = max(16, *(len(h) + 2 for h, _ in cols))
+    lines = ["  " + " " * 16 + "".join(f"{h:<{width}}" for h, _ in cols)]
+    for row in UNIT_ROWS:
+        if _unit_value(metrics, "unit_", row) is None:
+            continue
+        lines.append(f"  {row:<16}" + "".join(f"{cells(p, row):<{width}}" for _, p in cols))
+    return "\n".join(lines)
+
+
 def _units(args: argparse.Namespace) -> int:
-    path, recipe, cfg = _finished_run(args.run_dir)
-    metrics = _recipe_command(recipe, "units", args.run_dir)(
-        cfg, path, data=args.data, max_utterances=args.max_utterances, device=args.device or "auto"
-    )
-    skipped = metrics["skipped_files"]
-    note = f" ({skipped} unusable files skipped)" if skipped else ""
-    print(
-        f"K = {metrics['num_codes']} codes at {metrics['code_rate_hz']:g} Hz, "
-        f"{metrics['utterances']} held-out utterances, {metrics.get('unit_labels')} labels{note}"
-    )
-    for key, value in metrics.items():
-        if key.startswith("unit_") and key != "unit_labels":
-            shown = f"{value:.4f}" if isinstance(value, float) else value
-            print(f"  {key[5:]:<16} {shown}")
+    runs = []
+    for run_dir in args.run_dir:
+        path, recipe, cfg = _finished_run(run_dir)
+        runs.append(
+            _recipe_command(recipe, "units", run_dir)(
+                cfg,
+                path,
+                data=args.data,
+                max_utterances=args.max_utterances,
+                device=args.device or "auto",
+                baselines=not args.no_baselines,
+            )
+        )
+    for run_dir, metrics in zip(args.run_dir, runs):
+        skipped = metrics["skipped_files"]
+        note = f" ({skipped} unusable files skipped)" if skipped else ""
+        print(
+            f"{run_dir}: K = {metrics['num_codes']} codes at {metrics['code_rate_hz']:g} Hz, "
+            f"{metrics['utterances']} held-out utterances, {metrics.get('unit_labels')} "
+            f"labels{note}"
+        )
+
+        def cell(prefix, row, metrics=metrics):
+            value = _unit_value(metrics, prefix, row)
+            return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+        print(_unit_table(metrics, cell))
+    for name, text in runs[0].get("unit_baselines", {}).items():
+        print(f"  k-means {name}: k-means (same K, fit on the training split) on {text}")
+    if len(runs) > 1:
+        rates = sorted({f"K = {m['num_codes']} at {m['code_rate_hz']:g} Hz" for m in runs})
+        print(f"mean +- standard deviation [min, max] over {len(runs)} runs ({'; '.join(rates)})")
+
+        def spread(prefix, row):
+            values = [_unit_value(m, prefix, row) for m in runs]
+            if not all(isinstance(v, float) for v in values):
+                return "n/a"
+            sd = statistics.stdev(values)
+            return (
+                f"{statistics.fmean(values):.4f} +- {sd:.4f} [{min(values):.4f}, {max(values):.4f}]"
+            )
+
+        print(_unit_table(runs[0], spread))
     return 0
 
 
@@ -528,7 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
     units = sub.add_parser(
         "units", help="phone/word discovery metrics of an audio run's codes", formatter_class=fmt
     )
-    units.add_argument("run_dir", help="a run directory made by `vqkit run`")
+    units.add_argument(
+        "run_dir",
+        nargs="+",
+        help="run directories made by `vqkit run` (several: e.g. seeds, with mean and spread)",
+    )
     units.add_argument(
         "--data",
         type=Path,
@@ -540,6 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="evaluate at most this many utterances; None: all",
+    )
+    units.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the k-means baselines (same K, fit on the training split of --data)",
     )
     units.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     units.set_defaults(func=_units)

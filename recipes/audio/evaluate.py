@@ -27,6 +27,13 @@ from vqkit.metrics import (
     unigram_bits,
 )
 from vqkit.metrics.conversion import LogMel, accuracy, predict, train_classifier
+from vqkit.metrics.unit_baselines import (
+    kmeans_units,
+    mfcc_frames,
+    per_code,
+    speaker_normalise,
+    with_context,
+)
 from vqkit.metrics.units import cluster_purity
 from vqkit.report import svg_codes_vs_labels
 
@@ -51,36 +58,50 @@ def load_split(data, split: str) -> Utterances:
 # --- codes -----------------------------------------------------------------------------------
 
 
+def _padded(vqvae, audio: torch.Tensor, device) -> torch.Tensor:
+    """``(T,)`` mu-law classes -> ``(1, ceil(T / hop) * hop)``, the tail padded with silence."""
+    x = audio.long().to(device)
+    pad = -len(x) % vqvae.hop
+    x = F.pad(x, (0, pad), value=SILENCE_CLASS) if pad or len(x) == 0 else x
+    if len(x) == 0:
+        x = torch.full((vqvae.hop,), SILENCE_CLASS, device=device)
+    return x[None]
+
+
 @torch.no_grad()
 def encode_utterance(vqvae, audio: torch.Tensor, device, speaker: int | None = None, stats=None):
     """``(T,)`` mu-law classes -> ``(ceil(T / hop),)`` codes (the tail padded with silence).
 
     ``speaker`` (a training speaker's id) or ``stats`` (``vqvae.speaker_stats`` of any speaker's
     utterances) give the input statistics of an encoder with ``mel_norm="speaker"``."""
-    x = audio.long().to(device)
-    pad = -len(x) % vqvae.hop
-    x = F.pad(x, (0, pad), value=SILENCE_CLASS) if pad or len(x) == 0 else x
-    if len(x) == 0:
-        x = torch.full((vqvae.hop,), SILENCE_CLASS, device=device)
-    return vqvae.encode(x[None], speaker, stats=stats)[0]
+    return vqvae.encode(_padded(vqvae, audio, device), speaker, stats=stats)[0]
 
 
-def encode_split(
-    vqvae, split: Utterances, speakers: list[str], device, *, progress: bool = False
-) -> list[torch.Tensor]:
-    """Codes of every utterance (on the CPU), with a progress bar if ``progress``. A training
-    speaker's utterances are normalised with that speaker's statistics, another speaker's with
-    those of their utterances here."""
+def _norm_inputs(vqvae, split: Utterances, speakers: list[str]):
+    """Per utterance ``(speaker id or None, stats or None)``: a training speaker's utterances
+    are normalised with that speaker's statistics, another speaker's with those of their
+    utterances here (``mel_norm="speaker"``)."""
     ids = {s: speakers.index(s) for s in speakers}
     stats = {}
     if vqvae.speaker_norm:
         for s in set(split.speakers) - set(ids):
             mine = [a for a, t in zip(split.audio, split.speakers) if t == s]
             stats[s] = vqvae.speaker_stats(mine)
+    return [(ids.get(s), stats.get(s)) for s in split.speakers]
+
+
+def encode_split(
+    vqvae, split: Utterances, speakers: list[str], device, *, progress: bool = False
+) -> list[torch.Tensor]:
+    """Codes of every utterance (on the CPU), with a progress bar if ``progress``, normalised
+    as :func:`_norm_inputs` says."""
     pairs = tqdm(
-        list(zip(split.audio, split.speakers)), desc="encode", disable=not progress, leave=False
+        list(zip(split.audio, _norm_inputs(vqvae, split, speakers))),
+        desc="encode",
+        disable=not progress,
+        leave=False,
     )
-    return [encode_utterance(vqvae, a, device, ids.get(s), stats.get(s)).cpu() for a, s in pairs]
+    return [encode_utterance(vqvae, a, device, spk, stats).cpu() for a, (spk, stats) in pairs]
 
 
 def codebook_vectors(vqvae) -> torch.Tensor:
@@ -166,21 +187,21 @@ def _segment_frames(seg: Segment, rate: float, num_frames: int) -> list[int]:
 
 
 def unit_metrics(
-    codes: list[torch.Tensor], test: Utterances, rate: float, cfg, *, codebook
+    codes: list[torch.Tensor], test: Utterances, rate: float, cfg, *, codebook, prefix="unit_"
 ) -> dict:
-    """Frame accuracy (paper), chance, purity, cluster purity, PNMI and ABX of held-out codes."""
+    """Frame accuracy (paper), chance, purity, cluster purity, PNMI and ABX of held-out codes,
+    under keys ``prefix + name`` (the labels and chance only under ``"unit_"``)."""
     if test.label_kind is None:
         return {}
     labels = [frame_labels(test.segments(i), rate, len(c)) for i, c in enumerate(codes)]
     arrays = [c.numpy() for c in codes]
-    out = {
-        "unit_labels": test.label_kind,
-        "unit_accuracy": code_label_accuracy(arrays, labels),
-        "unit_chance": chance_accuracy(labels),
-        "unit_purity": purity(arrays, labels),
-        "unit_cluster_purity": cluster_purity(arrays, labels),
-        "unit_pnmi": pnmi(arrays, labels),
-    }
+    out = {"unit_labels": test.label_kind} if prefix == "unit_" else {}
+    out[f"{prefix}accuracy"] = code_label_accuracy(arrays, labels)
+    if prefix == "unit_":
+        out["unit_chance"] = chance_accuracy(labels)
+    out[f"{prefix}purity"] = purity(arrays, labels)
+    out[f"{prefix}cluster_purity"] = cluster_purity(arrays, labels)
+    out[f"{prefix}pnmi"] = pnmi(arrays, labels)
     segs, seg_labels, seg_speakers = [], [], []
     for i, c in enumerate(codes):
         for seg in test.segments(i):
@@ -190,7 +211,7 @@ def unit_metrics(
             seg_labels.append(seg.label)
             seg_speakers.append(test.speakers[i])
     for within in (True, False):
-        key = "unit_abx_within" if within else "unit_abx_across"
+        key = f"{prefix}abx_within" if within else f"{prefix}abx_across"
         try:
             out[key] = abx_error(
                 segs,
@@ -202,6 +223,83 @@ def unit_metrics(
             )
         except ValueError as e:  # too few segments (tiny runs): say so instead of failing
             out[key] = f"n/a: {e}"
+    return out
+
+
+# What the k-means baselines of unit_baseline_metrics cluster, for the report and `vqkit units`.
+BASELINES = {
+    "input": "the encoder's own input: the frames its conv stack reads (normalised log-mel, or "
+    "the companded waveform), those of each code stacked",
+    "mfcc": "13 MFCCs (25 ms window) at the encoder's frame hop, those of each code stacked, "
+    "one code of context each side, normalised per speaker",
+}
+
+
+def baseline_features(vqvae, train: Utterances, test: Utterances, speakers, device) -> dict:
+    """``{name: (train rows, test rows)}`` of :data:`BASELINES`: per utterance a
+    ``(codes, D)`` float array, one row per code of the utterance (as many as
+    :func:`encode_utterance` gives)."""
+    hop = vqvae.hop
+    frame_hop = vqvae.mel_hop or hop  # of the MFCCs
+    per = hop // frame_hop
+    per_input = hop // (vqvae.mel_hop or 1)  # the encoder's frames (or samples) per code
+
+    def encoder_rows(split: Utterances) -> list:
+        rows = []
+        for a, (spk, stats) in zip(split.audio, _norm_inputs(vqvae, split, speakers)):
+            x = vqvae.encoder_input(_padded(vqvae, a, device), spk, stats=stats)[0]  # (C, F)
+            rows.append(per_code(x.t().double().cpu().numpy(), per_input, x.shape[-1] // per_input))
+        return rows
+
+    def mfcc_rows(split: Utterances) -> list:
+        rows = []
+        for i, a in enumerate(split.audio):
+            n = max(1, -(-len(a) // hop))
+            mfcc = mfcc_frames(split.waveform(i).numpy(), split.sample_rate, hop=frame_hop)
+            rows.append(with_context(per_code(mfcc, per, n)))
+        return rows
+
+    mfcc_train, mfcc_test = mfcc_rows(train), mfcc_rows(test)
+    mfcc_test = speaker_normalise(
+        mfcc_test, test.speakers, fit_feats=mfcc_train, fit_speakers=train.speakers
+    )
+    mfcc_train = speaker_normalise(mfcc_train, train.speakers)
+    return {
+        "input": (encoder_rows(train), encoder_rows(test)),
+        "mfcc": (mfcc_train, mfcc_test),
+    }
+
+
+def unit_baseline_metrics(
+    vqvae, train: Utterances, test: Utterances, speakers, rate: float, cfg, device
+) -> dict:
+    """The unit metrics of k-means (the codes' K, fit on the training split, seeded) over each
+    feature of :data:`BASELINES`, on the same held-out utterances and labels as the codes,
+    under keys ``unit_baseline_<name>_<metric>``."""
+    if test.label_kind is None or train.label_kind is None or cfg.baseline_fit_frames == 0:
+        return {}
+    out = {}
+    for name, (fit, rows) in baseline_features(vqvae, train, test, speakers, device).items():
+        try:
+            codes, centres = kmeans_units(
+                fit,
+                rows,
+                num_codes=vqvae.quantizer.num_codes,
+                max_fit_frames=cfg.baseline_fit_frames,
+            )
+        except ValueError as e:  # fewer training frames than codes (tiny runs): say so
+            out[f"unit_baseline_{name}_accuracy"] = f"n/a: {e}"
+            continue
+        out.update(
+            unit_metrics(
+                [torch.from_numpy(c) for c in codes],
+                test,
+                rate,
+                cfg,
+                codebook=centres,
+                prefix=f"unit_baseline_{name}_",
+            )
+        )
     return out
 
 

@@ -128,6 +128,9 @@ class EvalConfig:
     # samples per training crop of the classifiers
     classifier_crop: int | None = ranged(16000, ge=1)
     abx_triples: int = ranged(2000, ge=1)
+    # k-means baselines (evaluate.BASELINES) scored beside the codes, fit on at most this many
+    # training frames (None: all); baseline_fit_frames=0 leaves them out.
+    baseline_fit_frames: int | None = ranged(100_000, ge=0)
     max_utterances: int | None = ranged(None, ge=1)  # held-out utterances for the unit metrics
     plots: int = ranged(2, ge=0)  # codes-vs-labels plots
 
@@ -290,6 +293,11 @@ def run(
                 metrics["code_rate_hz"],
                 cfg.eval,
                 codebook=ev.codebook_vectors(vqvae),
+            )
+        )
+        metrics.update(
+            ev.unit_baseline_metrics(
+                vqvae, train, test, speakers, metrics["code_rate_hz"], cfg.eval, device
             )
         )
         scores, verdicts = ev.conversion_metrics(
@@ -483,10 +491,13 @@ def units(
     data: Path,
     max_utterances: int | None = None,
     device: str = "auto",
+    baselines: bool = True,
 ) -> dict:
-    """Unit metrics of a finished run's codes on the held-out utterances of ``data``."""
+    """Unit metrics of a finished run's codes on the held-out utterances of ``data``, and
+    (``baselines``) those of the k-means baselines (``evaluate.BASELINES``) beside them."""
     dev, vqvae, speakers, _ = _load(run_dir, device)
-    test = load_labelled(data, sample_rate=cfg.data.sample_rate, max_seconds=cfg.data.max_seconds)
+    read = dict(sample_rate=cfg.data.sample_rate, max_seconds=cfg.data.max_seconds)
+    test = load_labelled(data, **read)
     limit = cfg.eval.max_utterances if max_utterances is None else max_utterances
     if limit is not None:
         test = test.subset(spread(len(test.audio), limit))
@@ -495,4 +506,8 @@ def units(
     out = {"num_codes": vqvae.quantizer.num_codes, "code_rate_hz": rate, "utterances": len(codes)}
     out["skipped_files"] = len(test.skipped)  # unusable, left out with a warning each
     out.update(ev.unit_metrics(codes, test, rate, cfg.eval, codebook=ev.codebook_vectors(vqvae)))
+    if baselines and cfg.eval.baseline_fit_frames != 0:  # fit on the training split of data
+        train = load_labelled(data, **read, split="train")
+        out.update(ev.unit_baseline_metrics(vqvae, train, test, speakers, rate, cfg.eval, dev))
+        out["unit_baselines"] = ev.BASELINES
     return out

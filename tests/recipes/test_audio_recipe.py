@@ -114,6 +114,14 @@ def test_builtin_run_writes_metrics_matrix_and_report(builtin_run):
     assert metrics["unit_labels"] == "phones"
     assert 0 < metrics["unit_chance"] <= metrics["unit_accuracy"] <= 1
     assert metrics["unit_accuracy"] == pytest.approx(metrics["unit_purity"])
+    # k-means baselines on the same held-out utterances, with the same metrics.
+    for name in ("input", "mfcc"):
+        for key in UNIT_KEYS:
+            if key not in ("unit_chance",):
+                base = f"unit_baseline_{name}_{key[5:]}"
+                assert base in metrics, base
+        acc = metrics[f"unit_baseline_{name}_accuracy"]
+        assert metrics["unit_chance"] <= acc <= 1
     # The matrix: 2 sources x 3 targets; a source's own speaker is its reconstruction.
     convs = sorted((out / "conversions").glob("*.wav"))
     recons = sorted((out / "reconstructions").glob("*.wav"))
@@ -204,15 +212,46 @@ def test_units_command_prints_every_metric_with_k_and_rate(builtin_run, corpus, 
         "abx_across",
     ):
         assert re.search(rf"^\s+{name}\s+\S", text, re.M), name
-    # The same held-out utterances as the run's own evaluation give the same accuracy.
-    shown = float(re.search(r"^\s+accuracy\s+(\S+)", text, re.M)[1])
-    assert shown == pytest.approx(metrics["unit_accuracy"], abs=1e-4)
+    # The same held-out utterances as the run's own evaluation give the same accuracy, and
+    # the same k-means baselines (seeded, fit on the same training split) beside it.
+    assert re.search(r"^\s+codes\s+k-means input\s+k-means mfcc", text, re.M)
+    shown = re.search(r"^\s+accuracy\s+(\S+)\s+(\S+)\s+(\S+)", text, re.M)
+    assert float(shown[1]) == pytest.approx(metrics["unit_accuracy"], abs=1e-4)
+    assert float(shown[2]) == pytest.approx(metrics["unit_baseline_input_accuracy"], abs=1e-4)
+    assert float(shown[3]) == pytest.approx(metrics["unit_baseline_mfcc_accuracy"], abs=1e-4)
+    assert "k-means mfcc: k-means (same K, fit on the training split) on 13 MFCCs" in text
+
+
+def test_units_command_over_several_runs_prints_mean_and_spread(builtin_run, corpus, capsys):
+    out, metrics = builtin_run
+    capsys.readouterr()
+    argv = ["units", str(out), str(out), "--data", str(corpus), "--device", "cpu"]
+    assert main([*argv, "--no-baselines"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("K = 16 codes at 500 Hz") == 2
+    assert "mean +- standard deviation [min, max] over 2 runs (K = 16 at 500 Hz)" in text
+    assert "k-means" not in text
+    # The same run twice: its accuracy, no spread.
+    mean = re.findall(r"^\s+accuracy\s+(\S+) \+- (\S+) \[(\S+), (\S+)\]", text, re.M)
+    acc = f"{metrics['unit_accuracy']:.4f}"
+    assert mean == [(acc, "0.0000", acc, acc)]
 
 
 def test_seed_alone_decides_the_initial_weights(corpus, seed_decides_initial_weights):
-    seed_decides_initial_weights(lambda out: ["run", "audio", "--out", str(out), "--device", "cpu",
-                                              "--no-progress", "--data", str(corpus),
-                                              *sets(WAVEFORM_TINY)])
+    seed_decides_initial_weights(
+        lambda out: [
+            "run",
+            "audio",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--data",
+            str(corpus),
+            *sets(WAVEFORM_TINY),
+        ]
+    )
 
 
 def test_units_on_unlabelled_folder_says_what_it_needs(builtin_run, tmp_path, capsys):

@@ -176,17 +176,21 @@ def load_utterances(
 
 
 def load_labelled(
-    root: str | Path, *, sample_rate: int = 8000, max_seconds: float | None = None
+    root: str | Path,
+    *,
+    sample_rate: int = 8000,
+    max_seconds: float | None = None,
+    split: str = "test",
 ) -> Utterances:
-    """Held-out labelled utterances of a folder for ``vqkit units``: a festival corpus (phones) or
-    FSDD (words)."""
+    """Labelled utterances of a folder for ``vqkit units``: a festival corpus (phones) or FSDD
+    (words); the held-out ones by default."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
     kind = "builtin" if (root / "manifest.json").is_file() else "fsdd"
     try:
         return load_utterances(
-            kind, "test", root=root, sample_rate=sample_rate, max_seconds=max_seconds
+            kind, split, root=root, sample_rate=sample_rate, max_seconds=max_seconds
         )
     except ValueError as e:
         raise InputError(

@@ -120,6 +120,11 @@ class LogMelEncoder(nn.Module):
         """
         if self.training and self.warp > 0:
             mel = warp_mel(mel, self.warp)
+        return self.frames(self.normalise(mel, stats).to(self.frames.net[-1].weight.dtype))
+
+    def normalise(self, mel: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(B, n_mels, F)`` log-mel -> the same normalised as the conv stack reads it (``stats``
+        as in :meth:`encode_frames`)."""
         if self.norm is None:
             if stats is None:
                 raise ValueError(
@@ -127,10 +132,8 @@ class LogMelEncoder(nn.Module):
                     "training speakers or stats=model.speaker_stats(utterances)"
                 )
             mean, std = (s.to(mel.dtype).expand(mel.shape[0], -1).unsqueeze(-1) for s in stats)
-            normed = (mel - mean) / std
-        else:
-            normed = self.norm(mel)
-        return self.frames(normed.to(self.frames.net[-1].weight.dtype))
+            return (mel - mean) / std
+        return self.norm(mel)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 1, T)`` companded waveform -> ``(B, D, T / (mel_hop * prod(strides)))``."""

@@ -343,6 +343,25 @@ class AudioVQVAE(nn.Module):
         mel = self.encoder.logmel(self.to_float(audio))
         return self.quantizer.encode(self.encoder.encode_frames(mel, norm_stats))
 
+    @torch.no_grad()
+    def encoder_input(
+        self,
+        audio: Tensor,
+        speaker: Tensor | int | None = None,
+        *,
+        stats: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """What the encoder's conv stack reads of ``(B, T)`` mu-law classes: the normalised
+        log-mel ``(B, n_mels, T / mel_hop)`` of the log-mel encoder (``speaker``/``stats`` as in
+        :meth:`encode`), or the companded waveform ``(B, 1, T)``."""
+        self._check_audio(audio)
+        if isinstance(speaker, int):
+            speaker = torch.full((audio.shape[0],), speaker, dtype=torch.long)
+        x = self.to_float(audio)
+        if self.mel_hop is None:
+            return x
+        return self.encoder.normalise(self.encoder.logmel(x), self._stats(speaker, stats))
+
     def latents(self, codes: Tensor) -> Tensor:
         """Codes ``(B, T')`` -> quantized vectors ``(B, D, T')`` in the decoder's dtype."""
         return self.quantizer.decode(codes).to(self._dtype())
