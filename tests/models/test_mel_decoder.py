@@ -141,3 +141,21 @@ def test_speaker_norm_uses_each_speakers_statistics():
     assert out.mel.shape == (2, 8, 6)
     with pytest.raises(ValueError, match="statistics"):
         model.encode(x)
+
+
+def test_mel_cepstra_keeps_the_envelope_for_encoder_and_target():
+    import torchaudio.functional as AF
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 96))
+    plain, smooth = tiny(), tiny(mel_cepstra=3)
+    smooth.load_state_dict(plain.state_dict())  # the projection is no weight
+    raw, got = plain.logmel(x), smooth.logmel(x)  # (B, n_mels, F)
+    dct = AF.create_dct(8, 8, norm="ortho")  # (n_mels, all 8 coefficients)
+    cep_raw, cep = torch.einsum("bmf,mc->bcf", raw, dct), torch.einsum("bmf,mc->bcf", got, dct)
+    torch.testing.assert_close(cep[:, :3], cep_raw[:, :3], atol=1e-4, rtol=1e-4)  # envelope kept
+    assert cep[:, 3:].abs().max() < 1e-4 < cep_raw[:, 3:].abs().max()  # the rest gone
+    out = smooth(x, torch.tensor([0, 1]))
+    torch.testing.assert_close(out.target_mel, got)  # the decoder's target is smoothed too
+    with pytest.raises(ValueError, match="mel_cepstra"):
+        tiny(mel_cepstra=9)

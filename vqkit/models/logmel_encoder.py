@@ -48,6 +48,10 @@ class LogMelEncoder(nn.Module):
             with :meth:`AudioVQVAE.set_speaker_stats` before training, and give those of a new
             speaker, from :meth:`AudioVQVAE.speaker_stats`, to ``encode(..., stats=)``).
         num_speakers: training speakers (``norm="speaker"``).
+        cepstra: when positive, every log-mel frame (the encoder's input and the mel decoder's
+            target alike) is smoothed to its first ``cepstra`` cepstral coefficients (DCT-II,
+            orthonormal; 13 is the MFCCs' envelope): the codes need not carry the harmonics of
+            the pitch. 0: the log-mel as it is.
         warp: while training, stretch the mel axis of the encoder's input by a random factor in
             ``[1 - warp, 1 + warp]`` per utterance (vocal-tract-length perturbation on the mel
             bins; 0: off). The decoder's target is never warped.
@@ -68,6 +72,7 @@ class LogMelEncoder(nn.Module):
         norm: str = "batch",
         warp: float = 0.0,
         num_speakers: int | None = None,
+        cepstra: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(mel_hop, int) or mel_hop < 1:
@@ -80,6 +85,14 @@ class LogMelEncoder(nn.Module):
             sample_rate, n_mels=n_mels, hop_ms=1000.0 * mel_hop / sample_rate, pad_mode="constant"
         )
         self.mel_hop, self.n_mels, self.warp = mel_hop, n_mels, warp
+        if not 0 <= cepstra <= n_mels:
+            raise ValueError(f"mel_cepstra must lie in [0, n_mels={n_mels}], got {cepstra}")
+        self.cepstra = cepstra
+        if cepstra:  # projection onto the first `cepstra` DCT-II (ortho) bases: (n_mels, n_mels)
+            import torchaudio.functional as AF
+
+            dct = AF.create_dct(cepstra, n_mels, norm="ortho")  # (n_mels, cepstra)
+            self.register_buffer("smooth", dct @ dct.t(), persistent=False)
         self.mu = classes - 1  # the companding of MuLawEncode / MuLawDecode
         self.norm_kind = norm
         if norm == "batch":
@@ -110,7 +123,10 @@ class LogMelEncoder(nn.Module):
 
         wav = AF.mu_law_decoding((x[:, 0].float() + 1.0) * (self.mu / 2.0), self.mu + 1)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.mel(wav)[..., : wav.shape[-1] // self.mel.hop]
+            mel = self.mel(wav)[..., : wav.shape[-1] // self.mel.hop]
+            if self.cepstra:  # keep the spectral envelope, drop the harmonics' fine detail
+                mel = torch.einsum("mn,bnf->bmf", self.smooth, mel)
+            return mel
 
     def encode_frames(self, mel: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``(B, n_mels, F)`` log-mel -> ``(B, D, F / prod(strides))`` latents.

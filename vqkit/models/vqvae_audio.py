@@ -470,6 +470,7 @@ def vqvae_audio(
     mel_loss: str = "l1",
     mel_norm: str = "batch",
     mel_warp: float = 0.0,
+    mel_cepstra: int = 0,
     adversary: float = 0.0,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: strided convs (or log-mel frames) -> codes -> a WaveNet decoder.
@@ -509,6 +510,8 @@ def vqvae_audio(
             (:class:`LogMelEncoder`).
         mel_warp: random mel-axis stretch of the encoder's input while training, in
             ``[1 - mel_warp, 1 + mel_warp]`` (:class:`LogMelEncoder`; 0: off).
+        mel_cepstra: log-mel frames smoothed to this many cepstral coefficients, for the encoder
+            and the mel decoder's target (:class:`LogMelEncoder`; 0: off).
         adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
             (:class:`AudioVQVAE`; 0: none).
 
@@ -542,6 +545,7 @@ def vqvae_audio(
             num_res_blocks=num_res_blocks,
             norm=mel_norm,
             warp=mel_warp,
+            cepstra=mel_cepstra,
             num_speakers=num_speakers,
         )
     else:
