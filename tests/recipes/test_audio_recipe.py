@@ -303,3 +303,33 @@ def test_missing_festival_is_explained(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(speech_corpus.shutil, "which", lambda name: None)
     assert main(["data", "speech", "--out", str(tmp_path / "c"), "--num-sentences", "1"]) == 2
     assert "apt-get install -y festival" in capsys.readouterr().err
+
+
+def test_units_preset_over_two_seeds(corpus, tmp_path, capsys):
+    # The units preset (mel decoder, speaker-normalised input), tiny, at two seeds; `vqkit
+    # units` over both prints each run and their mean and spread.
+    torch.set_num_threads(1)
+    tiny = [*BUILTIN_TINY, "vqvae_train.steps=6", "prior_train.steps=1"]
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        metrics = run_audio(
+            out, "--preset", "units", "--data", str(corpus),
+            *sets([*tiny, f"vqvae_train.seed={seed}"]),
+        )  # fmt: skip
+        assert "decoder: mel" in (out / "config.yaml").read_text()
+        assert "unit_baseline_mfcc_pnmi" in metrics
+        runs.append((out, metrics))
+    capsys.readouterr()
+    assert main(["units", *(str(o) for o, _ in runs), "--data", str(corpus), "--no-baselines"]) == 0
+    text = capsys.readouterr().out
+    accs = [m["unit_accuracy"] for _, m in runs]
+    mean = re.findall(r"^\s+accuracy\s+(\S+) \+- (\S+) \[(\S+), (\S+)\]", text, re.M)
+    assert mean == [
+        (
+            f"{sum(accs) / 2:.4f}",
+            f"{abs(accs[0] - accs[1]) / 2**0.5:.4f}",
+            f"{min(accs):.4f}",
+            f"{max(accs):.4f}",
+        )
+    ]
