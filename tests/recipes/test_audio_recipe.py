@@ -306,8 +306,8 @@ def test_missing_festival_is_explained(tmp_path, monkeypatch, capsys):
 
 
 def test_units_preset_over_two_seeds(corpus, tmp_path, capsys):
-    # The units preset (mel decoder, speaker-normalised input), tiny, at two seeds; `vqkit
-    # units` over both prints each run and their mean and spread.
+    # The units preset, tiny, at two seeds; `vqkit units` over both prints each run and their
+    # mean and spread.
     torch.set_num_threads(1)
     tiny = [*BUILTIN_TINY, "vqvae_train.steps=6", "prior_train.steps=1"]
     runs = []
@@ -317,7 +317,7 @@ def test_units_preset_over_two_seeds(corpus, tmp_path, capsys):
             out, "--preset", "units", "--data", str(corpus),
             *sets([*tiny, f"vqvae_train.seed={seed}"]),
         )  # fmt: skip
-        assert "decoder: mel" in (out / "config.yaml").read_text()
+        assert "features: logmel" in (out / "config.yaml").read_text()
         assert "unit_baseline_mfcc_pnmi" in metrics
         runs.append((out, metrics))
     capsys.readouterr()
