@@ -285,12 +285,12 @@ def _unit_value(metrics: dict, prefix: str, row: str):
 def _unit_table(metrics: dict, cells) -> str:
     """One line per metric, one column per code source; ``cells(prefix, row)`` gives a cell."""
     cols = _unit_columns(metrics)
-    width = max(16, *(len(h) + 2 for h, _ in cols))
+    rows = [r for r in UNIT_ROWS if _unit_value(metrics, "unit_", r) is not None]
+    table = {(r, p): cells(p, r) for r in rows for _, p in cols}
+    width = max(16, *(len(h) + 2 for h, _ in cols), *(len(c) + 2 for c in table.values()))
     lines = ["  " + " " * 16 + "".join(f"{h:<{width}}" for h, _ in cols)]
-    for row in UNIT_ROWS:
-        if _unit_value(metrics, "unit_", row) is None:
-            continue
-        lines.append(f"  {row:<16}" + "".join(f"{cells(p, row):<{width}}" for _, p in cols))
+    for row in rows:
+        lines.append(f"  {row:<16}" + "".join(f"{table[row, p]:<{width}}" for _, p in cols))
     return "\n".join(lines)
 
 
