@@ -209,15 +209,12 @@ def _mel(cfg: AudioRecipeConfig, vqvae) -> dict:
 
 
 def train_vocoder(run: Run, train: Utterances, vqvae):
-    """The vocoder of a mel decoder, and what the metrics say of it (None, {} for the WaveNet
-    decoder). ``wavenet``: trained once by teacher forcing on the true log-mel of ``train``'s
-    real audio, cached in ``$VQKIT_CACHE/vocoder/<key>/`` (default ``runs/.cache``; ``key``
-    hashes the sample rate and mel setting, its own and ``vocoder_train``'s settings and the
-    training audio), reused by every run with the same; the run keeps a copy in
-    ``run_dir/vocoder/``."""
+    """The vocoder of a mel decoder, and what the metrics say of it. ``wavenet``: trained once
+    by teacher forcing on the true log-mel of ``train``'s real audio, cached in
+    ``$VQKIT_CACHE/vocoder/<key>/`` (default ``runs/.cache``; ``key`` hashes the sample rate and
+    mel setting, its own and ``vocoder_train``'s settings and the training audio), reused by
+    every run with the same; the run keeps a copy in ``run_dir/vocoder/``."""
     cfg = run.cfg
-    if not vqvae.is_mel:
-        return None, {}
     kind, mel = cfg.vocoder.kind, _mel(cfg, vqvae)
     if kind == "griffinlim":
         return griffinlim(**mel, **builder_kwargs(cfg.vocoder)), {"vocoder_kind": kind}
@@ -304,8 +301,10 @@ def run(
     with run.stage("vqvae"):
         vqvae = train_vqvae(run, train, speakers)
 
-    with run.stage("vocoder"):
-        vocoder, vocoder_metrics = train_vocoder(run, train, vqvae)
+    vocoder, vocoder_metrics = None, {}
+    if vqvae.is_mel:  # the WaveNet decoder renders samples itself
+        with run.stage("vocoder"):
+            vocoder, vocoder_metrics = train_vocoder(run, train, vqvae)
 
     with run.stage("encode"):
         codes_train = ev.encode_split(vqvae, train, speakers, device)
