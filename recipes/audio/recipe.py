@@ -1,6 +1,7 @@
-"""The audio recipe: train the VQ-VAE with a WaveNet decoder -> encode -> train a WaveNet prior over
-codes -> reconstruct, convert voices and sample from the prior -> evaluate units and conversion ->
-report.
+"""The audio recipe: train the VQ-VAE (a WaveNet decoder over samples, or a mel decoder) -> its
+vocoder (mel decoder: Griffin-Lim, or a WaveNet vocoder trained once and cached) -> encode ->
+train a WaveNet prior over codes -> reconstruct, convert voices and sample from the prior ->
+evaluate units and conversion -> report.
 
 Run it with ``vqkit run audio [--preset builtin|fsdd|vctk|folder|units] [--set key=value ...]``;
 the presets beside this file are small YAML files over the defaults of
