@@ -21,8 +21,9 @@ FSDD = SHARED / "fsdd"
 TINY = [
     "threads=1", "data.max_files=16", "vqvae.hidden=8", "vqvae.res_hidden=4",
     "vqvae.num_res_blocks=1", "vqvae.num_codes=16", "vqvae.code_dim=4", "vqvae.crop=512",
-    "vqvae_train.steps=4", "vqvae_train.batch_size=4", "prior.residual_channels=4",
-    "prior.layers_per_stack=1", "prior.stacks=1", "prior.crop=4", "prior_train.steps=2",
+    "vqvae_train.steps=4", "vqvae_train.warmup_steps=2", "vqvae_train.batch_size=4",
+    "prior.residual_channels=4", "prior.layers_per_stack=1", "prior.stacks=1", "prior.crop=4",
+    "prior_train.steps=2",
     "prior_train.batch_size=4", "convert.sources=1", "convert.max_targets=2",
     "convert.seconds=0.1", "eval.classifier_steps=1", "eval.abx_triples=10",
 ]  # fmt: skip

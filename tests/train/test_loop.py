@@ -381,9 +381,10 @@ def test_bad_inputs(tmp_path):
         TrainConfig(steps=1, lr_schedule="linear")
     with pytest.raises(ValueError, match="grad_clip"):
         TrainConfig(steps=1, grad_clip=0.0)
-    for warmup in (0, 10):
-        with pytest.raises(ValueError, match="'onecycle' needs 1 <= warmup_steps < steps"):
+    for warmup in (0, 1, 10):
+        with pytest.raises(ValueError, match="'onecycle' needs 2 <= warmup_steps < steps"):
             TrainConfig(steps=10, warmup_steps=warmup, lr_schedule="onecycle")
+    TrainConfig(steps=3, warmup_steps=2, lr_schedule="onecycle")  # the shortest cycle
     with pytest.raises(ValueError, match=r"betas must be two values in \[0, 1\), got \[0.9, 1.0\]"):
         TrainConfig(steps=1, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match=r"betas must be two values in \[0, 1\), got \[0.9\]"):

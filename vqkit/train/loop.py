@@ -93,7 +93,8 @@ class TrainConfig:
             learning rate rises from ``lr / 25`` to ``lr`` over ``warmup_steps`` and falls to
             ``lr / 25e4`` at ``steps``, both on half cosines, while Adam's first beta falls from
             0.95 to 0.85 and rises back (``betas[0]`` is not used). Needs
-            ``1 <= warmup_steps < steps``; a resume must keep ``steps``.
+            ``2 <= warmup_steps < steps`` (each half needs two steps); a resume must keep
+            ``steps``.
         keep_checkpoints: step directories kept in ``ckpt/`` (the newest ones).
         max_bad_steps: after this many non-finite steps in a row, go back to the last
             checkpoint (model, optimizer, scheduler, data position) and lower the learning rate.
@@ -151,11 +152,12 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be 'constant', 'cosine' or 'onecycle', got {self.lr_schedule!r}"
             )
-        if self.lr_schedule == "onecycle" and not 1 <= self.warmup_steps < self.steps:
+        if self.lr_schedule == "onecycle" and not 2 <= self.warmup_steps < self.steps:
             raise ValueError(
-                f"lr_schedule 'onecycle' needs 1 <= warmup_steps < steps (the steps up to the "
+                f"lr_schedule 'onecycle' needs 2 <= warmup_steps < steps (the steps up to the "
                 f"peak lr, e.g. 5% of steps), got warmup_steps={self.warmup_steps}, "
-                f"steps={self.steps}"
+                f"steps={self.steps}; change warmup_steps, or use lr_schedule 'constant' or "
+                f"'cosine' for so few steps"
             )
         if not 0 < self.bad_step_lr_factor <= 1:
             raise ValueError(
