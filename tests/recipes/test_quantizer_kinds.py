@@ -64,7 +64,10 @@ def test_an_option_of_another_kind_is_refused(tmp_path, capsys):
 
 def test_an_unknown_kind_is_refused(tmp_path, capsys):
     assert _run("image", tmp_path / "r", [*IMAGE, "vqvae.quantizer.kind=pq"]) == 2
-    assert "'vqvae.quantizer.kind' must be one of vq, fsq, lfq, simvq, residual" in capsys.readouterr().err
+    assert (
+        "'vqvae.quantizer.kind' must be one of vq, fsq, lfq, simvq, residual"
+        in capsys.readouterr().err
+    )
 
 
 def test_residual_codes_have_no_prior_yet(tmp_path, capsys):
