@@ -44,10 +44,10 @@ TINY = {
         "vqvae.num_res_blocks=1", "vqvae.num_codes=8", "vqvae.code_dim=4",
         "vqvae.residual_channels=4", "vqvae.skip_channels=4", "vqvae.layers_per_stack=2",
         "vqvae.crop=512", "vqvae_train.steps=2", "vqvae_train.batch_size=4",
-        "prior.residual_channels=4", "prior.layers_per_stack=1", "prior.stacks=1",
-        "prior.crop=4", "prior_train.steps=2", "prior_train.batch_size=4", "convert.sources=1",
-        "convert.max_targets=2", "convert.seconds=0.05", "eval.classifier_steps=1",
-        "eval.abx_triples=10",
+        "vqvae_train.lr_schedule=constant", "prior.residual_channels=4",
+        "prior.layers_per_stack=1", "prior.stacks=1", "prior.crop=4", "prior_train.steps=2",
+        "prior_train.batch_size=4", "convert.sources=1", "convert.max_targets=2",
+        "convert.seconds=0.05", "eval.classifier_steps=1", "eval.abx_triples=10",
     ],
 }  # fmt: skip
 

@@ -202,7 +202,7 @@ def _field_with(default: Any) -> dataclasses.Field:
         return default
     if isinstance(default, tuple):
         default = _plain(default)  # as a loaded config holds it (YAML has lists, not tuples)
-    if isinstance(default, (list, dict, set)):
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))
     return dataclasses.field(default=default)
 

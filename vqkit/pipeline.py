@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +38,7 @@ from vqkit.bundle import load_model
 from vqkit.config import ConfigError, builder_section, save_config
 from vqkit.distributed import is_main, rank, rank_device, world
 from vqkit.errors import InputError
-from vqkit.io import write_json
+from vqkit.io import LATEST, TRAINER, atomic_write_bytes, latest_checkpoint, write_json
 from vqkit.metrics import code_histogram, perplexity, unigram_bits, usage
 from vqkit.models.vqvae import QUANTIZER_DEFAULTS
 from vqkit.quantize import KINDS as QUANTIZER_KINDS
@@ -48,8 +52,10 @@ __all__ = [
     "QuantizerConfig",
     "Run",
     "Stages",
+    "cache_root",
     "check_run_config",
     "codebook_metrics",
+    "data_fingerprint",
     "load_stages",
     "model_section",
     "one_thread_on_cpu",
@@ -122,6 +128,24 @@ def prior_vocabulary(vqvae: nn.Module) -> int:
             "or heads > 1): set vqvae.quantizer.kind to vq, fsq, lfq or simvq (heads 1)"
         )
     return q.num_codes
+
+
+CACHE_ENV = "VQKIT_CACHE"
+
+
+def cache_root() -> Path:
+    """Where stages trained once for their settings are kept (:meth:`Run.train_cached`):
+    ``$VQKIT_CACHE``, else ``runs/.cache`` under the working directory."""
+    return Path(os.environ.get(CACHE_ENV) or "runs/.cache")
+
+
+def data_fingerprint(items: Sequence[Tensor]) -> str:
+    """A sha256 of tensors' shapes, dtypes and values: which data a cached stage saw."""
+    digest = hashlib.sha256()
+    for x in items:
+        digest.update(f"{tuple(x.shape)} {x.dtype};".encode())
+        digest.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def model_section(
@@ -260,21 +284,7 @@ class Run:
         ``section``: the dotted config key of the builder's arguments, named when the builder
         refuses one (default ``name``; e.g. ``prior.maskgit`` for a prior of that kind)."""
         train_cfg = getattr(self.cfg, f"{name}_train")
-        # Torch seeds every new process at random: seed the initial weights.
-        seed_everything(train_cfg.seed)
-        try:
-            model = build()
-        except ValueError as e:  # a builder's check of an argument the config gave it
-            key, _, rest = str(e).partition(" ")
-            path = section or name
-            found = self.cfg
-            for part in path.split("."):
-                found = getattr(found, part, None)
-            if key in getattr(type(found), "__builder_params__", ()):
-                raise ConfigError(
-                    f"config key '{path}.{key}' {rest} (--set {path}.{key}=...)"
-                ) from e
-            raise ConfigError(f"{path}: {e} (change it with --set {path}.<key>=<value>)") from e
+        model = self._build(name, build, train_cfg.seed, section)
         self.claim()
         self.fits[name] = fit(
             model,
@@ -288,6 +298,113 @@ class Run:
             progress=self.progress,
         )
         return model.eval()
+
+    def _build(
+        self, name: str, build: Callable[[], nn.Module], seed: int, section: str | None = None
+    ) -> nn.Module:
+        """``build()`` with seeded initial weights; a builder's refusal of an argument becomes
+        a ConfigError naming the key of ``section`` (dotted; default: the stage's name)."""
+        # Torch seeds every new process at random: seed the initial weights.
+        seed_everything(seed)
+        try:
+            return build()
+        except ValueError as e:  # a builder's check of an argument the config gave it
+            key, _, rest = str(e).partition(" ")
+            path = section or name
+            found = self.cfg
+            for part in path.split("."):
+                found = getattr(found, part, None)
+            if key in getattr(type(found), "__builder_params__", ()):
+                raise ConfigError(
+                    f"config key '{path}.{key}' {rest} (--set {path}.{key}=...)"
+                ) from e
+            raise ConfigError(f"{path}: {e} (change it with --set {path}.<key>=<value>)") from e
+
+    def train_cached(
+        self,
+        name: str,
+        build: Callable[[], nn.Module],
+        step: Callable,
+        dataset: Dataset,
+        *,
+        settings: Mapping[str, Any],
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """Stage ``name`` trained once for ``settings`` and reused by every run with the same.
+
+        ``settings`` (JSON data) must hold everything that decides the weights: the model's and
+        ``cfg.<name>_train``'s settings and the data (e.g. :func:`data_fingerprint`). The stage
+        trains in ``cache_root()/<name>/<key>/`` (``key``: 16 hex digits of the settings'
+        sha256) beside a ``settings.json``, continues there from its last checkpoint when a run
+        stopped mid-way, and is loaded from there once ``complete.json`` says it finished. The
+        run keeps a copy of the final weights in ``run_dir/<name>/ckpt`` (self-contained for
+        ``vqkit convert`` and bundles).
+
+        Returns:
+            The model in eval mode and ``{"cached": reused or not, "dir": the cache folder,
+            "train_s": its training time, "steps"}``.
+
+        Raises:
+            InputError: the folder of the key holds a stage trained for other settings.
+        """
+        settings = json.loads(json.dumps(settings))  # as settings.json holds them
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        where = cache_root() / name / key
+        stored_file, done_file = where / "settings.json", where / "complete.json"
+        if stored_file.is_file():
+            stored = json.loads(stored_file.read_text())
+            if stored != settings:
+                differ = sorted(
+                    k for k in stored.keys() | settings.keys() if stored.get(k) != settings.get(k)
+                )
+                raise InputError(
+                    f"{where} holds a {name} trained for other settings ({', '.join(differ)} "
+                    f"differ); delete that folder, or set {CACHE_ENV} to another one"
+                )
+        if done_file.is_file():
+            info = {"cached": True, "dir": str(where), **json.loads(done_file.read_text())}
+            print(
+                f"vqkit: {name}: reusing the one cached in {where}, trained for these settings "
+                f"({info['steps']} steps, {info['train_s']:.0f} s)",
+                flush=True,
+            )
+            model = load_model(where / "ckpt", device=self.device)
+        else:
+            partial = stored_file.is_file()
+            print(
+                f"vqkit: {name}: "
+                + ("continuing the training cached in" if partial else "training it once into")
+                + f" {where}; later runs with these settings reuse it",
+                flush=True,
+            )
+            if self.main:
+                where.mkdir(parents=True, exist_ok=True)
+                write_json(stored_file, settings)
+            train_cfg = getattr(self.cfg, f"{name}_train")
+            model = self._build(name, build, train_cfg.seed)
+            result = fit(
+                model,
+                step,
+                dataset,
+                cfg=train_cfg,
+                run_dir=where.parent,
+                name=where.name,
+                resume=partial,
+                progress=self.progress,
+            )
+            self.fits[name] = result
+            info = {"cached": False, "dir": str(where), "steps": result.step}
+            info["train_s"] = result.wall_time
+            if self.main:
+                write_json(done_file, {"steps": result.step, "train_s": result.wall_time})
+        self.claim()
+        if self.main:  # the run's own copy of the final weights, as run.train would leave them
+            final = latest_checkpoint(where / "ckpt")
+            root = self.dir / name / "ckpt"
+            shutil.copytree(
+                final, root / final.name, dirs_exist_ok=True, ignore=shutil.ignore_patterns(TRAINER)
+            )
+            atomic_write_bytes(root / LATEST, f"{final.name}\n".encode())
+        return model.eval(), info
 
     def media(self, kind: str, path: str, title: str, group: str) -> None:
         """Record a media file of the run (relative to its directory) for the report."""

@@ -31,7 +31,7 @@ def render(vqvae, vocoder, codes: torch.Tensor, speaker: torch.Tensor, *, temper
             vqvae.decode_mel(c[None], None if spk is None else spk[i : i + 1])
             for i, c in enumerate(codes)
         ])  # fmt: skip
-        return vocoder.render(mel).cpu()
+        return vocoder.render(mel, temperature=temperature, generator=generator).cpu()
     classes = vqvae.decode(
         codes, speaker_arg(vqvae, speaker), temperature=temperature, generator=generator
     )
@@ -103,11 +103,15 @@ def decode_matrix(
     seconds = time.perf_counter() - t0
     wavs = [a[:n] for a, n in zip(audio, lengths)]
     if vocoder is not None:  # the vocoder alone: the true log-mel of each source, rendered
+        mels = []
         for s in (s for s in sources if test.speakers[s] in speakers):
             x = test.audio[s][: max_codes * vqvae.hop].long()[None].to(device)
             x = x[:, : x.shape[1] // vqvae.hop * vqvae.hop]  # logmel() takes whole codes
             jobs.append(("vocoder", s, speakers.index(test.speakers[s])))
-            wavs.append(vocoder.render(vqvae.logmel(x)).cpu()[0])
+            mels.append(vqvae.logmel(x)[0])
+        if mels:
+            rendered = vocoder.render_many(mels, temperature=c.temperature, generator=gen)
+            wavs += [w.cpu() for w in rendered]
     return {
         "jobs": jobs,
         "wavs": wavs,

@@ -1,6 +1,7 @@
-"""The audio recipe: train the VQ-VAE with a WaveNet decoder -> encode -> train a WaveNet prior over
-codes -> reconstruct, convert voices and sample from the prior -> evaluate units and conversion ->
-report.
+"""The audio recipe: train the VQ-VAE (a WaveNet decoder over samples, or a mel decoder) -> its
+vocoder (mel decoder: Griffin-Lim, or a WaveNet vocoder trained once and cached) -> encode ->
+train a WaveNet prior over codes -> reconstruct, convert voices and sample from the prior ->
+evaluate units and conversion -> report.
 
 Run it with ``vqkit run audio [--preset builtin|fsdd|vctk|folder|units] [--set key=value ...]``;
 the presets beside this file are small YAML files over the defaults of
@@ -10,6 +11,7 @@ in ``evaluate.py`` beside this file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +31,17 @@ from vqkit.audio import (
     save_audio,
     silence_class,
 )
-from vqkit.config import builder_kwargs, ranged
+from vqkit.config import builder_kwargs, builder_section, ranged
 from vqkit.datasets import SequenceCrops
 from vqkit.datasets.audio import skip_file
 from vqkit.datasets.utterances import Utterances, load_labelled, spread
 from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
-from vqkit.models import griffinlim, vqvae_audio, wavenet_prior
+from vqkit.models import griffinlim, vqvae_audio, wavenet_prior, wavenet_vocoder
 from vqkit.pipeline import (
     Run,
+    data_fingerprint,
     load_stages,
     model_section,
     one_thread_on_cpu,
@@ -102,10 +105,29 @@ PriorConfig = model_section(
 )
 
 
-# The vocoder of a mel decoder (vqvae.decoder=mel): Griffin-Lim, the arguments of its builder
-# beyond the log-mel frames it inverts (those come from the VQ-VAE).
-VocoderConfig = model_section(
-    "VocoderConfig", griffinlim, skip=("sample_rate", "n_mels", "mel_hop")
+# The vocoder of a mel decoder (vqvae.decoder=mel), its log-mel frames those of the VQ-VAE:
+# kind griffinlim (no training; its builder's arguments) or wavenet (the wavenet section: the
+# arguments of wavenet_vocoder, trained by teacher forcing on the true log-mel of the training
+# split's real audio, crops of `crop` samples, with vocoder_train's settings; trained once per
+# sample rate, mel setting, its own settings and training audio, and cached: see train_vocoder).
+VOCODERS = ("griffinlim", "wavenet")
+MEL = ("sample_rate", "n_mels", "mel_hop")  # from the VQ-VAE
+WaveNetVocoderConfig = model_section(
+    "WaveNetVocoderConfig", wavenet_vocoder, skip=MEL, extra={"crop": (int, 2048)}
+)
+
+
+def _check_vocoder(self) -> None:
+    if self.kind not in VOCODERS:
+        raise ValueError(f"kind must be one of {', '.join(VOCODERS)}, got {self.kind!r}")
+
+
+VocoderConfig = builder_section(
+    "VocoderConfig",
+    griffinlim,
+    skip=MEL,
+    extra={"kind": (str, "griffinlim"), "wavenet": (WaveNetVocoderConfig, WaveNetVocoderConfig())},
+    namespace={"__post_init__": _check_vocoder},
 )
 
 
@@ -150,6 +172,11 @@ class AudioRecipeConfig:
         default_factory=lambda: TrainConfig(steps=300, batch_size=16, lr=1e-3, ckpt_every=300)
     )
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    vocoder_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=2000, batch_size=8, lr=1e-3, grad_clip=1.0, ckpt_every=500
+        )
+    )
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # torch intra-op threads (None: torch's default). On a CPU shared with other jobs, 1 is often
@@ -158,7 +185,7 @@ class AudioRecipeConfig:
 
 
 CONFIG = AudioRecipeConfig
-TRAIN_STAGES = ("vqvae_train", "prior_train")
+TRAIN_STAGES = ("vqvae_train", "prior_train", "vocoder_train")
 
 
 # --- stages ----------------------------------------------------------------------------------
@@ -195,16 +222,68 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
     return run.train("vqvae", build, step, crops)
 
 
-def build_vocoder(cfg: AudioRecipeConfig, vqvae):
-    """The vocoder that renders a mel decoder's log-mel (None for the WaveNet decoder)."""
+def _mel(cfg: AudioRecipeConfig, vqvae) -> dict:
+    return {
+        "sample_rate": cfg.data.sample_rate,
+        "n_mels": vqvae.encoder.n_mels,
+        "mel_hop": vqvae.mel_hop,
+    }
+
+
+def train_vocoder(run: Run, train: Utterances, vqvae):
+    """The vocoder of a mel decoder, and what the metrics say of it. ``wavenet``: trained once
+    by teacher forcing on the true log-mel of ``train``'s real audio, cached in
+    ``$VQKIT_CACHE/vocoder/<key>/`` (default ``runs/.cache``; ``key`` hashes the sample rate and
+    mel setting, its own and ``vocoder_train``'s settings and the training audio), reused by
+    every run with the same; the run keeps a copy in ``run_dir/vocoder/``."""
+    cfg = run.cfg
+    kind, mel = cfg.vocoder.kind, _mel(cfg, vqvae)
+    if kind == "griffinlim":
+        return griffinlim(**mel, **builder_kwargs(cfg.vocoder)), {"vocoder_kind": kind}
+    w = cfg.vocoder.wavenet
+    if w.crop % vqvae.mel_hop:
+        raise InputError(
+            f"vocoder.wavenet.crop={w.crop} must be a multiple of the mel hop {vqvae.mel_hop}"
+        )
+
+    def build():
+        voc = wavenet_vocoder(**mel, **builder_kwargs(w))
+        hop = voc.mel_hop
+        voc.fit_norm([voc.logmel(a[None, : len(a) // hop * hop].long())[0] for a in train.audio])
+        return voc
+
+    def step(voc, batch):
+        loss = voc.loss(batch[0])
+        return loss, {"bits_per_sample": loss / LN2}
+
+    ignored = ("device", "num_workers", "log_every", "ckpt_every", "keep_checkpoints")
+    settings = {
+        "kind": kind,
+        **mel,
+        "wavenet": dataclasses.asdict(w),
+        "train": {
+            k: v for k, v in dataclasses.asdict(cfg.vocoder_train).items() if k not in ignored
+        },
+        "audio": data_fingerprint(train.audio),
+    }
+    crops = SequenceCrops(train.audio, [0] * len(train.audio), w.crop, pad_value=silence_class(256))
+    vocoder, info = run.train_cached("vocoder", build, step, crops, settings=settings)
+    return vocoder, {
+        "vocoder_kind": kind,
+        "vocoder_cached": info["cached"],
+        "vocoder_train_s": info["train_s"],
+        "vocoder_steps": info["steps"],
+        "vocoder_cache_dir": info["dir"],
+    }
+
+
+def load_vocoder(cfg: AudioRecipeConfig, vqvae, run_dir: Path, device):
+    """A finished run's vocoder (None for the WaveNet decoder)."""
     if not vqvae.is_mel:
         return None
-    return griffinlim(
-        sample_rate=cfg.data.sample_rate,
-        n_mels=vqvae.encoder.n_mels,
-        mel_hop=vqvae.mel_hop,
-        **builder_kwargs(cfg.vocoder),
-    )
+    if cfg.vocoder.kind == "griffinlim":
+        return griffinlim(**_mel(cfg, vqvae), **builder_kwargs(cfg.vocoder))
+    return load_stages(run_dir, device, "vocoder")[1][0]
 
 
 def train_prior(run: Run, codes, speaker_ids, num_speakers: int, num_codes: int):
@@ -244,6 +323,11 @@ def run(
     if run.main:  # once the model is built: nothing of a run is written before (Run.claim)
         write_json(run_dir / "speakers.json", speakers)
 
+    vocoder, vocoder_metrics = None, {}
+    if vqvae.is_mel:  # the WaveNet decoder renders samples itself
+        with run.stage("vocoder"):
+            vocoder, vocoder_metrics = train_vocoder(run, train, vqvae)
+
     with run.stage("encode"):
         bar = run.progress and run.main
         codes_train = ev.encode_split(vqvae, train, speakers, device, progress=bar)
@@ -262,7 +346,7 @@ def run(
             sources += ev.pick_sources(test, unseen, cfg.convert.sources) if unseen else []
             result = generation.decode_matrix(
                 vqvae,
-                build_vocoder(cfg, vqvae),
+                vocoder,
                 prior,
                 cfg,
                 test,
@@ -282,6 +366,7 @@ def run(
             "train_utterances": len(train.audio),
             "test_utterances": len(test.audio),
             "skipped_files": len(train.skipped) + len(test.skipped),  # unusable, left out
+            **vocoder_metrics,
         }
         metrics.update(ev.reconstruction_metrics(vqvae, test, speakers, result, device))
         metrics.update(ev.prior_metrics(prior, codes_train, codes_test, test, speakers, device))
@@ -392,7 +477,7 @@ def convert(
             f"--out takes one source and one speaker ({len(files)} and {len(speakers)} given); "
             "use --out-dir DIR for several"
         )
-    sr, vocoder = cfg.data.sample_rate, build_vocoder(cfg, vqvae)
+    sr, vocoder = cfg.data.sample_rate, load_vocoder(cfg, vqvae, run_dir, dev)
     temp, gen = sampling(cfg.convert, temperature, seed, dev)
     ids = torch.tensor([known.index(s) for s in speakers], device=dev)
     strict, skipped, usable = strict or out is not None, [], []
@@ -476,9 +561,8 @@ def sample(
             temperature=temp,
             generator=gen,
         )
-        audio = generation.render(
-            vqvae, build_vocoder(cfg, vqvae), codes, targets, temperature=temp, generator=gen
-        )
+        vocoder = load_vocoder(cfg, vqvae, run_dir, dev)
+        audio = generation.render(vqvae, vocoder, codes, targets, temperature=temp, generator=gen)
     gap = torch.zeros(int(0.3 * cfg.data.sample_rate))
     wav = torch.cat([torch.cat([a, gap]) for a in audio])
     return save_audio(out, wav, cfg.data.sample_rate)

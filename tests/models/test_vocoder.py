@@ -95,3 +95,18 @@ def test_teacher_forcing_loss_on_true_logmel_trains():
         loss.backward()
         opt.step()
     assert loss.item() < first
+
+
+def test_render_many_equals_each_alone():
+    """One padded batch of log-mels of different lengths renders what each renders alone (the
+    WaveNet with argmax sampling; Griffin-Lim renders each alone)."""
+    voc = tiny_wavenet()
+    mels = [torch.randn(8, n, generator=torch.Generator().manual_seed(n)) for n in (2, 5, 3)]
+    many = voc.render_many(mels, temperature=0.0)
+    for m, w in zip(mels, many):
+        assert w.shape == (m.shape[-1] * HOP,)
+        torch.testing.assert_close(w, voc.render(m[None], temperature=0.0)[0], rtol=0, atol=0)
+    gl = griffinlim(sample_rate=8000, n_mels=8, mel_hop=HOP)
+    mels = [torch.randn(8, n, generator=torch.Generator().manual_seed(n)) for n in (20, 50, 30)]
+    for m, w in zip(mels, gl.render_many(mels)):
+        assert torch.equal(w, gl.render(m[None])[0])

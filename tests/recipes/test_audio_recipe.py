@@ -33,6 +33,7 @@ TINY = [
     "vqvae.stacks=1",
     "vqvae.crop=512",
     "vqvae_train.steps=4",
+    "vqvae_train.warmup_steps=2",  # the presets' one-cycle schedule needs warmup < steps
     "vqvae_train.batch_size=4",
     "vqvae_train.log_every=2",
     "prior.residual_channels=6",
@@ -59,10 +60,13 @@ UNIT_KEYS = (
 )
 
 
-# The builtin preset's log-mel encoder, tiny: frames every 8 samples, one stride 2 (hop 16).
-BUILTIN_TINY = [*TINY, "vqvae.mel_hop=8", "vqvae.n_mels=8", "vqvae.strides=[2]"]
+# The builtin preset's log-mel encoder, tiny: frames every 8 samples, one stride 2 (hop 16), with
+# the paper's WaveNet decoder (the preset's mel decoder is tested on fsdd, tests/recipes/
+# test_convert.py).
+WAVENET_DECODER = ["vqvae.decoder=wavenet", "vqvae.mel_norm=batch"]
+BUILTIN_TINY = [*TINY, *WAVENET_DECODER, "vqvae.mel_hop=8", "vqvae.n_mels=8", "vqvae.strides=[2]"]
 # The waveform encoder (strides over samples), also hop 16.
-WAVEFORM_TINY = [*TINY, "vqvae.features=waveform", "vqvae.strides=[2,2,2,2]"]
+WAVEFORM_TINY = [*TINY, *WAVENET_DECODER, "vqvae.features=waveform", "vqvae.strides=[2,2,2,2]"]
 
 
 def sets(values: list[str]) -> list[str]:

@@ -21,8 +21,9 @@ FSDD = SHARED / "fsdd"
 TINY = [
     "threads=1", "data.max_files=16", "vqvae.hidden=8", "vqvae.res_hidden=4",
     "vqvae.num_res_blocks=1", "vqvae.num_codes=16", "vqvae.code_dim=4", "vqvae.crop=512",
-    "vqvae_train.steps=4", "vqvae_train.batch_size=4", "prior.residual_channels=4",
-    "prior.layers_per_stack=1", "prior.stacks=1", "prior.crop=4", "prior_train.steps=2",
+    "vqvae_train.steps=4", "vqvae_train.warmup_steps=2", "vqvae_train.batch_size=4",
+    "prior.residual_channels=4", "prior.layers_per_stack=1", "prior.stacks=1", "prior.crop=4",
+    "prior_train.steps=2",
     "prior_train.batch_size=4", "convert.sources=1", "convert.max_targets=2",
     "convert.seconds=0.1", "eval.classifier_steps=1", "eval.abx_triples=10",
 ]  # fmt: skip
@@ -150,3 +151,44 @@ def test_a_crop_off_the_hop_is_refused_before_training(tmp_path, capsys):
     assert main([*argv, "--device", "cpu", "--no-progress", *sets]) == 2
     assert "vqvae.crop=500 must be a multiple of the hop 128" in capsys.readouterr().err
     assert not (tmp_path / "r" / "vqvae").exists()  # nothing trained
+
+
+WAVENET_VOCODER = [
+    "vocoder.kind=wavenet", "vocoder.wavenet.residual_channels=4",
+    "vocoder.wavenet.layers_per_stack=2", "vocoder.wavenet.crop=256",
+    "vocoder_train.steps=2", "vocoder_train.batch_size=4",
+]  # fmt: skip
+
+
+def test_the_wavenet_vocoder_is_trained_once_and_reused(tmp_path, monkeypatch, capsys):
+    if not FSDD.is_dir():
+        pytest.skip(f"FSDD not found at {FSDD} (set VQKIT_SHARED_DATA)")
+    import json
+
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
+
+    def run_fsdd(out, *extra):
+        sets = [x for v in [*TINY, *WAVENET_VOCODER, *extra] for x in ("--set", v)]
+        argv = ["run", "audio", "--preset", "fsdd", "--data", str(FSDD), "--out", str(out)]
+        assert main([*argv, "--device", "cpu", "--no-progress", *sets]) == 0
+        return json.loads((out / "metrics.json").read_text()), capsys.readouterr().out
+
+    first, printed = run_fsdd(tmp_path / "a")
+    assert first["vocoder_kind"] == "wavenet" and not first["vocoder_cached"]
+    assert first["vocoder_steps"] == 2 and "training it once into" in printed
+    second, printed = run_fsdd(tmp_path / "b")
+    assert second["vocoder_cached"] and second["vocoder_cache_dir"] == first["vocoder_cache_dir"]
+    assert f"reusing the one cached in {first['vocoder_cache_dir']}" in printed
+    assert second["vocoder_count"] == first["vocoder_count"] == 1
+    # Another mel setting (40 bands) is another vocoder.
+    third, _ = run_fsdd(tmp_path / "c", "vqvae.n_mels=40")
+    assert not third["vocoder_cached"] and third["vocoder_cache_dir"] != first["vocoder_cache_dir"]
+    # The run keeps its own copy: convert works with the cache gone.
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    out = tmp_path / "x.wav"
+    source = _sources(tmp_path)[0]
+    assert _convert(tmp_path / "b", "--source", str(source), "--speaker", "lucas",
+                    "--out", str(out)) == 0  # fmt: skip
+    assert sf.info(str(out)).frames == sf.info(str(source)).frames

@@ -64,7 +64,10 @@ def test_an_option_of_another_kind_is_refused(tmp_path, capsys):
 
 def test_an_unknown_kind_is_refused(tmp_path, capsys):
     assert _run("image", tmp_path / "r", [*IMAGE, "vqvae.quantizer.kind=pq"]) == 2
-    assert "'vqvae.quantizer.kind' must be one of vq, fsq, lfq, simvq, residual" in capsys.readouterr().err
+    assert (
+        "'vqvae.quantizer.kind' must be one of vq, fsq, lfq, simvq, residual"
+        in capsys.readouterr().err
+    )
 
 
 def test_residual_codes_have_no_prior_yet(tmp_path, capsys):
@@ -96,7 +99,8 @@ def test_audio_recipe_with_lfq(tmp_path):
         "vqvae.num_res_blocks=1", "vqvae.num_codes=16", "vqvae.code_dim=4",
         "vqvae.quantizer.kind=lfq", "vqvae.residual_channels=4", "vqvae.skip_channels=4",
         "vqvae.layers_per_stack=2", "vqvae.crop=512", "vqvae_train.steps=2",
-        "vqvae_train.batch_size=4", "prior.residual_channels=4", "prior.layers_per_stack=1",
+        "vqvae_train.batch_size=4", "vqvae_train.lr_schedule=constant",
+        "prior.residual_channels=4", "prior.layers_per_stack=1",
         "prior.stacks=1", "prior.crop=4", "prior_train.steps=2", "prior_train.batch_size=4",
         "convert.sources=1", "convert.max_targets=2", "convert.seconds=0.05",
         "eval.classifier_steps=1", "eval.abx_triples=10",

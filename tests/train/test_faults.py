@@ -133,6 +133,18 @@ def test_run_of_bad_steps_restores_checkpoint_and_lowers_lr(tmp_path, caplog):
     assert [e["lr"] for e in more.history[-2:]] == [0.025, 0.025]
 
 
+def test_bad_steps_restore_lowers_the_onecycle_schedule(tmp_path):
+    data = _data()
+    cfg = replace(CFG, max_bad_steps=3, warmup_steps=3, lr_schedule="onecycle")
+    clean = fit(_model(), Recorder(), data, cfg=cfg, run_dir=tmp_path, name="a", progress=False)
+    result = fit(
+        _model(), Recorder({6, 7, 8}), data, cfg=cfg, run_dir=tmp_path, name="b", progress=False
+    )
+    lrs, clean_lrs = [e["lr"] for e in result.history], [e["lr"] for e in clean.history]
+    assert lrs[:4] == clean_lrs[:4]
+    assert lrs[4:] == pytest.approx([0.5 * lr for lr in clean_lrs[4:]])  # steps 5-10, halved
+
+
 def test_no_checkpoint_inside_a_run_of_bad_steps(tmp_path, caplog):
     # Step 6 is a checkpoint step, but it falls inside the bad run (steps 5-7): the restore goes
     # back to step 4, the last checkpoint written after a good update.

@@ -126,6 +126,39 @@ def test_resume_is_bit_exact(tmp_path):
     assert [e["step"] for e in a.history] == [2, 4, 6, 8, 10, 12]
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_onecycle_resume_after_a_kill_is_bit_exact(tmp_path):
+    # The one-cycle schedule spans `steps`, so the run is killed (at step 8, after the step-6
+    # checkpoint) rather than run to half its steps; the resume must restore the schedule's
+    # position and Adam's cycled beta, or its weights differ.
+    cfg = replace(CFG, warmup_steps=3, grad_clip=1.0, ckpt_every=3, lr_schedule="onecycle")
+    data = _data()
+    full = _model()
+    a = fit(full, step_fn, data, cfg=cfg, run_dir=tmp_path, name="a", progress=False)
+    calls = [0]
+
+    def dies_at_step_8(model, batch):
+        calls[0] += 1
+        if calls[0] == 8:
+            raise _Killed
+        return step_fn(model, batch)
+
+    with pytest.raises(_Killed):
+        fit(_model(), dies_at_step_8, data, cfg=cfg, run_dir=tmp_path, name="b", progress=False)
+    assert load_trainer_state(tmp_path / "b")["step"] == 6
+    resumed = _model(seed=99)
+    b = fit(
+        resumed, step_fn, data, cfg=cfg, run_dir=tmp_path, name="b", resume=True, progress=False
+    )
+    assert b.step == a.step == 12
+    _assert_same_state(full, resumed)
+    assert b.history == a.history
+    assert len({e["lr"] for e in a.history}) == 6  # a new rate at every logged step
+
+
 def test_resume_without_restoring_state_would_differ(tmp_path):
     """Guards the test above: a plain second run from the half-way weights does not match."""
     data = _data()
@@ -274,6 +307,42 @@ def test_lr_schedule():
     assert lr_factor(5, replace(cfg, lr_schedule="constant")) == 1.0
 
 
+def test_onecycle_is_torchs_onecycle(tmp_path):
+    """The loop's one-cycle learning rates and Adam betas are OneCycleLR's, step by step."""
+    cfg = replace(CFG, steps=10, warmup_steps=3, log_every=1, lr_schedule="onecycle")
+    result = fit(_model(), step_fn, _data(), cfg=cfg, run_dir=tmp_path, name="r", progress=False)
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=10, pct_start=0.3)
+    lrs, betas = [], []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        betas.append(opt.param_groups[0]["betas"])  # those of this update
+        opt.step()
+        ref.step()
+    assert [e["lr"] for e in result.history] == lrs
+    assert lrs[0] == pytest.approx(cfg.lr / 25) and max(lrs) == pytest.approx(cfg.lr)
+    assert lrs.index(max(lrs)) == 2  # the peak after warmup_steps=3 updates
+    saved = load_trainer_state(result.checkpoint)["optimizer"]["param_groups"][0]["betas"]
+    assert tuple(saved) == opt.param_groups[0]["betas"]  # after the last update
+    assert betas[0][0] == 0.95 and betas[2][0] == pytest.approx(0.85)
+
+
+def test_onecycle_resume_must_keep_steps(tmp_path):
+    cfg = replace(CFG, steps=6, warmup_steps=2, lr_schedule="onecycle")
+    fit(_model(), step_fn, _data(), cfg=cfg, run_dir=tmp_path, name="r", progress=False)
+    with pytest.raises(ValueError, match="spans 6 steps, not steps=12; resume it with steps=6"):
+        fit(
+            _model(),
+            step_fn,
+            _data(),
+            cfg=replace(cfg, steps=12),
+            run_dir=tmp_path,
+            name="r",
+            resume=True,
+            progress=False,
+        )
+
+
 def test_epoch_batch_sampler_resumes_at_position():
     full = EpochBatchSampler(11, 3, seed=4)
     it = iter(full)
@@ -312,6 +381,10 @@ def test_bad_inputs(tmp_path):
         TrainConfig(steps=1, lr_schedule="linear")
     with pytest.raises(ValueError, match="grad_clip"):
         TrainConfig(steps=1, grad_clip=0.0)
+    for warmup in (0, 1, 10):
+        with pytest.raises(ValueError, match="'onecycle' needs 2 <= warmup_steps < steps"):
+            TrainConfig(steps=10, warmup_steps=warmup, lr_schedule="onecycle")
+    TrainConfig(steps=3, warmup_steps=2, lr_schedule="onecycle")  # the shortest cycle
     with pytest.raises(ValueError, match=r"betas must be two values in \[0, 1\), got \[0.9, 1.0\]"):
         TrainConfig(steps=1, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match=r"betas must be two values in \[0, 1\), got \[0.9\]"):

@@ -86,6 +86,11 @@ class GriffinLimVocoder(nn.Module):
         wav = self.griffinlim(power)[..., : logmel.shape[-1] * self.mel_hop]
         return wav.clamp(-1.0, 1.0)
 
+    def render_many(self, mels: list[Tensor], **_: object) -> list[Tensor]:
+        """Log-mels ``(n_mels, F_i)`` of any lengths -> waveforms ``(F_i * mel_hop,)``, each
+        rendered alone (Griffin-Lim reads every frame, so padding would change the rest)."""
+        return [self.render(m[None])[0] for m in mels]
+
 
 class MelUpsampler(nn.Module):
     """Log-mel frames ``(B, n_mels, F)`` -> sample-rate conditioning ``(B, C_l, F * hop)``:
@@ -190,6 +195,17 @@ class WaveNetVocoder(nn.Module):
         import torchaudio.functional as AF
 
         return AF.mu_law_decoding(classes, self.classes).float()
+
+    def render_many(self, mels: list[Tensor], **kwargs: object) -> list[Tensor]:
+        """Log-mels ``(n_mels, F_i)`` of any lengths -> waveforms ``(F_i * mel_hop,)``, in one
+        batch: each is padded with copies of its last frame, which conditions its last samples
+        already, so its samples see the frames they would see alone (the sampler is causal)."""
+        width = max(m.shape[-1] for m in mels)
+        batch = torch.stack(
+            [torch.cat([m, m[:, -1:].expand(-1, width - m.shape[-1])], 1) for m in mels]
+        )
+        wav = self.render(batch, **kwargs)
+        return [w[: m.shape[-1] * self.mel_hop] for w, m in zip(wav, mels)]
 
     @torch.inference_mode()
     def generate(self, logmel, *, temperature=1.0, seed=0, generator=None, cached=True) -> Tensor:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.utils.data import DataLoader, IterableDataset
 
 from vqkit.distributed import (
@@ -87,8 +87,15 @@ class TrainConfig:
         ckpt_every: steps between checkpoints (one is always written at the end).
         log_every: steps between logged (averaged) scalars.
         num_workers: DataLoader worker processes.
-        warmup_steps: linear warmup from 0 to ``lr``.
-        lr_schedule: "constant" or "cosine" (to 0 at ``steps``) after the warmup.
+        warmup_steps: linear warmup from 0 to ``lr`` ("constant", "cosine"); for "onecycle",
+            the steps up to the peak ``lr``.
+        lr_schedule: "constant" or "cosine" (to 0 at ``steps``) after the warmup, or
+            "onecycle": torch's ``OneCycleLR`` with its defaults (Smith & Topin 2019): the
+            learning rate rises from ``lr / 25`` to ``lr`` over ``warmup_steps`` and falls to
+            ``lr / 25e4`` at ``steps``, both on half cosines, while Adam's first beta falls from
+            0.95 to 0.85 and rises back (``betas[0]`` is not used). Needs
+            ``2 <= warmup_steps < steps`` (each half needs two steps); a resume must keep
+            ``steps``.
         keep_checkpoints: step directories kept in ``ckpt/`` (the newest ones).
         max_bad_steps: after this many non-finite steps in a row, go back to the last
             checkpoint (model, optimizer, scheduler, data position) and lower the learning rate.
@@ -112,7 +119,7 @@ class TrainConfig:
     log_every: int = 50
     num_workers: int = 0
     warmup_steps: int = 0
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     keep_checkpoints: int = 2
     max_bad_steps: int = 5
     bad_step_lr_factor: float = 0.5
@@ -142,9 +149,16 @@ class TrainConfig:
             raise ValueError(f"betas must be two values in [0, 1), got {list(self.betas)}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.lr_schedule not in ("constant", "cosine"):
+        if self.lr_schedule not in ("constant", "cosine", "onecycle"):
             raise ValueError(
-                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+                f"lr_schedule must be 'constant', 'cosine' or 'onecycle', got {self.lr_schedule!r}"
+            )
+        if self.lr_schedule == "onecycle" and not 2 <= self.warmup_steps < self.steps:
+            raise ValueError(
+                f"lr_schedule 'onecycle' needs 2 <= warmup_steps < steps (the steps up to the "
+                f"peak lr, e.g. 5% of steps), got warmup_steps={self.warmup_steps}, "
+                f"steps={self.steps}; change warmup_steps, or use lr_schedule 'constant' or "
+                f"'cosine' for so few steps"
             )
         if not 0 < self.bad_step_lr_factor <= 1:
             raise ValueError(
@@ -182,13 +196,36 @@ class TrainResult:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of ``cfg.lr`` for the update made at ``step`` (0-based)."""
+    """Multiplier of ``cfg.lr`` for the update made at ``step`` (0-based); "constant" and
+    "cosine" only ("onecycle" is torch's ``OneCycleLR``, see :func:`_scheduler`)."""
+    if cfg.lr_schedule == "onecycle":
+        raise ValueError("lr_factor covers 'constant' and 'cosine'; 'onecycle' is OneCycleLR's")
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return 1.0
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, lr_scale: list[float]
+) -> LRScheduler:
+    """The learning-rate schedule of ``cfg``; ``lr_scale[0]`` scales the lambda schedules (the
+    one-cycle one is rescaled in place by :func:`_rescale_onecycle`)."""
+    if cfg.lr_schedule == "onecycle":
+        return OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=cfg.warmup_steps / cfg.steps
+        )
+    return LambdaLR(optimizer, lambda s: lr_factor(s, cfg) * lr_scale[0])
+
+
+def _rescale_onecycle(optimizer: torch.optim.Optimizer, ratio: float) -> None:
+    """Multiply a one-cycle schedule's learning rates from now on by ``ratio``: OneCycleLR keeps
+    its start, peak and end rates in the optimizer's groups (so checkpoints hold them too)."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            group[key] *= ratio
 
 
 def _snapshot_buffers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
@@ -239,7 +276,7 @@ def _update(
 
 
 def _restore(
-    checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR
+    checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`fit` into the training state, RNG streams included.
 
@@ -264,7 +301,7 @@ def _restore_newest(
     pointer_problem: str | None,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: LambdaLR,
+    scheduler: LRScheduler,
 ) -> tuple[Path, dict[str, Any]]:
     """Restore the first of ``candidates`` (best first) that loads and verifies, saying which
     and why when it is not the latest one.
@@ -385,7 +422,7 @@ def fit(
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # lr_scale[0] drops by bad_step_lr_factor at each restore after a run of non-finite steps.
     lr_scale = [1.0]
-    scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, cfg) * lr_scale[0])
+    scheduler = _scheduler(optimizer, cfg, lr_scale)
 
     step, epoch, batch_idx, skipped = 0, 0, 0, 0
     history: list[dict[str, float]] = []
@@ -408,6 +445,11 @@ def fit(
         if step >= cfg.steps:
             return TrainResult(
                 step, history, time.perf_counter() - t_start, skipped, final_logs, start
+            )
+        if isinstance(scheduler, OneCycleLR) and scheduler.total_steps != cfg.steps:
+            raise ValueError(
+                f"{name}: the one-cycle schedule of {start} spans {scheduler.total_steps} steps, "
+                f"not steps={cfg.steps}; resume it with steps={scheduler.total_steps}"
             )
     elif is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -472,8 +514,11 @@ def fit(
                     step, extra = state["step"], state["extra"]
                     epoch, batch_idx = extra["data"]["epoch"], extra["data"]["batch"]
                     final_logs, bad_run = extra.get("final_logs", {}), 0
-                    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                        group["lr"] = base * lr_factor(scheduler.last_epoch, cfg) * lr_scale[0]
+                    if cfg.lr_schedule == "onecycle":
+                        _rescale_onecycle(optimizer, lr_scale[0] / extra.get("lr_scale", 1.0))
+                    else:
+                        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                            group["lr"] = base * lr_factor(scheduler.last_epoch, cfg) * lr_scale[0]
                     runlog.rewind(step, history_file)
                     del batches  # restart the data order at the checkpoint's position
                     sampler.start_epoch, sampler.start_batch = epoch, batch_idx
