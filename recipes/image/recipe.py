@@ -1,5 +1,5 @@
-"""The image recipe: train VQ-VAE -> encode -> train Gated PixelCNN prior -> sample -> evaluate
--> report.
+"""The image recipe: train VQ-VAE -> encode -> train Gated PixelCNN prior -> sample -> train the
+sample-quality classifier -> evaluate -> report.
 
 Run it with ``vqkit run image [--preset builtin|cifar10|folder] [--set key=value ...]``; the
 presets beside this file are small YAML files over the defaults of :class:`ImageRecipeConfig`.
@@ -8,6 +8,7 @@ presets beside this file are small YAML files over the defaults of :class:`Image
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from vqkit.config import builder_kwargs
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
 from vqkit.metrics import LN2, data_variance, psnr
+from vqkit.metrics.samples import classify, frechet_distance, train_image_classifier
 from vqkit.models import gated_pixelcnn, to_data, to_model, vqvae_image
 from vqkit.pipeline import (
     Run,
@@ -76,6 +78,19 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Sample quality: a small CNN trained on the real training images scores real test images,
+    their reconstructions and ``samples`` prior samples (vqkit.metrics.samples)."""
+
+    classifier_steps: int = 300
+    classifier_batch_size: int = 64
+    classifier_channels: int = 16
+    classifier_seed: int = 0
+    samples: int = 500  # prior samples scored (class-conditional: the same number per class)
+    sample_seed: int = 1  # their seed (the grid of samples.png uses sample.seed)
+
+
+@dataclass
 class ImageRecipeConfig:
     modality: str = "image"
     data: DataConfig = field(default_factory=DataConfig)
@@ -86,7 +101,11 @@ class ImageRecipeConfig:
         default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3)
     )
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     eval_batch_size: int = 256
+    # torch intra-op threads (None: torch's default); 1 is often faster on a CPU shared with
+    # other jobs.
+    threads: int | None = None
 
 
 CONFIG = ImageRecipeConfig
@@ -197,17 +216,95 @@ def draw_samples(
     *,
     temperature: float | None = None,
     seed: int | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Decoded prior samples in [0, 1] and the number per row (one row per class)."""
+    per_class: int | None = None,
+    count: int | None = None,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Decoded prior samples in [0, 1] (decoded ``batch_size`` at a time), the class each was
+    drawn for (None: unconditional prior) and the number per row (one row per class).
+    ``per_class`` and ``count`` default to ``cfg``'s."""
     temp, gen = sampling(cfg, temperature, seed, device)
+    y = None
     if prior.num_classes:
-        y = torch.arange(prior.num_classes, device=device).repeat_interleave(cfg.per_class)
+        per_row = per_class or cfg.per_class
+        y = torch.arange(prior.num_classes, device=device).repeat_interleave(per_row)
         codes = prior.sample((len(y), *latent), y=y, temperature=temp, generator=gen, device=device)
-        per_row = cfg.per_class
     else:
-        codes = prior.sample((cfg.count, *latent), temperature=temp, generator=gen, device=device)
         per_row = 8
-    return to_data(vqvae.decode(codes)).cpu(), per_row
+        shape = (count or cfg.count, *latent)
+        codes = prior.sample(shape, temperature=temp, generator=gen, device=device)
+    images = torch.cat([to_data(vqvae.decode(c)).cpu() for c in codes.split(batch_size)])
+    return images, None if y is None else y.cpu(), per_row
+
+
+@torch.no_grad()
+def sampling_seconds(prior, latent: tuple[int, ...], device, count: int = 16) -> float:
+    """Seconds to sample ``count`` code grids (class 0 for a class-conditional prior)."""
+    y = torch.zeros(count, dtype=torch.long, device=device) if prior.num_classes else None
+    gen = torch.Generator(device=device).manual_seed(0)
+    t = time.perf_counter()
+    prior.sample((count, *latent), y=y, generator=gen, device=device)
+    return time.perf_counter() - t
+
+
+def train_classifier(run: Run, train_set: Dataset, classes: int):
+    """The sample-quality classifier, trained on the real training images."""
+    e = run.cfg.eval
+    return train_image_classifier(
+        train_set,
+        num_classes=classes,
+        steps=e.classifier_steps,
+        batch_size=e.classifier_batch_size,
+        channels=e.classifier_channels,
+        seed=e.classifier_seed,
+        device=run.device,
+    )
+
+
+def sample_quality(clf, real, labels, recons, samples, sample_labels) -> dict:
+    """The classifier's accuracy on real test images, their reconstructions and the samples
+    (against the class each was drawn for), and Frechet distances in its feature space from the
+    real test images to the samples (and, for scale, to the reconstructions)."""
+    real_pred, real_feat = classify(clf, real)
+    recon_pred, recon_feat = classify(clf, recons)
+    sample_pred, sample_feat = classify(clf, samples)
+    out = {
+        "classifier_real_accuracy": float((real_pred == labels).float().mean()),
+        "classifier_recon_accuracy": float((recon_pred == labels).float().mean()),
+    }
+    if sample_labels is None:
+        na = "n/a: unconditional prior (no class to match)"
+        out.update(classifier_sample_accuracy=na, sample_over_recon_accuracy=na)
+    else:
+        acc = float((sample_pred == sample_labels).float().mean())
+        out["classifier_sample_accuracy"] = acc
+        recon_acc = out["classifier_recon_accuracy"]
+        out["sample_over_recon_accuracy"] = (
+            acc / recon_acc if recon_acc else "n/a: no reconstruction classified right"
+        )
+    out["classifier_frechet"] = frechet_distance(real_feat, sample_feat)
+    out["classifier_frechet_recon"] = frechet_distance(real_feat, recon_feat)
+    out["classifier_scored_samples"] = len(samples)
+    return out
+
+
+def quality_caption(m: dict) -> str:
+    """The sample-quality figures, in words, for the report beside the sample grid."""
+    acc, ratio = m["classifier_sample_accuracy"], m["sample_over_recon_accuracy"]
+    said = (
+        f"{acc:.1%} of {m['classifier_scored_samples']} samples are classified as the class they "
+        f"were drawn for"
+        + (f" ({ratio:.2f}x the reconstructions')" if isinstance(ratio, float) else "")
+        if isinstance(acc, float)
+        else "sample class accuracy: not defined for an unconditional prior"
+    )
+    return (
+        f"A classifier trained on the real training images: {m['classifier_real_accuracy']:.1%} "
+        f"on real test images, {m['classifier_recon_accuracy']:.1%} on their reconstructions; "
+        f"{said}. Frechet distance in its feature space (not Inception FID) from real test "
+        f"images: samples {m['classifier_frechet']:.3g}, reconstructions "
+        f"{m['classifier_frechet_recon']:.3g}."
+    )
 
 
 @torch.no_grad()
@@ -224,7 +321,8 @@ def fit_sigma(vqvae, train_set: Dataset, batch_size: int, device) -> None:
 
 @torch.no_grad()
 def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device):
-    """Test reconstruction, bits/dim, codebook health and prior NLL."""
+    """Test reconstruction, bits/dim, codebook health and prior NLL; also the test images and
+    their reconstructions in [0, 1] (on the CPU)."""
     vqvae.eval()
     prior.eval()
     likelihood = vqvae.likelihood
@@ -232,7 +330,9 @@ def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, 
     count = dims = 0
     offset = 0
     conditional = bool(prior.num_classes)
+    images, recons = [], []
     for x, _ in loader(test_set, cfg.eval_batch_size):
+        images.append(x)
         x = to_model(x.to(device))
         b = x.shape[0]
         codes = codes_test[offset : offset + b].to(device)
@@ -240,6 +340,7 @@ def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, 
         offset += b
         params = vqvae.decode_params(codes)
         recon = likelihood.mean(params)
+        recons.append(to_data(recon).clamp(0, 1).cpu())
         sq_err += F.mse_loss(recon, x, reduction="sum").item()
         psnr_sum += psnr(to_data(recon), to_data(x), reduction="none").sum().item()
         recon_bits += likelihood.nll_bits_per_dim(params, x).sum().item()
@@ -250,17 +351,21 @@ def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, 
     latents = codes_test[0].numel()
     codebook, hist = codebook_metrics(codes_train, codes_test, vqvae.quantizer.num_codes)
     mse = sq_err / (count * dims)
-    return {
-        "test_mse": mse,
-        "test_psnr": psnr_sum / count,
-        "data_variance": variance,
-        "test_mse_over_variance": mse / variance,
-        "bits_per_dim": recon_bits / count + prior_bits / count * latents / dims,
-        "recon_bits_per_dim": recon_bits / count,
-        "prior_bits_per_code": prior_bits / count,
-        **codebook,
-        "latent_shape": list(codes_test.shape[1:]),
-    }, hist
+    return (
+        {
+            "test_mse": mse,
+            "test_psnr": psnr_sum / count,
+            "data_variance": variance,
+            "test_mse_over_variance": mse / variance,
+            "bits_per_dim": recon_bits / count + prior_bits / count * latents / dims,
+            "recon_bits_per_dim": recon_bits / count,
+            "prior_bits_per_code": prior_bits / count,
+            **codebook,
+            "latent_shape": list(codes_test.shape[1:]),
+        },
+        hist,
+        (torch.cat(images), torch.cat(recons)),
+    )
 
 
 def run(
@@ -291,19 +396,42 @@ def run(
     if not run.main:  # sampling, evaluation and the report are rank 0's
         return {}
 
+    latent = tuple(codes_test.shape[1:])
     with run.stage("sample"):
-        samples, per_row = draw_samples(
-            vqvae, prior, cfg.sample, tuple(codes_test.shape[1:]), device
+        t = time.perf_counter()
+        grid, _, per_row = draw_samples(vqvae, prior, cfg.sample, latent, device)
+        grid_s = time.perf_counter() - t
+        save_image(upscale(grid), run_dir / "samples.png", nrow=per_row, padding=2)
+        # The scored samples: as many per class as fit in eval.samples.
+        scored, scored_y, _ = draw_samples(
+            vqvae,
+            prior,
+            cfg.sample,
+            latent,
+            device,
+            seed=cfg.eval.sample_seed,
+            per_class=max(cfg.eval.samples // classes, 1),
+            count=cfg.eval.samples,
+            batch_size=cfg.eval_batch_size,
         )
-        save_image(upscale(samples), run_dir / "samples.png", nrow=per_row, padding=2)
+        timing = {
+            "sample_grid_s": grid_s,
+            "sample_grid_count": len(grid),
+            "sample_16_s": sampling_seconds(prior, latent, device),
+        }
+
+    with run.stage("classifier"):
+        clf = train_classifier(run, train_set, classes)
 
     with run.stage("eval"):
         if hasattr(vqvae.likelihood, "sigma"):
             fit_sigma(vqvae, train_set, cfg.eval_batch_size, device)
             rewrite_weights(run_dir / "vqvae" / "ckpt", vqvae)  # the weights carry sigma
-        metrics, hist = evaluate(
+        metrics, hist, (real, recons) = evaluate(
             vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device
         )
+        metrics.update(sample_quality(clf, real, labels_test, recons, scored, scored_y))
+        metrics.update(timing)
         originals = torch.stack([test_set[i][0] for i in range(min(16, len(test_set)))])
         save_pairs(originals, reconstruct_images(vqvae, originals), run_dir / "reconstructions.png")
 
@@ -314,7 +442,7 @@ def run(
         "Reconstructions",
     )
     caption = "Prior samples, one row per class" if prior.num_classes else "Prior samples"
-    run.media("image", "samples.png", caption, "Samples")
+    run.media("image", "samples.png", f"{caption}. {quality_caption(metrics)}", "Samples")
     return run.finish(metrics, code_usage=hist)
 
 
@@ -334,7 +462,7 @@ def sample(
     dev, (vqvae, prior) = load_stages(run_dir, device, "vqvae", "prior")
     side = cfg.data.image_size
     latent = tuple(side // f for f in vqvae.factor)
-    images, per_row = draw_samples(
+    images, _, per_row = draw_samples(
         vqvae, prior, cfg.sample, latent, dev, temperature=temperature, seed=seed
     )
     out = out or run_dir / "samples_new.png"

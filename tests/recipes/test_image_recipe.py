@@ -22,7 +22,8 @@ TINY = [
     "vqvae_train.steps=6", "vqvae_train.ckpt_every=3", "vqvae_train.batch_size=8",
     "vqvae_train.log_every=2", "prior.channels=8", "prior.num_layers=2",
     "prior_train.steps=4", "prior_train.batch_size=8", "prior_train.log_every=2",
-    "sample.per_class=2", "eval_batch_size=64",
+    "sample.per_class=2", "eval_batch_size=64", "eval.classifier_steps=3",
+    "eval.classifier_channels=4", "eval.samples=20",
 ]
 BUILTIN_TINY = [*TINY, "data.train_size=64", "data.test_size=16"]
 
@@ -65,6 +66,36 @@ def test_run_writes_every_output(tiny_run):
     # bits/dim = reconstruction bits/dim + prior bits of the 8x8 codes spread over 3x32x32 dims.
     assert metrics["bits_per_dim"] == pytest.approx(
         metrics["recon_bits_per_dim"] + metrics["prior_bits_per_code"] * 64 / 3072)
+
+
+def test_sample_quality_is_in_metrics_and_beside_the_sample_grid(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("classifier_real_accuracy", "classifier_recon_accuracy",
+                "classifier_sample_accuracy"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["classifier_scored_samples"] == 20  # eval.samples, 2 per class
+    if metrics["classifier_recon_accuracy"] > 0:
+        assert metrics["sample_over_recon_accuracy"] == pytest.approx(
+            metrics["classifier_sample_accuracy"] / metrics["classifier_recon_accuracy"])
+    assert metrics["classifier_frechet"] > 0 and metrics["classifier_frechet_recon"] >= 0
+    assert metrics["sample_16_s"] > 0 and metrics["sample_grid_count"] == 20
+    assert metrics["time_classifier_s"] > 0
+    media = json.loads((tiny_run / "media.json").read_text())
+    caption = next(m["title"] for m in media if m["path"] == "samples.png")
+    assert f"{metrics['classifier_sample_accuracy']:.1%} of 20 samples" in caption
+    assert "not Inception FID" in caption
+
+
+def test_unconditional_prior_reports_the_frechet_distance_alone(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "uncond"
+    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
+                   *sets([*BUILTIN_TINY, "prior.class_conditional=false", "sample.count=4"])) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classifier_sample_accuracy"].startswith("n/a: unconditional")
+    assert metrics["classifier_frechet"] > 0 and metrics["classifier_scored_samples"] == 20
+    page = (out / "report.html").read_text()
+    assert "not defined for an unconditional prior" in page
 
 
 def test_sample_grid_has_one_row_per_class(tiny_run):
