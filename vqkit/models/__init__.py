@@ -9,6 +9,7 @@ from vqkit.models.likelihood import (
     to_data,
     to_model,
 )
+from vqkit.models.maskgit import MaskGIT, mask_schedule, maskgit
 from vqkit.models.mel_decoder import MelDecoder
 from vqkit.models.pixelcnn import GatedPixelCNN, gated_pixelcnn
 from vqkit.models.registry import BUILDERS, build_model, register
@@ -35,6 +36,7 @@ __all__ = [
     "GatedPixelCNN",
     "GaussianLikelihood",
     "GriffinLimVocoder",
+    "MaskGIT",
     "MelDecoder",
     "MelUpsampler",
     "WaveNetVocoder",
@@ -47,6 +49,8 @@ __all__ = [
     "build_likelihood",
     "build_model",
     "gated_pixelcnn",
+    "mask_schedule",
+    "maskgit",
     "griffinlim",
     "register",
     "to_data",

@@ -115,6 +115,8 @@ class GatedPixelCNN(nn.Module):
         num_classes: If set, the model is class-conditional and every call needs labels y (B,).
     """
 
+    has_likelihood = True  # exact: nll_bits
+
     def __init__(
         self,
         num_codes: int,

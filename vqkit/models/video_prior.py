@@ -131,6 +131,8 @@ class VideoPrior(nn.Module):
         codes ``(B, T', H', W')`` int64 -> logits ``(B, K, T', H', W')``.
     """
 
+    has_likelihood = True  # exact: nll_bits
+
     def __init__(
         self,
         num_codes: int,

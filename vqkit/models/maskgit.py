@@ -1,0 +1,445 @@
+"""MaskGIT: a bidirectional transformer prior over code grids, sampled in a few parallel steps.
+
+"MaskGIT: Masked Generative Image Transformer", Chang et al. 2022, https://arxiv.org/abs/2202.04200.
+
+The code grid (a 2D map ``(H, W)`` or a 3D volume ``(T, H, W)``: any rank, one code path) is
+flattened in raster order and every position sees every other one. Training hides a random
+fraction of the codes behind a [MASK] token (index ``num_codes``), the fraction drawn from the
+cosine schedule, and predicts the hidden ones. Sampling starts from an all-[MASK] grid and takes
+``steps`` passes: each predicts every masked position, draws a code for each, keeps the most
+confident draws and re-masks the rest, so that the share still masked follows the same
+schedule and reaches zero after the last pass. A kept code never changes; positions given as
+``known`` (e.g. the codes of context frames) are kept from the start.
+
+MaskGIT has no exact likelihood (the order in which codes are revealed is itself random), so
+it has no ``nll_bits``: :attr:`MaskGIT.has_likelihood` is False.
+
+Example:
+    >>> prior = maskgit(num_codes=256, grid=(8, 8), num_classes=10, dim=64, layers=2, heads=4)
+    >>> codes = torch.randint(0, 256, (4, 8, 8))
+    >>> prior.loss(codes, y=torch.arange(4)).shape
+    torch.Size([])
+    >>> prior.sample((2, 8, 8), y=torch.tensor([3, 7]), steps=8).shape
+    torch.Size([2, 8, 8])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqkit.models.registry import register
+from vqkit.models.wavenet import sample_logits
+
+
+def mask_schedule(t: Tensor | float) -> Tensor | float:
+    """Cosine schedule: the fraction of positions still masked at progress ``t`` in [0, 1].
+
+    ``t = s / N`` after step ``s`` of ``N`` (1 at the start, 0 at the end, decreasing); training
+    draws its masking ratio as ``mask_schedule(u)`` with ``u ~ U(0, 1)``.
+    """
+    # cos(pi / 2) is 6e-17 in floating point: the end is made exactly 0.
+    if isinstance(t, Tensor):
+        return torch.cos(t * (math.pi / 2)).masked_fill(t >= 1, 0.0)
+    return 0.0 if t >= 1 else math.cos(t * math.pi / 2)
+
+
+def _int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _is_int_tensor(t) -> bool:
+    return isinstance(t, Tensor) and t.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
+class MaskGIT(nn.Module):
+    """Masked-token prior over a fixed code grid, optionally class- and step-conditioned.
+
+    Args:
+        num_codes: Codebook size K; codes are integers in ``[0, K)``, ``K`` is [MASK].
+        grid: The code grid it models, e.g. ``(H, W)`` or ``(T, H, W)`` (learned positions, so
+            fixed).
+        num_classes: Classes for class conditioning (an embedding added to every position);
+            0 or None: unconditional.
+        num_conds: If set, every call takes ``cond`` ``(B, grid[0], S)`` (or ``(B, grid[0])``
+            when S = 1) in ``[0, num_conds)``: conditions per index of the leading axis, e.g.
+            one action per time step of a code volume, added to the positions of that index.
+        cond_per_step: S, condition tokens per leading index (each with its own table).
+        dim, layers, heads, mlp_ratio, dropout: The pre-norm transformer.
+        steps: Default number of sampling steps.
+        noise: Scale of the Gumbel noise added to the confidences while sampling, annealed as
+            ``noise * temperature * (1 - s / steps)``; 0 keeps the plain confidences.
+
+    Shape:
+        tokens ``(B, *grid)`` in ``[0, K]`` -> logits ``(B, K, *grid)``.
+    """
+
+    has_likelihood = False
+
+    def __init__(
+        self,
+        num_codes: int,
+        grid: Sequence[int],
+        *,
+        num_classes: int | None = 0,
+        num_conds: int | None = None,
+        cond_per_step: int = 1,
+        dim: int = 128,
+        layers: int = 4,
+        heads: int = 4,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        steps: int = 10,
+        noise: float = 1.0,
+    ) -> None:
+        super().__init__()
+        grid = tuple(grid) if isinstance(grid, Sequence) else grid
+        if (
+            not isinstance(grid, tuple)
+            or not grid
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)
+        ):
+            raise ValueError(f"grid must be a list of positive ints, e.g. [8, 8], got {grid!r}")
+        _int("num_codes", num_codes, 2)
+        num_classes = 0 if num_classes is None else num_classes
+        _int("num_classes", num_classes, 0)
+        if num_conds is not None:
+            _int("num_conds", num_conds, 1)
+        for name, value, low in (
+            ("cond_per_step", cond_per_step, 1),
+            ("dim", dim, 1),
+            ("layers", layers, 1),
+            ("heads", heads, 1),
+            ("mlp_ratio", mlp_ratio, 1),
+            ("steps", steps, 1),
+        ):
+            _int(name, value, low)
+        if dim % heads:
+            raise ValueError(f"heads={heads} must divide dim={dim}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if not isinstance(noise, (int, float)) or not noise >= 0 or not math.isfinite(noise):
+            raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+        self.num_codes = num_codes
+        self.mask_token = num_codes
+        self.grid = grid
+        self.length = math.prod(grid)  # N, positions of the flattened grid
+        self.num_classes = num_classes
+        self.num_conds = num_conds
+        self.cond_per_step = cond_per_step
+        self.steps = steps
+        self.noise = float(noise)
+
+        self.tok = nn.Embedding(num_codes + 1, dim)  # + [MASK]
+        self.pos = nn.Embedding(self.length, dim)
+        self.cls = nn.Embedding(num_classes, dim) if num_classes else None
+        self.cond = nn.Embedding(cond_per_step * num_conds, dim) if num_conds else None
+        layer = nn.TransformerEncoderLayer(
+            dim,
+            heads,
+            mlp_ratio * dim,
+            dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
+        )
+        self.head = nn.Linear(dim, num_codes)
+        self.apply(self._init)
+        # The leading-axis index of every flattened position (where its condition applies).
+        self.register_buffer(
+            "lead_of", torch.arange(self.length) // (self.length // grid[0]), persistent=False
+        )
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            nn.init.trunc_normal_(module.in_proj_weight, std=0.02, a=-0.04, b=0.04)
+            nn.init.zeros_(module.in_proj_bias)
+
+    # ---------------------------------------------------------------- validation
+
+    def _grid_text(self) -> str:
+        return ", ".join(map(str, self.grid))
+
+    def _check_tokens(self, codes, name: str = "codes", *, allow_mask: bool = False) -> None:
+        high = self.num_codes + 1 if allow_mask else self.num_codes
+        if not _is_int_tensor(codes):
+            raise ValueError(f"{name} must be an int64 tensor (B, {self._grid_text()})")
+        if tuple(codes.shape[1:]) != self.grid or codes.dim() != len(self.grid) + 1:
+            raise ValueError(
+                f"{name} must have shape (B, {self._grid_text()}) for this prior, got "
+                f"{tuple(codes.shape)}"
+            )
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= high):
+            raise ValueError(
+                f"{name} must lie in [0, {high}), got values in "
+                f"[{int(codes.min())}, {int(codes.max())}]"
+            )
+
+    def _check_labels(self, y, batch: int) -> None:
+        if not self.num_classes:
+            if y is not None:
+                raise ValueError("y was given but the prior is unconditional (num_classes=0)")
+            return
+        if y is None:
+            raise ValueError(f"the prior is class-conditional: pass labels y of shape ({batch},)")
+        if not _is_int_tensor(y) or tuple(y.shape) != (batch,):
+            raise ValueError(
+                f"y must be an integer tensor of shape ({batch},), got {getattr(y, 'shape', y)!r}"
+            )
+        if batch and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(
+                f"y must lie in [0, {self.num_classes}), got values in "
+                f"[{int(y.min())}, {int(y.max())}]"
+            )
+
+    def _check_cond(self, cond, batch: int) -> Tensor | None:
+        """Validated conditions as ``(B, grid[0], S)``, or None."""
+        want = (batch, self.grid[0], self.cond_per_step)
+        if self.num_conds is None:
+            if cond is not None:
+                raise ValueError("cond was given but the prior is unconditional (num_conds=None)")
+            return None
+        if cond is None:
+            raise ValueError(f"the prior is conditional: pass cond of shape {want}")
+        if _is_int_tensor(cond) and self.cond_per_step == 1 and cond.dim() == 2:
+            cond = cond[..., None]
+        if not _is_int_tensor(cond) or tuple(cond.shape) != want:
+            raise ValueError(
+                f"cond must be an integer tensor of shape {want} (batch, leading grid axis, "
+                f"tokens per index), got {getattr(cond, 'shape', cond)!r}"
+            )
+        if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= self.num_conds):
+            raise ValueError(
+                f"cond must lie in [0, {self.num_conds}), got values in "
+                f"[{int(cond.min())}, {int(cond.max())}]"
+            )
+        return cond.long()
+
+    # ---------------------------------------------------------------- the network
+
+    def _logits(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
+        """Flat tokens ``(B, N)`` in ``[0, K]`` -> logits ``(B, N, K)`` (inputs validated)."""
+        h = self.tok(tokens) + self.pos.weight  # (B, N, dim)
+        if self.cls is not None:
+            h = h + self.cls(y.long())[:, None]
+        if self.cond is not None:
+            offsets = torch.arange(self.cond_per_step, device=cond.device) * self.num_conds
+            per_index = self.cond(cond + offsets).sum(dim=2)  # (B, grid[0], dim)
+            h = h + per_index[:, self.lead_of]
+        return self.head(self.encoder(h))
+
+    def forward(self, tokens: Tensor, y: Tensor | None = None, cond: Tensor | None = None):
+        """Logits of every position given the visible ones.
+
+        Args:
+            tokens: ``(B, *grid)`` codes in ``[0, K)``, with ``K`` ([MASK]) where hidden.
+            y: Class labels ``(B,)`` iff the prior is class-conditional.
+            cond: ``(B, grid[0], S)`` conditions iff ``num_conds`` is set.
+
+        Returns:
+            Logits ``(B, K, *grid)``.
+        """
+        self._check_tokens(tokens, "tokens", allow_mask=True)
+        self._check_labels(y, tokens.shape[0])
+        cond = self._check_cond(cond, tokens.shape[0])
+        logits = self._logits(tokens.flatten(1).long(), y, cond)  # (B, N, K)
+        return logits.transpose(1, 2).reshape(tokens.shape[0], self.num_codes, *self.grid)
+
+    def loss(self, codes: Tensor, y: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        """Masked-token cross-entropy in nats (scalar), over the masked positions only.
+
+        Each item hides ``ceil(mask_schedule(u) * N)`` (at least 1) random positions, ``u ~
+        U(0, 1)``; the draws use torch's default generator, so seeding makes training
+        reproducible.
+        """
+        self._check_tokens(codes)
+        batch = codes.shape[0]
+        self._check_labels(y, batch)
+        cond = self._check_cond(cond, batch)
+        flat = codes.flatten(1).long()  # (B, N)
+        ratio = mask_schedule(torch.rand(batch, device=flat.device))
+        hidden = torch.ceil(ratio * self.length).long().clamp(1, self.length)  # (B,)
+        ranks = torch.rand(flat.shape, device=flat.device).argsort(1).argsort(1)
+        mask = ranks < hidden[:, None]  # (B, N): a uniformly random set of `hidden` positions
+        logits = self._logits(flat.masked_fill(mask, self.mask_token), y, cond)
+        return F.cross_entropy(logits[mask], flat[mask])
+
+    # ---------------------------------------------------------------- sampling
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        shape: int | Sequence[int],
+        *,
+        y: Tensor | int | None = None,
+        cond: Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        steps: int | None = None,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
+        return_trace: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Draw code grids in ``steps`` parallel passes.
+
+        Args:
+            shape: ``(n, *grid)``, or the number of samples n.
+            y: Labels ``(n,)`` or one int for all, iff the prior is class-conditional.
+            cond: ``(n, grid[0], S)`` conditions iff ``num_conds`` is set.
+            temperature: Divides the logits; 0 takes the argmax (and adds no Gumbel noise).
+            generator: Random generator on ``device``, for reproducible samples.
+            device: Where to sample; defaults to the model's device.
+            steps: Passes (default: the model's ``steps``).
+            known: ``(n, *grid)`` codes kept verbatim where ``known_mask`` is True.
+            known_mask: Bool ``(n, *grid)`` or ``grid``, True at the known positions.
+            return_trace: Also return the tokens after each step, ``(steps, n, *grid)``, with
+                ``num_codes`` at the positions still masked.
+
+        Returns:
+            Codes ``(n, *grid)`` int64 in ``[0, K)`` (and the trace).
+        """
+        n = self._sample_batch(shape)
+        steps = self.steps if steps is None else steps
+        _int("steps", steps, 1)
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        device = torch.device(device) if device is not None else self.tok.weight.device
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but sampling runs on {device}; "
+                f"create it with torch.Generator(device={str(device)!r})"
+            )
+        if isinstance(y, int) and not isinstance(y, bool):
+            y = torch.full((n,), y, dtype=torch.long, device=device)
+        self._check_labels(y, n)
+        cond = self._check_cond(cond, n)
+        y = y.to(device) if y is not None else None
+        cond = cond.to(device) if cond is not None else None
+
+        tokens = torch.full((n, self.length), self.mask_token, dtype=torch.long, device=device)
+        if (known is None) != (known_mask is None):
+            raise ValueError("pass known and known_mask together (codes, and where they apply)")
+        if known is not None:
+            given = self._known_mask(known_mask, n).to(device)
+            self._check_tokens(known, "known", allow_mask=True)
+            flat_known = known.to(device).flatten(1).long()
+            if given.any() and int(flat_known[given].max()) >= self.num_codes:
+                raise ValueError(f"known codes must lie in [0, {self.num_codes}) where known")
+            tokens = torch.where(given, flat_known, tokens)
+        masked = tokens == self.mask_token  # (n, N)
+        total = masked.sum(1)  # codes to draw per item
+        trace = []
+        for s in range(1, steps + 1):
+            if masked.any():
+                tokens, masked = self._step(
+                    tokens, masked, total, s, steps, y, cond, temperature, generator
+                )
+            trace.append(tokens.view(n, *self.grid).clone())
+        codes = tokens.view(n, *self.grid).clone()  # an ordinary tensor, usable with autograd
+        return (codes, torch.stack(trace).clone()) if return_trace else codes
+
+    def _step(self, tokens, masked, total, s, steps, y, cond, temperature, generator):
+        """One pass: draw every masked position, keep the most confident, re-mask the rest."""
+        logits = self._logits(tokens, y, cond)[masked]  # (M, K) for the masked positions
+        picked = sample_logits(logits, temperature, generator)  # (M,)
+        scaled = logits.float() / temperature if temperature > 0 else logits.float()
+        confidence = scaled.log_softmax(-1).gather(1, picked[:, None]).squeeze(1)  # log p
+        anneal = self.noise * temperature * (1 - s / steps)
+        if anneal > 0:
+            u = torch.rand(confidence.shape, generator=generator, device=confidence.device)
+            confidence = confidence + anneal * -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+        # Kept and known positions never return to [MASK]: they rank above every draw.
+        conf = torch.full(tokens.shape, math.inf, device=tokens.device)
+        conf[masked] = confidence
+        drawn = tokens.clone()
+        drawn[masked] = picked
+        if s < steps:
+            # The share still masked follows the schedule, and each step keeps at least one.
+            still = torch.floor(mask_schedule(s / steps) * total.double()).long()
+            still = torch.minimum(still, masked.sum(1) - 1).clamp(min=0)
+        else:
+            still = torch.zeros_like(total)
+        ranks = conf.argsort(dim=1, stable=True).argsort(dim=1)
+        remask = ranks < still[:, None]  # the `still` least confident draws
+        return drawn.masked_fill(remask, self.mask_token), remask
+
+    def _sample_batch(self, shape) -> int:
+        if isinstance(shape, int) and not isinstance(shape, bool):
+            dims = (shape, *self.grid)
+        else:
+            dims = tuple(shape)
+        if (
+            len(dims) != len(self.grid) + 1
+            or tuple(dims[1:]) != self.grid
+            or not (isinstance(dims[0], int) and dims[0] >= 1)
+        ):
+            raise ValueError(
+                f"sample shape must be (n, {self._grid_text()}) for this prior, got {dims!r}"
+            )
+        return dims[0]
+
+    def _known_mask(self, known_mask, n: int) -> Tensor:
+        if not isinstance(known_mask, Tensor) or known_mask.dtype != torch.bool:
+            raise ValueError(f"known_mask must be a bool tensor (n, {self._grid_text()})")
+        if tuple(known_mask.shape) == self.grid:
+            known_mask = known_mask.expand(n, *self.grid)
+        if tuple(known_mask.shape) != (n, *self.grid):
+            raise ValueError(
+                f"known_mask must have shape ({n}, {self._grid_text()}) or "
+                f"({self._grid_text()}), got {tuple(known_mask.shape)}"
+            )
+        return known_mask.reshape(n, -1)
+
+
+@register("maskgit")
+def maskgit(
+    *,
+    num_codes: int,
+    grid: Sequence[int],
+    num_classes: int | None = 0,
+    num_conds: int | None = None,
+    cond_per_step: int = 1,
+    dim: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    mlp_ratio: int = 4,
+    dropout: float = 0.0,
+    steps: int = 10,
+    noise: float = 1.0,
+) -> MaskGIT:
+    """Build a :class:`MaskGIT`; `register` records every argument in ``model.config``.
+
+    Example:
+        >>> prior = maskgit(num_codes=256, grid=(4, 8, 8), num_conds=5)  # a code volume
+        >>> cond = torch.zeros(2, 4, dtype=torch.long)  # one action per time step
+        >>> prior.sample(2, cond=cond, temperature=0).shape
+        torch.Size([2, 4, 8, 8])
+    """
+    return MaskGIT(
+        num_codes,
+        grid,
+        num_classes=num_classes,
+        num_conds=num_conds,
+        cond_per_step=cond_per_step,
+        dim=dim,
+        layers=layers,
+        heads=heads,
+        mlp_ratio=mlp_ratio,
+        dropout=dropout,
+        steps=steps,
+        noise=noise,
+    )
