@@ -1,5 +1,5 @@
-"""The image recipe: train VQ-VAE -> encode -> train Gated PixelCNN prior -> sample -> train the
-sample-quality classifier -> evaluate -> report.
+"""The image recipe: train VQ-VAE -> encode -> train the prior over codes (Gated PixelCNN or
+MaskGIT, ``prior.kind``) -> sample -> train the sample-quality classifier -> evaluate -> report.
 
 Run it with ``vqkit run image [--preset builtin|cifar10|folder] [--set key=value ...]``; the
 presets beside this file are small YAML files over the defaults of :class:`ImageRecipeConfig`.
@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,12 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from vqkit.config import builder_kwargs
+from vqkit.config import ConfigError, builder_kwargs
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
+from vqkit.errors import InputError
 from vqkit.metrics import LN2, data_variance, psnr
 from vqkit.metrics.samples import classify, frechet_distance, train_image_classifier
-from vqkit.models import gated_pixelcnn, to_data, to_model, vqvae_image
+from vqkit.models import gated_pixelcnn, maskgit, to_data, to_model, vqvae_image
 from vqkit.pipeline import (
     Run,
     codebook_metrics,
@@ -61,11 +63,21 @@ VQVAEConfig = model_section(
     # its meaning whatever the scale of the data.
     extra={"normalize_by_variance": (bool, True)},
 )
+# ``prior``: which prior (``kind``), whether it takes the class, and the Gated PixelCNN's
+# arguments; ``maskgit``: the MaskGIT's (used when prior.kind is maskgit).
 PriorConfig = model_section(
     "PriorConfig",
     gated_pixelcnn,
     skip=("num_codes", "num_classes"),
-    extra={"class_conditional": (bool, True)},
+    extra={
+        "kind": (Literal["pixelcnn", "maskgit"], "pixelcnn"),
+        "class_conditional": (bool, True),
+    },
+)
+MaskGITConfig = model_section(
+    "MaskGITConfig",
+    maskgit,
+    skip=("num_codes", "grid", "num_classes", "num_conds", "cond_per_step"),
 )
 
 
@@ -75,6 +87,7 @@ class SampleConfig:
     count: int = 64  # unconditional
     temperature: float = 1.0
     seed: int = 0
+    steps: int | None = None  # MaskGIT's sampling passes (None: maskgit.steps)
 
 
 @dataclass
@@ -97,6 +110,7 @@ class ImageRecipeConfig:
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
     vqvae_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000))
     prior: PriorConfig = field(default_factory=PriorConfig)
+    maskgit: MaskGITConfig = field(default_factory=MaskGITConfig)
     prior_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3)
     )
@@ -106,6 +120,13 @@ class ImageRecipeConfig:
     # torch intra-op threads (None: torch's default); 1 is often faster on a CPU shared with
     # other jobs.
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sample.steps is not None and self.prior.kind != "maskgit":
+            raise ConfigError(
+                f"config key 'sample.steps' sets MaskGIT's sampling passes, but prior.kind is "
+                f"{self.prior.kind!r} (one code at a time): drop it or --set prior.kind=maskgit"
+            )
 
 
 CONFIG = ImageRecipeConfig
@@ -190,13 +211,22 @@ def train_vqvae(run: Run, train_set: Dataset, variance: float):
 def train_prior(run: Run, codes, labels, classes: int, num_codes: int):
     cfg = run.cfg
     conditional = cfg.prior.class_conditional
+    num_classes = classes if conditional else None
 
     def build():
-        return gated_pixelcnn(
-            num_codes=num_codes,
-            num_classes=classes if conditional else None,
-            **builder_kwargs(cfg.prior),
-        )
+        if cfg.prior.kind == "pixelcnn":
+            return gated_pixelcnn(
+                num_codes=num_codes, num_classes=num_classes, **builder_kwargs(cfg.prior)
+            )
+        try:
+            return maskgit(
+                num_codes=num_codes,
+                grid=list(codes.shape[1:]),
+                num_classes=num_classes,
+                **builder_kwargs(cfg.maskgit),
+            )
+        except ValueError as e:  # the builder's check names the argument
+            raise ConfigError(f"maskgit: {e} (change it with --set maskgit.<key>=<value>)") from e
 
     def step(prior, batch):
         c, y = batch
@@ -219,31 +249,46 @@ def draw_samples(
     per_class: int | None = None,
     count: int | None = None,
     batch_size: int = 256,
+    steps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Decoded prior samples in [0, 1] (decoded ``batch_size`` at a time), the class each was
     drawn for (None: unconditional prior) and the number per row (one row per class).
-    ``per_class`` and ``count`` default to ``cfg``'s."""
+    ``per_class``, ``count`` and ``steps`` (MaskGIT's passes) default to ``cfg``'s."""
     temp, gen = sampling(cfg, temperature, seed, device)
+    opts = dict(temperature=temp, generator=gen, device=device, **passes(prior, cfg, steps))
     y = None
     if prior.num_classes:
         per_row = per_class or cfg.per_class
         y = torch.arange(prior.num_classes, device=device).repeat_interleave(per_row)
-        codes = prior.sample((len(y), *latent), y=y, temperature=temp, generator=gen, device=device)
+        codes = prior.sample((len(y), *latent), y=y, **opts)
     else:
         per_row = 8
-        shape = (count or cfg.count, *latent)
-        codes = prior.sample(shape, temperature=temp, generator=gen, device=device)
+        codes = prior.sample((count or cfg.count, *latent), **opts)
     images = torch.cat([to_data(vqvae.decode(c)).cpu() for c in codes.split(batch_size)])
     return images, None if y is None else y.cpu(), per_row
 
 
+def passes(prior, cfg: SampleConfig, steps: int | None) -> dict:
+    """``sample()``'s ``steps`` for a MaskGIT prior (the command's, else ``sample.steps``, else
+    the prior's own); nothing for the Gated PixelCNN, which refuses a number of steps."""
+    steps = cfg.steps if steps is None else steps
+    if getattr(prior, "has_likelihood", True):  # autoregressive: one code at a time
+        if steps is not None:
+            raise InputError(
+                "--steps sets MaskGIT's sampling passes; this run's prior is a Gated PixelCNN, "
+                "which draws one code at a time: drop --steps"
+            )
+        return {}
+    return {} if steps is None else {"steps": steps}
+
+
 @torch.no_grad()
-def sampling_seconds(prior, latent: tuple[int, ...], device, count: int = 16) -> float:
+def sampling_seconds(prior, cfg: SampleConfig, latent, device, count: int = 16) -> float:
     """Seconds to sample ``count`` code grids (class 0 for a class-conditional prior)."""
     y = torch.zeros(count, dtype=torch.long, device=device) if prior.num_classes else None
     gen = torch.Generator(device=device).manual_seed(0)
     t = time.perf_counter()
-    prior.sample((count, *latent), y=y, generator=gen, device=device)
+    prior.sample((count, *latent), y=y, generator=gen, device=device, **passes(prior, cfg, None))
     return time.perf_counter() - t
 
 
@@ -321,8 +366,8 @@ def fit_sigma(vqvae, train_set: Dataset, batch_size: int, device) -> None:
 
 @torch.no_grad()
 def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device):
-    """Test reconstruction, bits/dim, codebook health and prior NLL; also the test images and
-    their reconstructions in [0, 1] (on the CPU)."""
+    """Test reconstruction, bits/dim, codebook health and prior NLL (not defined for MaskGIT);
+    also the test images and their reconstructions in [0, 1] (on the CPU)."""
     vqvae.eval()
     prior.eval()
     likelihood = vqvae.likelihood
@@ -330,6 +375,7 @@ def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, 
     count = dims = 0
     offset = 0
     conditional = bool(prior.num_classes)
+    exact = getattr(prior, "has_likelihood", True)
     images, recons = [], []
     for x, _ in loader(test_set, cfg.eval_batch_size):
         images.append(x)
@@ -344,22 +390,26 @@ def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, 
         sq_err += F.mse_loss(recon, x, reduction="sum").item()
         psnr_sum += psnr(to_data(recon), to_data(x), reduction="none").sum().item()
         recon_bits += likelihood.nll_bits_per_dim(params, x).sum().item()
-        per_code = prior.nll_bits(codes, y if conditional else None)  # (B,) bits per code
-        prior_bits += per_code.sum().item()
+        if exact:
+            per_code = prior.nll_bits(codes, y if conditional else None)  # (B,) bits per code
+            prior_bits += per_code.sum().item()
         count += b
         dims = x[0].numel()
     latents = codes_test[0].numel()
     codebook, hist = codebook_metrics(codes_train, codes_test, vqvae.quantizer.num_codes)
     mse = sq_err / (count * dims)
+    na = "n/a: MaskGIT has no exact likelihood"
     return (
         {
             "test_mse": mse,
             "test_psnr": psnr_sum / count,
             "data_variance": variance,
             "test_mse_over_variance": mse / variance,
-            "bits_per_dim": recon_bits / count + prior_bits / count * latents / dims,
+            "bits_per_dim": recon_bits / count + prior_bits / count * latents / dims
+            if exact
+            else na,
             "recon_bits_per_dim": recon_bits / count,
-            "prior_bits_per_code": prior_bits / count,
+            "prior_bits_per_code": prior_bits / count if exact else na,
             **codebook,
             "latent_shape": list(codes_test.shape[1:]),
         },
@@ -415,10 +465,13 @@ def run(
             batch_size=cfg.eval_batch_size,
         )
         timing = {
+            "prior_kind": cfg.prior.kind,
             "sample_grid_s": grid_s,
             "sample_grid_count": len(grid),
-            "sample_16_s": sampling_seconds(prior, latent, device),
+            "sample_16_s": sampling_seconds(prior, cfg.sample, latent, device),
         }
+        if not getattr(prior, "has_likelihood", True):
+            timing["sample_steps"] = cfg.sample.steps or prior.steps
 
     with run.stage("classifier"):
         clf = train_classifier(run, train_set, classes)
@@ -457,13 +510,15 @@ def sample(
     temperature: float | None,
     seed: int | None,
     device: str,
+    steps: int | None = None,
 ) -> Path:
-    """Draw new prior samples from a finished run and save them as a grid."""
+    """Draw new prior samples from a finished run and save them as a grid (``steps``: MaskGIT's
+    sampling passes; refused for the Gated PixelCNN)."""
     dev, (vqvae, prior) = load_stages(run_dir, device, "vqvae", "prior")
     side = cfg.data.image_size
     latent = tuple(side // f for f in vqvae.factor)
     images, _, per_row = draw_samples(
-        vqvae, prior, cfg.sample, latent, dev, temperature=temperature, seed=seed
+        vqvae, prior, cfg.sample, latent, dev, temperature=temperature, seed=seed, steps=steps
     )
     out = out or run_dir / "samples_new.png"
     save_image(upscale(images), out, nrow=per_row, padding=2)

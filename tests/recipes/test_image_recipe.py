@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -96,6 +97,54 @@ def test_unconditional_prior_reports_the_frechet_distance_alone(tmp_path):
     assert metrics["classifier_frechet"] > 0 and metrics["classifier_scored_samples"] == 20
     page = (out / "report.html").read_text()
     assert "not defined for an unconditional prior" in page
+
+
+MASKGIT_TINY = [*BUILTIN_TINY, "prior.kind=maskgit", "maskgit.dim=16", "maskgit.layers=1",
+                "maskgit.heads=2", "maskgit.steps=3"]
+
+
+@pytest.fixture(scope="module")
+def maskgit_run(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("runs") / "maskgit"
+    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
+                   *sets(MASKGIT_TINY)) == 0
+    return out
+
+
+def test_maskgit_prior_reports_no_likelihood_and_its_sampling(maskgit_run):
+    from vqkit.bundle import load_model
+
+    metrics = json.loads((maskgit_run / "metrics.json").read_text())
+    assert metrics["prior_kind"] == "maskgit" and metrics["sample_steps"] == 3
+    for key in ("prior_bits_per_code", "bits_per_dim"):
+        assert metrics[key] == "n/a: MaskGIT has no exact likelihood"
+    assert 0 <= metrics["classifier_sample_accuracy"] <= 1 and metrics["classifier_frechet"] > 0
+    assert metrics["sample_16_s"] > 0 and "unigram_bits_per_code" in metrics
+    prior = load_model(maskgit_run / "prior" / "ckpt")
+    assert prior.config["builder"] == "maskgit" and prior.grid == (8, 8)
+    assert prior.num_classes == 10 and prior.steps == 3
+
+
+def test_sample_steps_set_maskgit_passes_and_are_refused_for_pixelcnn(maskgit_run, tiny_run,
+                                                                       tmp_path, capsys):
+    grids = {}
+    for steps in ("1", "4"):
+        out = tmp_path / f"steps{steps}.png"
+        assert run_cli("sample", str(maskgit_run), "--out", str(out), "--steps", steps,
+                       "--device", "cpu") == 0
+        grids[steps] = np.asarray(Image.open(out))
+    assert grids["1"].shape == grids["4"].shape and not np.array_equal(grids["1"], grids["4"])
+    capsys.readouterr()
+    out = tmp_path / "refused.png"
+    assert run_cli("sample", str(tiny_run), "--out", str(out), "--steps", "4",
+                   "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and "PixelCNN" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    # The run's own sample.steps is refused for a PixelCNN before anything is written.
+    assert run_cli("run", "image", "--out", str(tmp_path / "x"), "--set", "sample.steps=4") == 2
+    assert "prior.kind" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_sample_grid_has_one_row_per_class(tiny_run):
@@ -205,13 +254,14 @@ def test_builders_hold_the_recipe_defaults():
     """The recipe config's model sections are the builders' arguments: with no preset, the
     recipe builds exactly the models ``vqvae_image()`` and ``gated_pixelcnn()`` give."""
     from vqkit.config import builder_kwargs
-    from vqkit.models import gated_pixelcnn, vqvae_image
+    from vqkit.models import gated_pixelcnn, maskgit, vqvae_image
     from vqkit.runs import load_recipe
 
     cfg = load_recipe("image").CONFIG()
     for builder, section, data in (
         (vqvae_image, cfg.vqvae, {}),
         (gated_pixelcnn, cfg.prior, {"num_codes": 512, "num_classes": 10}),
+        (maskgit, cfg.maskgit, {"num_codes": 512, "grid": [8, 8], "num_classes": 10}),
     ):
         torch.manual_seed(0)
         mine = builder(**data, **builder_kwargs(section))
