@@ -37,13 +37,17 @@ def sets(values: list[str]) -> list[str]:
     return [x for v in values for x in ("--set", v)]
 
 
+def finished_run(out: Path, values: list[str]) -> Path:
+    """A finished tiny run in ``out`` with the ``--set`` values."""
+    torch.set_num_threads(1)
+    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
+                   *sets(values)) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
-                   *sets(BUILTIN_TINY)) == 0
-    return out
+    return finished_run(tmp_path_factory.mktemp("runs") / "tiny", BUILTIN_TINY)
 
 
 def test_run_writes_every_output(tiny_run):
@@ -88,10 +92,8 @@ def test_sample_quality_is_in_metrics_and_beside_the_sample_grid(tiny_run):
 
 
 def test_unconditional_prior_reports_the_frechet_distance_alone(tmp_path):
-    torch.set_num_threads(1)
-    out = tmp_path / "uncond"
-    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
-                   *sets([*BUILTIN_TINY, "prior.class_conditional=false", "sample.count=4"])) == 0
+    out = finished_run(tmp_path / "uncond",
+                       [*BUILTIN_TINY, "prior.class_conditional=false", "sample.count=4"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classifier_sample_accuracy"].startswith("n/a: unconditional")
     assert metrics["classifier_frechet"] > 0 and metrics["classifier_scored_samples"] == 20
@@ -105,11 +107,7 @@ MASKGIT_TINY = [*BUILTIN_TINY, "prior.kind=maskgit", "maskgit.dim=16", "maskgit.
 
 @pytest.fixture(scope="module")
 def maskgit_run(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs") / "maskgit"
-    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
-                   *sets(MASKGIT_TINY)) == 0
-    return out
+    return finished_run(tmp_path_factory.mktemp("runs") / "maskgit", MASKGIT_TINY)
 
 
 def test_maskgit_prior_reports_no_likelihood_and_its_sampling(maskgit_run):
