@@ -23,7 +23,7 @@ from vqkit.config import ConfigError, builder_kwargs
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
 from vqkit.errors import InputError
 from vqkit.metrics import LN2, data_variance, psnr
-from vqkit.metrics.samples import classify, frechet_distance, train_image_classifier
+from vqkit.metrics.samples import quality_caption, sample_quality, train_image_classifier
 from vqkit.models import gated_pixelcnn, maskgit, to_data, to_model, vqvae_image
 from vqkit.pipeline import (
     Run,
@@ -272,7 +272,7 @@ def passes(prior, cfg: SampleConfig, steps: int | None) -> dict:
     """``sample()``'s ``steps`` for a MaskGIT prior (the command's, else ``sample.steps``, else
     the prior's own); nothing for the Gated PixelCNN, which refuses a number of steps."""
     steps = cfg.steps if steps is None else steps
-    if getattr(prior, "has_likelihood", True):  # autoregressive: one code at a time
+    if prior.has_likelihood:  # autoregressive: one code at a time
         if steps is not None:
             raise InputError(
                 "--steps sets MaskGIT's sampling passes; this run's prior is a Gated PixelCNN, "
@@ -306,52 +306,6 @@ def train_classifier(run: Run, train_set: Dataset, classes: int):
     )
 
 
-def sample_quality(clf, real, labels, recons, samples, sample_labels) -> dict:
-    """The classifier's accuracy on real test images, their reconstructions and the samples
-    (against the class each was drawn for), and Frechet distances in its feature space from the
-    real test images to the samples (and, for scale, to the reconstructions)."""
-    real_pred, real_feat = classify(clf, real)
-    recon_pred, recon_feat = classify(clf, recons)
-    sample_pred, sample_feat = classify(clf, samples)
-    out = {
-        "classifier_real_accuracy": float((real_pred == labels).float().mean()),
-        "classifier_recon_accuracy": float((recon_pred == labels).float().mean()),
-    }
-    if sample_labels is None:
-        na = "n/a: unconditional prior (no class to match)"
-        out.update(classifier_sample_accuracy=na, sample_over_recon_accuracy=na)
-    else:
-        acc = float((sample_pred == sample_labels).float().mean())
-        out["classifier_sample_accuracy"] = acc
-        recon_acc = out["classifier_recon_accuracy"]
-        out["sample_over_recon_accuracy"] = (
-            acc / recon_acc if recon_acc else "n/a: no reconstruction classified right"
-        )
-    out["classifier_frechet"] = frechet_distance(real_feat, sample_feat)
-    out["classifier_frechet_recon"] = frechet_distance(real_feat, recon_feat)
-    out["classifier_scored_samples"] = len(samples)
-    return out
-
-
-def quality_caption(m: dict) -> str:
-    """The sample-quality figures, in words, for the report beside the sample grid."""
-    acc, ratio = m["classifier_sample_accuracy"], m["sample_over_recon_accuracy"]
-    said = (
-        f"{acc:.1%} of {m['classifier_scored_samples']} samples are classified as the class they "
-        f"were drawn for"
-        + (f" ({ratio:.2f}x the reconstructions')" if isinstance(ratio, float) else "")
-        if isinstance(acc, float)
-        else "sample class accuracy: not defined for an unconditional prior"
-    )
-    return (
-        f"A classifier trained on the real training images: {m['classifier_real_accuracy']:.1%} "
-        f"on real test images, {m['classifier_recon_accuracy']:.1%} on their reconstructions; "
-        f"{said}. Frechet distance in its feature space (not Inception FID) from real test "
-        f"images: samples {m['classifier_frechet']:.3g}, reconstructions "
-        f"{m['classifier_frechet_recon']:.3g}."
-    )
-
-
 @torch.no_grad()
 def fit_sigma(vqvae, train_set: Dataset, batch_size: int, device) -> None:
     """The Gaussian decoder is trained with MSE; its NLL uses sigma fitted on training
@@ -375,7 +329,7 @@ def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, 
     count = dims = 0
     offset = 0
     conditional = bool(prior.num_classes)
-    exact = getattr(prior, "has_likelihood", True)
+    exact = prior.has_likelihood
     images, recons = [], []
     for x, _ in loader(test_set, cfg.eval_batch_size):
         images.append(x)
@@ -470,7 +424,7 @@ def run(
             "sample_grid_count": len(grid),
             "sample_16_s": sampling_seconds(prior, cfg.sample, latent, device),
         }
-        if not getattr(prior, "has_likelihood", True):
+        if not prior.has_likelihood:
             timing["sample_steps"] = cfg.sample.steps or prior.steps
 
     with run.stage("classifier"):

@@ -10,6 +10,8 @@ from vqkit.metrics.samples import (
     ImageClassifier,
     classify,
     frechet_distance,
+    quality_caption,
+    sample_quality,
     train_image_classifier,
 )
 
@@ -99,3 +101,24 @@ def test_frechet_refuses_mismatched_or_too_few_features():
         frechet_distance(torch.zeros(4, 3), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="at least 2"):
         frechet_distance(torch.zeros(1, 3), torch.zeros(4, 3))
+
+
+def test_sample_quality_of_the_real_images_themselves():
+    """Samples that are the real test images score the real accuracy, ratio 1 against
+    reconstructions that are the images too, and Frechet distance 0; an unconditional prior's
+    accuracy is not defined, its distance still is."""
+    torch.manual_seed(0)
+    clf = ImageClassifier(3, channels=4).eval()
+    x = torch.rand(24, 3, 8, 8)
+    y = classify(clf, x)[0]
+    y[:6] = (y[:6] + 1) % 3  # 18 of 24 right
+    m = sample_quality(clf, x, y, x, x, y)
+    assert m["classifier_real_accuracy"] == m["classifier_sample_accuracy"] == 0.75
+    assert m["sample_over_recon_accuracy"] == 1.0
+    assert m["classifier_frechet"] == pytest.approx(0, abs=1e-8)
+    assert m["classifier_scored_samples"] == 24
+    other = sample_quality(clf, x, y, x, torch.rand(24, 3, 8, 8) * 0.2, None)
+    assert other["classifier_sample_accuracy"].startswith("n/a: unconditional")
+    assert other["classifier_frechet"] > 0
+    assert "not defined for an unconditional prior" in quality_caption(other)
+    assert "75.0% of 24 samples" in quality_caption(m)
