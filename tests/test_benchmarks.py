@@ -62,9 +62,23 @@ def test_sampling_benchmark_compares_cached_and_naive():
         "2",
         "--video-batch",
         "1",
+        "--preset-size",
+        "3",
+        "--maskgit-dim",
+        "8",
+        "--maskgit-layers",
+        "1",
     )
     lines = [line for line in text.splitlines() if line.startswith(("PixelCNN", "video prior"))]
     assert len(lines) == 2 and all(line.rstrip().endswith("x") for line in lines)
+    # MaskGIT against the cached PixelCNN at the PixelCNN row's size and the preset's.
+    # Patches 1, 2 and 4 at 4x4; patch 1 only at 3x3 (the others do not divide it).
+    rows = [line for line in text.splitlines() if line.startswith("MaskGIT")]
+    assert len(rows) == 4 and all(line.rstrip().endswith("x") for line in rows)
+    assert all("K=512, 4x4" in row for row in rows[:3])
+    assert (
+        "patch 4x4" in rows[2] and "patch 1x1" in rows[3] and "K=256, 3x3, class-cond." in rows[3]
+    )
 
 
 def test_wavenet_benchmark_covers_decoder_prior_and_paper_size():

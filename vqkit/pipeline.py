@@ -246,9 +246,13 @@ class Run:
         dataset: Dataset,
         *,
         image_fn: Callable | None = None,
+        section: str | None = None,
     ) -> nn.Module:
         """Seed, build and :func:`~vqkit.train.fit` the stage ``name`` (its settings are
-        ``cfg.<name>_train``; checkpoints in ``run_dir/<name>/``); returns it in eval mode."""
+        ``cfg.<name>_train``; checkpoints in ``run_dir/<name>/``); returns it in eval mode.
+
+        ``section``: the dotted config key of the builder's arguments, named when the builder
+        refuses one (default ``name``; e.g. ``prior.maskgit`` for a prior of that kind)."""
         train_cfg = getattr(self.cfg, f"{name}_train")
         # Torch seeds every new process at random: seed the initial weights.
         seed_everything(train_cfg.seed)
@@ -256,11 +260,15 @@ class Run:
             model = build()
         except ValueError as e:  # a builder's check of an argument the config gave it
             key, _, rest = str(e).partition(" ")
-            if key in getattr(type(getattr(self.cfg, name, None)), "__builder_params__", ()):
+            path = section or name
+            found = self.cfg
+            for part in path.split("."):
+                found = getattr(found, part, None)
+            if key in getattr(type(found), "__builder_params__", ()):
                 raise ConfigError(
-                    f"config key '{name}.{key}' {rest} (--set {name}.{key}=...)"
+                    f"config key '{path}.{key}' {rest} (--set {path}.{key}=...)"
                 ) from e
-            raise ConfigError(f"{name}: {e} (change it with --set {name}.<key>=<value>)") from e
+            raise ConfigError(f"{path}: {e} (change it with --set {path}.<key>=<value>)") from e
         self.fits[name] = fit(
             model,
             step,

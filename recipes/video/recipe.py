@@ -4,10 +4,12 @@ from context frames -> action-conditioned rollouts -> evaluate -> report.
 Run it with ``vqkit run video [--preset builtin|folder] [--set key=value ...]``, then
 ``vqkit predict RUN_DIR --context CLIP [--actions up,up,left]`` on the finished run.
 
-The prior is a causal transformer over the ``(T', H', W')`` code volume conditioned on one
-condition per frame (the built-in set's actions, or a folder's class label repeated over the
-frames). A prediction encodes the context frames *alone* (so no code sees the future), keeps
-their codes as a prefix and samples the rest.
+The prior (``prior.kind``) is a causal transformer over the ``(T', H', W')`` code volume
+(``transformer``, the default; its options are ``prior.*``) or MaskGIT (``maskgit``; options
+``prior.maskgit.*``), conditioned on one condition per frame (the built-in set's actions, or a
+folder's class label repeated over the frames). A prediction encodes the context frames *alone*
+(so no code sees the future) and keeps their codes: the transformer continues them as a prefix,
+one code at a time; MaskGIT keeps them as known positions and fills the rest in parallel steps.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from vqkit.config import builder_kwargs
+from vqkit.config import builder_kwargs, builder_section
 from vqkit.datasets.synthetic_video import (
     ACTIONS,
     SyntheticVideo,
@@ -39,6 +41,7 @@ from vqkit.metrics.video import (
     track_centroids,
 )
 from vqkit.models import to_data, to_model
+from vqkit.models.maskgit import maskgit
 from vqkit.models.video_prior import predict_video, video_prior
 from vqkit.models.vqvae import vqvae_video
 from vqkit.pipeline import (
@@ -82,13 +85,34 @@ VQVAEConfig = model_section(
     vqvae_video,
     extra={"normalize_by_variance": (bool, True)},  # Sonnet's recipe: beta keeps its meaning
 )
-PriorConfig = model_section(
-    "PriorConfig",
+PRIOR_KINDS = ("transformer", "maskgit")
+# prior.maskgit: MaskGIT's arguments; half the training items are the recipe's task (continue
+# the first code steps), the rest plain masked modelling.
+MaskGITPriorConfig = builder_section(
+    "MaskGITPriorConfig",
+    maskgit,
+    skip=("num_codes", "grid", "num_classes", "num_conds", "cond_per_step"),
+    defaults={"prefix_share": 0.5},
+)
+TransformerPriorConfig = model_section(
+    "TransformerPriorConfig",
     video_prior,
     skip=("num_codes", "shape", "num_conds", "cond_per_step"),
-    # actions (builtin) or classes (a folder with several)
-    extra={"conditional": (bool, True)},
+    # actions (builtin) or classes (a folder with several); transformer | maskgit
+    extra={"conditional": (bool, True), "kind": (str, "transformer")},
 )
+
+
+@dataclass
+class PriorConfig(TransformerPriorConfig):
+    """``prior``: ``kind``, ``conditional``, the causal transformer's arguments, and MaskGIT's
+    under ``prior.maskgit``."""
+
+    maskgit: MaskGITPriorConfig = field(default_factory=MaskGITPriorConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PRIOR_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(PRIOR_KINDS)}, got {self.kind!r}")
 
 
 @dataclass
@@ -215,22 +239,24 @@ def encode_all(vqvae, clips: torch.Tensor, device, batch_size: int) -> torch.Ten
 
 def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
     cfg = run.cfg
+    common = dict(num_codes=num_codes, num_conds=vocab, cond_per_step=time_factor)
+    grid = list(codes.shape[1:])
+    # MaskGIT's loss covers the masked codes only: cross-entropy, not a likelihood.
+    name = "masked_bits" if cfg.prior.kind == "maskgit" else "nll_bits"
 
     def build():
-        return video_prior(
-            num_codes=num_codes,
-            shape=list(codes.shape[1:]),
-            num_conds=vocab,
-            cond_per_step=time_factor,
-            **builder_kwargs(cfg.prior),
-        )
+        if cfg.prior.kind == "maskgit":
+            return maskgit(grid=grid, **common, **builder_kwargs(cfg.prior.maskgit))
+        return video_prior(shape=grid, **common, **builder_kwargs(cfg.prior))
 
     def step(prior, batch):
         c, y = batch
-        loss = prior.loss(c, y if vocab else None)
-        return loss, {"nll_bits": loss / LN2}
+        loss = prior.loss(c, cond=y if vocab else None)
+        return loss, {name: loss / LN2}
 
-    return run.train("prior", build, step, TensorDataset(codes, step_conds(conds, time_factor)))
+    section = "prior.maskgit" if cfg.prior.kind == "maskgit" else "prior"
+    data = TensorDataset(codes, step_conds(conds, time_factor))
+    return run.train("prior", build, step, data, section=section)
 
 
 # --- prediction ------------------------------------------------------------------------------
@@ -293,6 +319,22 @@ def prior_bits(prior, codes, conds, time_factor, batch_size, *, from_step=0) -> 
     return float(total) / len(codes)
 
 
+def prior_likelihood(prior, codes, conds, time_factor, batch_size, context_steps) -> dict:
+    """Bits per code of the test codes, all and after the context; MaskGIT has no exact
+    likelihood, and the metrics say so."""
+    if not prior.has_likelihood:
+        return dict.fromkeys(
+            ("prior_bits_per_code", "prior_bits_per_code_future"),
+            "not defined (MaskGIT has no exact likelihood)",
+        )
+    return {
+        "prior_bits_per_code": prior_bits(prior, codes, conds, time_factor, batch_size),
+        "prior_bits_per_code_future": prior_bits(
+            prior, codes, conds, time_factor, batch_size, from_step=context_steps
+        ),
+    }
+
+
 def action_following(vqvae, prior, test: SyntheticVideo, clips, conds, cfg, device) -> dict:
     """Steer the controlled sprite with new action sequences; score how well it follows.
 
@@ -346,8 +388,7 @@ def evaluate(vqvae, prior, cfg, test_set, clips, conds, codes_train, variance, d
         "recon_mse": mse,
         "data_variance": variance,
         "recon_mse_over_variance": mse / variance,
-        "prior_bits_per_code": prior_bits(prior, codes, conds, ft, bs),
-        "prior_bits_per_code_future": prior_bits(prior, codes, conds, ft, bs, from_step=c // ft),
+        **prior_likelihood(prior, codes, conds, ft, bs, c // ft),
         **codebook,
         "pred_psnr_mean": float(pred_h.mean()),
         "copy_last_psnr_mean": float(copy_h.mean()),

@@ -13,6 +13,8 @@ from vqkit.bundle import load_model
 from vqkit.cli import main
 from vqkit.datasets import SyntheticVideo, write_video
 from vqkit.metrics.video import copy_last_frame, psnr_per_frame
+from vqkit.models import MaskGIT, maskgit, to_data, to_model, vqvae_video
+from vqkit.models.video_prior import predict_video
 
 FRAMES, CONTEXT, SIZE = 8, 4, 16
 TINY = [
@@ -157,3 +159,68 @@ def test_folder_preset_end_to_end(tmp_path):
                  "--device", "cpu", "--out", str(tmp_path / "p.gif")]) == 0
     assert main(["predict", str(out), "--context", str(context), "--label", "2",
                  "--device", "cpu"]) == 2
+
+
+def test_maskgit_prior_end_to_end(tmp_path):
+    """prior.kind=maskgit: trained with the actions, predicts from the context codes (kept as
+    known positions), no likelihood metrics, and `vqvae predict` works on the run."""
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    mg = ["prior.kind=maskgit", "prior.maskgit.dim=16", "prior.maskgit.layers=1",
+          "prior.maskgit.heads=2", "prior.maskgit.steps=3"]
+    try:
+        code = main(["run", "video", "--out", str(out), "--device", "cpu", "--no-progress",
+                     *sets([*TINY, *mg])])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    prior = load_model(out / "prior" / "ckpt")
+    latent = [FRAMES // 2, SIZE // 4, SIZE // 4]
+    assert isinstance(prior, MaskGIT) and list(prior.grid) == latent
+    assert prior.num_conds == 5 and prior.cond_per_step == 2  # actions, two frames per step
+    assert prior.steps == 3 and prior.prefix_share == 0.5  # the recipe's default
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prior_bits_per_code"] == "not defined (MaskGIT has no exact likelihood)"
+    assert metrics["prior_bits_per_code_future"] == metrics["prior_bits_per_code"]
+    for key in ("pred_psnr_mean", "action_error_px_commanded", "action_error_px_true_actions"):
+        assert isinstance(metrics[key], float), key
+    assert "masked_bits" in (out / "prior" / "history.jsonl").read_text()
+    assert (out / "predictions.gif").is_file() and (out / "rollouts.gif").is_file()
+    clip, _ = SyntheticVideo(split="test", size=1, num_frames=FRAMES, frame_size=SIZE)[0]
+    context = write_video(tmp_path / "context.gif", clip)
+    assert main(["predict", str(out), "--context", str(context), "--actions", "left",
+                 "--out", str(tmp_path / "p.gif"), "--device", "cpu"]) == 0
+
+
+def test_predict_video_keeps_the_context_codes_with_maskgit():
+    torch.manual_seed(0)
+    vqvae = vqvae_video(hidden=8, res_hidden=4, num_res_blocks=1, num_codes=16,
+                        code_dim=4).eval()  # time x2, space x4
+    prior = maskgit(num_codes=16, grid=(4, 2, 2), num_conds=5, cond_per_step=2, dim=16,
+                    layers=1, heads=2, steps=3).eval()
+    drawn = []
+    sample = prior.sample
+    prior.sample = lambda *a, **kw: drawn.append(sample(*a, **kw)) or drawn[-1]
+    context = torch.rand(2, 3, 4, 8, 8)  # 4 frames: 2 code steps
+    frames = predict_video(vqvae, prior, context, torch.zeros(2, 8, dtype=torch.long),
+                           generator=torch.Generator().manual_seed(0))
+    assert frames.shape == (2, 3, 8, 8, 8) and len(drawn) == 1
+    with torch.no_grad():
+        prefix = vqvae.encode(to_model(context))
+        decoded = to_data(vqvae.decode(drawn[0]))
+    assert torch.equal(drawn[0][:, :2], prefix)  # the context's codes, kept verbatim
+    torch.testing.assert_close(frames, decoded)
+
+
+def test_maskgit_settings_are_checked_and_named(tmp_path, capsys):
+    cases = [
+        (["prior.kind=pixelcnn"], "config key 'prior.kind' must be one of transformer, maskgit"),
+        # The builder's refusal names the key of MaskGIT's own section.
+        (["prior.kind=maskgit", "prior.maskgit.patch=[3,2,2]"],
+         "config key 'prior.maskgit.patch' must be a positive int or one per grid axis"),
+    ]
+    for extra, message in cases:
+        code = main(["run", "video", "--out", str(tmp_path / "bad"), "--device", "cpu",
+                     "--no-progress", *sets([*TINY, *extra])])
+        assert code == 2 and message in capsys.readouterr().err, extra

@@ -11,6 +11,12 @@ confident draws and re-masks the rest, so that the share still masked follows th
 schedule and reaches zero after the last pass. A kept code never changes; positions given as
 ``known`` (e.g. the codes of context frames) are kept from the start.
 
+A transformer pass costs far more than a cached PixelCNN step, and attention grows with the
+square of the positions. ``patch`` (e.g. ``(2, 2)``) makes one transformer token of each patch
+of codes, as ViT and DiT do with pixels: the token's input sums one embedding per code (a
+table per offset in the patch), its output holds the logits of every code of the patch. The
+masking, the loss and the sampler still work code by code.
+
 MaskGIT has no exact likelihood (the order in which codes are revealed is itself random), so
 it has no ``nll_bits``: :attr:`MaskGIT.has_likelihood` is False.
 
@@ -71,6 +77,11 @@ class MaskGIT(nn.Module):
             one action per time step of a code volume, added to the positions of that index.
         cond_per_step: S, condition tokens per leading index (each with its own table).
         dim, layers, heads, mlp_ratio, dropout: The pre-norm transformer.
+        patch: Codes per transformer token along each grid axis (one int: every axis); each
+            must divide its axis. 1: a token per code.
+        prefix_share: Share of the training items whose first leading indices stay visible
+            (see :meth:`loss`), for priors that continue a given prefix (video prediction from
+            context frames); needs ``grid[0] >= 2``.
         steps: Default number of sampling steps.
         noise: Scale of the Gumbel noise added to the confidences while sampling, annealed as
             ``noise * temperature * (1 - s / steps)``; 0 keeps the plain confidences.
@@ -94,6 +105,8 @@ class MaskGIT(nn.Module):
         heads: int = 4,
         mlp_ratio: int = 4,
         dropout: float = 0.0,
+        patch: int | Sequence[int] = 1,
+        prefix_share: float = 0.0,
         steps: int = 10,
         noise: float = 1.0,
     ) -> None:
@@ -125,18 +138,37 @@ class MaskGIT(nn.Module):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if not isinstance(noise, (int, float)) or not noise >= 0 or not math.isfinite(noise):
             raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+        if not isinstance(prefix_share, (int, float)) or not 0 <= prefix_share <= 1:
+            raise ValueError(f"prefix_share must be a number in [0, 1], got {prefix_share!r}")
+        if prefix_share > 0 and grid[0] < 2:
+            raise ValueError(f"prefix_share > 0 needs a leading grid axis >= 2, got grid {grid}")
+        patch = (patch,) * len(grid) if isinstance(patch, int) else tuple(patch)
+        if (
+            len(patch) != len(grid)
+            or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in patch)
+            or any(g % p for g, p in zip(grid, patch))
+        ):
+            raise ValueError(
+                f"patch must be a positive int or one per grid axis, each dividing its axis of "
+                f"grid {list(grid)}, got {patch!r}"
+            )
         self.num_codes = num_codes
         self.mask_token = num_codes
         self.grid = grid
         self.length = math.prod(grid)  # N, positions of the flattened grid
+        self.patch = patch
+        self.patch_size = math.prod(patch)  # P, codes per token
+        self.tokens = self.length // self.patch_size  # T, transformer positions
         self.num_classes = num_classes
         self.num_conds = num_conds
         self.cond_per_step = cond_per_step
+        self.prefix_share = float(prefix_share)
         self.steps = steps
         self.noise = float(noise)
 
-        self.tok = nn.Embedding(num_codes + 1, dim)  # + [MASK]
-        self.pos = nn.Embedding(self.length, dim)
+        # One table of K + 1 entries ([MASK] last) per offset in the patch.
+        self.tok = nn.Embedding(self.patch_size * (num_codes + 1), dim)
+        self.pos = nn.Embedding(self.tokens, dim)
         self.cls = nn.Embedding(num_classes, dim) if num_classes else None
         self.cond = nn.Embedding(cond_per_step * num_conds, dim) if num_conds else None
         layer = nn.TransformerEncoderLayer(
@@ -151,11 +183,25 @@ class MaskGIT(nn.Module):
         self.encoder = nn.TransformerEncoder(
             layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
         )
-        self.head = nn.Linear(dim, num_codes)
+        self.head = nn.Linear(dim, self.patch_size * num_codes)
         self.apply(self._init)
-        # The leading-axis index of every flattened position (where its condition applies).
+        # Flat code positions in token order (token-major, then offset in the patch), and back.
+        split = [n for g, p in zip(grid, patch) for n in (g // p, p)]
+        axes = list(range(0, 2 * len(grid), 2)) + list(range(1, 2 * len(grid), 2))
+        order = torch.arange(self.length).view(split).permute(axes).reshape(-1)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("inverse", order.argsort(), persistent=False)
         self.register_buffer(
-            "lead_of", torch.arange(self.length) // (self.length // grid[0]), persistent=False
+            "offsets", torch.arange(self.patch_size) * (num_codes + 1), persistent=False
+        )
+        self.register_buffer(
+            "lead_of_code", torch.arange(self.length) // (self.length // grid[0]), persistent=False
+        )
+        # The leading-axis index of each token (a token spans patch[0] of them).
+        self.register_buffer(
+            "lead_of",
+            torch.arange(self.tokens) // (self.tokens // (grid[0] // patch[0])),
+            persistent=False,
         )
 
     @staticmethod
@@ -232,14 +278,24 @@ class MaskGIT(nn.Module):
 
     def _logits(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
         """Flat tokens ``(B, N)`` in ``[0, K]`` -> logits ``(B, N, K)`` (inputs validated)."""
-        h = self.tok(tokens) + self.pos.weight  # (B, N, dim)
+        if self.patch_size == 1:
+            return self._network(tokens, y, cond)
+        return self._network(tokens[:, self.order], y, cond)[:, self.inverse]
+
+    def _network(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
+        """:meth:`_logits` with codes in token order (``order``) on both sides, which spares
+        the sampler two gathers per step."""
+        b = tokens.shape[0]
+        x = tokens.view(b, self.tokens, self.patch_size)
+        h = self.tok(x + self.offsets).sum(2) + self.pos.weight  # (B, T, dim)
         if self.cls is not None:
             h = h + self.cls(y.long())[:, None]
         if self.cond is not None:
             offsets = torch.arange(self.cond_per_step, device=cond.device) * self.num_conds
             per_index = self.cond(cond + offsets).sum(dim=2)  # (B, grid[0], dim)
-            h = h + per_index[:, self.lead_of]
-        return self.head(self.encoder(h))
+            per_token = per_index.view(b, -1, self.patch[0], per_index.shape[-1]).sum(2)
+            h = h + per_token[:, self.lead_of]
+        return self.head(self.encoder(h)).view(b, self.length, self.num_codes)
 
     def forward(self, tokens: Tensor, y: Tensor | None = None, cond: Tensor | None = None):
         """Logits of every position given the visible ones.
@@ -262,8 +318,10 @@ class MaskGIT(nn.Module):
         """Masked-token cross-entropy in nats (scalar), over the masked positions only.
 
         Each item hides ``ceil(mask_schedule(u) * N)`` (at least 1) random positions, ``u ~
-        U(0, 1)``; the draws use torch's default generator, so seeding makes training
-        reproducible.
+        U(0, 1)``. A ``prefix_share`` of the items instead keeps its first ``k`` leading indices
+        visible (``k`` uniform in ``1 .. grid[0] - 1``) and hides the schedule's share of the
+        rest: the task of predicting a volume from its first steps. The draws use torch's
+        default generator, so seeding makes training reproducible.
         """
         self._check_tokens(codes)
         batch = codes.shape[0]
@@ -271,8 +329,16 @@ class MaskGIT(nn.Module):
         cond = self._check_cond(cond, batch)
         flat = codes.flatten(1).long()  # (B, N)
         ratio = mask_schedule(torch.rand(batch, device=flat.device))
-        hidden = torch.ceil(ratio * self.length).long().clamp(1, self.length)  # (B,)
-        ranks = torch.rand(flat.shape, device=flat.device).argsort(1).argsort(1)
+        scores = torch.rand(flat.shape, device=flat.device)
+        eligible = torch.full((batch,), self.length, device=flat.device)
+        if self.prefix_share > 0:
+            keep = torch.randint(1, self.grid[0], (batch,), device=flat.device)
+            keep = keep * (torch.rand(batch, device=flat.device) < self.prefix_share)
+            visible = self.lead_of_code < keep[:, None]  # (B, N): the kept leading indices
+            scores = scores.masked_fill(visible, 2.0)  # ranked after every other position
+            eligible = eligible - visible.sum(1)
+        hidden = torch.ceil(ratio * eligible).long().clamp(min=1)  # (B,)
+        ranks = scores.argsort(1).argsort(1)
         mask = ranks < hidden[:, None]  # (B, N): a uniformly random set of `hidden` positions
         logits = self._logits(flat.masked_fill(mask, self.mask_token), y, cond)
         return F.cross_entropy(logits[mask], flat[mask])
@@ -340,6 +406,9 @@ class MaskGIT(nn.Module):
             if given.any() and int(flat_known[given].max()) >= self.num_codes:
                 raise ValueError(f"known codes must lie in [0, {self.num_codes}) where known")
             tokens = torch.where(given, flat_known, tokens)
+        patched = self.patch_size > 1
+        if patched:  # the steps work in token order; the order of positions is theirs to pick
+            tokens = tokens[:, self.order]
         masked = tokens == self.mask_token  # (n, N)
         total = masked.sum(1)  # codes to draw per item
         trace = []
@@ -348,16 +417,19 @@ class MaskGIT(nn.Module):
                 tokens, masked = self._step(
                     tokens, masked, total, s, steps, y, cond, temperature, generator
                 )
-            trace.append(tokens.view(n, *self.grid).clone())
-        codes = tokens.view(n, *self.grid).clone()  # an ordinary tensor, usable with autograd
-        return (codes, torch.stack(trace).clone()) if return_trace else codes
+            if return_trace:
+                trace.append((tokens[:, self.inverse] if patched else tokens).view(n, *self.grid))
+        codes = (tokens[:, self.inverse] if patched else tokens).view(n, *self.grid)
+        # Clones made outside inference mode are ordinary tensors, usable with autograd.
+        return (codes.clone(), torch.stack(trace).clone()) if return_trace else codes.clone()
 
     def _step(self, tokens, masked, total, s, steps, y, cond, temperature, generator):
         """One pass: draw every masked position, keep the most confident, re-mask the rest."""
-        logits = self._logits(tokens, y, cond)[masked]  # (M, K) for the masked positions
-        picked = sample_logits(logits, temperature, generator)  # (M,)
-        scaled = logits.float() / temperature if temperature > 0 else logits.float()
-        confidence = scaled.log_softmax(-1).gather(1, picked[:, None]).squeeze(1)  # log p
+        logits = self._network(tokens, y, cond)[masked].float()  # (M, K): the masked positions
+        scaled = logits / temperature if temperature not in (0, 1) else logits
+        picked = sample_logits(scaled, 1.0 if temperature > 0 else 0, generator)  # (M,)
+        # log p of each draw, without writing out the (M, K) log-probabilities
+        confidence = scaled.gather(1, picked[:, None]).squeeze(1) - scaled.logsumexp(-1)
         anneal = self.noise * temperature * (1 - s / steps)
         if anneal > 0:
             u = torch.rand(confidence.shape, generator=generator, device=confidence.device)
@@ -418,6 +490,8 @@ def maskgit(
     heads: int = 4,
     mlp_ratio: int = 4,
     dropout: float = 0.0,
+    patch: int | Sequence[int] = 1,
+    prefix_share: float = 0.0,
     steps: int = 10,
     noise: float = 1.0,
 ) -> MaskGIT:
@@ -440,6 +514,8 @@ def maskgit(
         heads=heads,
         mlp_ratio=mlp_ratio,
         dropout=dropout,
+        patch=patch,
+        prefix_share=prefix_share,
         steps=steps,
         noise=noise,
     )

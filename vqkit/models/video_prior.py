@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqkit.models.likelihood import to_data, to_model
+from vqkit.models.maskgit import MaskGIT
 from vqkit.models.registry import register
 from vqkit.models.wavenet import sample_logits
 
@@ -479,7 +480,7 @@ def video_prior(
 @torch.no_grad()
 def predict_video(
     vqvae: nn.Module,
-    prior: VideoPrior,
+    prior: VideoPrior | MaskGIT,
     context: Tensor,
     frame_cond: Tensor | None = None,
     *,
@@ -488,12 +489,13 @@ def predict_video(
 ) -> Tensor:
     """Continue context frames with a video VQ-VAE and its prior, in latent space.
 
-    The context is encoded *on its own* (no code sees a frame after it), its codes kept as the
-    prior's prefix, the remaining time steps sampled, and the whole volume decoded.
+    The context is encoded *on its own* (no code sees a frame after it), its codes kept (the
+    transformer's prefix; MaskGIT's known positions), the remaining time steps sampled, and the
+    whole volume decoded.
 
     Args:
         vqvae: the video VQ-VAE; its time factor ``f`` must divide the context length.
-        prior: a :class:`VideoPrior` over that VQ-VAE's code volumes.
+        prior: a :class:`VideoPrior` or a :class:`MaskGIT` over that VQ-VAE's code volumes.
         context: ``(B, 3, C, H, W)`` frames in ``[0, 1]``.
         frame_cond: per-frame conditions ``(B, T)`` for all ``T = T' * f`` frames (an action
             per frame, or a class repeated), iff the prior is conditional.
@@ -517,5 +519,27 @@ def predict_video(
     if frame_cond is not None:
         b, t = frame_cond.shape
         cond = frame_cond.to(device).reshape(b, t // ft, ft)  # (B, T', f): one token per frame
-    codes = prior.generate(context=prefix, cond=cond, temperature=temperature, generator=generator)
+    if isinstance(prior, MaskGIT):
+        steps = prefix.shape[1]
+        if tuple(prefix.shape[2:]) != prior.grid[1:] or steps >= prior.grid[0]:
+            raise ValueError(
+                f"the context codes {tuple(prefix.shape[1:])} do not fit the prior's grid "
+                f"{prior.grid} (same code size, fewer steps)"
+            )
+        known = prefix.new_zeros(len(prefix), *prior.grid)
+        known[:, :steps] = prefix
+        given = torch.zeros(prior.grid, dtype=torch.bool, device=device)
+        given[:steps] = True
+        codes = prior.sample(
+            len(prefix),
+            cond=cond,
+            known=known,
+            known_mask=given,
+            temperature=temperature,
+            generator=generator,
+        )
+    else:
+        codes = prior.generate(
+            context=prefix, cond=cond, temperature=temperature, generator=generator
+        )
     return to_data(vqvae.decode(codes))

@@ -75,7 +75,8 @@ def sample_logits(
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(dim=-1)  # (B, K)
+    scaled = logits.float() if temperature == 1 else logits.float() / temperature  # x / 1 == x
+    cdf = torch.softmax(scaled, dim=-1).cumsum(dim=-1)  # (B, K)
     if uniforms is None:
         uniforms = torch.rand(logits.shape[0], generator=generator, device=logits.device)
     u = uniforms.reshape(-1, 1)
