@@ -63,10 +63,13 @@ VQVAEConfig = model_section(
     # its meaning whatever the scale of the data.
     extra={"normalize_by_variance": (bool, True)},
 )
-# ``prior``: which prior (``kind``), whether it takes the class, and the Gated PixelCNN's
-# arguments; ``maskgit``: the MaskGIT's (used when prior.kind is maskgit).
-PriorConfig = model_section(
-    "PriorConfig",
+MaskGITPriorConfig = model_section(
+    "MaskGITPriorConfig",
+    maskgit,
+    skip=("num_codes", "grid", "num_classes", "num_conds", "cond_per_step"),
+)
+PixelCNNPriorConfig = model_section(
+    "PixelCNNPriorConfig",
     gated_pixelcnn,
     skip=("num_codes", "num_classes"),
     extra={
@@ -74,11 +77,14 @@ PriorConfig = model_section(
         "class_conditional": (bool, True),
     },
 )
-MaskGITConfig = model_section(
-    "MaskGITConfig",
-    maskgit,
-    skip=("num_codes", "grid", "num_classes", "num_conds", "cond_per_step"),
-)
+
+
+@dataclass
+class PriorConfig(PixelCNNPriorConfig):
+    """``prior``: ``kind`` (pixelcnn | maskgit), ``class_conditional``, the Gated PixelCNN's
+    arguments, and MaskGIT's under ``prior.maskgit`` (as in the video recipe)."""
+
+    maskgit: MaskGITPriorConfig = field(default_factory=MaskGITPriorConfig)
 
 
 @dataclass
@@ -87,7 +93,7 @@ class SampleConfig:
     count: int = 64  # unconditional
     temperature: float = 1.0
     seed: int = 0
-    steps: int | None = None  # MaskGIT's sampling passes (None: maskgit.steps)
+    steps: int | None = None  # MaskGIT's sampling passes (None: prior.maskgit.steps)
 
 
 @dataclass
@@ -110,7 +116,6 @@ class ImageRecipeConfig:
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
     vqvae_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000))
     prior: PriorConfig = field(default_factory=PriorConfig)
-    maskgit: MaskGITConfig = field(default_factory=MaskGITConfig)
     prior_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3)
     )
@@ -218,22 +223,22 @@ def train_prior(run: Run, codes, labels, classes: int, num_codes: int):
             return gated_pixelcnn(
                 num_codes=num_codes, num_classes=num_classes, **builder_kwargs(cfg.prior)
             )
-        try:
-            return maskgit(
-                num_codes=num_codes,
-                grid=list(codes.shape[1:]),
-                num_classes=num_classes,
-                **builder_kwargs(cfg.maskgit),
-            )
-        except ValueError as e:  # the builder's check names the argument
-            raise ConfigError(f"maskgit: {e} (change it with --set maskgit.<key>=<value>)") from e
+        return maskgit(
+            num_codes=num_codes,
+            grid=list(codes.shape[1:]),
+            num_classes=num_classes,
+            **builder_kwargs(cfg.prior.maskgit),
+        )
 
     def step(prior, batch):
         c, y = batch
         loss = prior.loss(c, y if conditional else None)
-        return loss, {"nll_bits": loss / LN2}
+        return loss, {name: loss / LN2}
 
-    return run.train("prior", build, step, TensorDataset(codes, labels))
+    # MaskGIT's loss covers the masked codes only: cross-entropy, not a likelihood.
+    name = "masked_bits" if cfg.prior.kind == "maskgit" else "nll_bits"
+    section = "prior.maskgit" if cfg.prior.kind == "maskgit" else "prior"
+    return run.train("prior", build, step, TensorDataset(codes, labels), section=section)
 
 
 @torch.no_grad()

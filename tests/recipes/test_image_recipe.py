@@ -101,8 +101,8 @@ def test_unconditional_prior_reports_the_frechet_distance_alone(tmp_path):
     assert "not defined for an unconditional prior" in page
 
 
-MASKGIT_TINY = [*BUILTIN_TINY, "prior.kind=maskgit", "maskgit.dim=16", "maskgit.layers=1",
-                "maskgit.heads=2", "maskgit.steps=3"]
+MASKGIT_TINY = [*BUILTIN_TINY, "prior.kind=maskgit", "prior.maskgit.dim=16",
+                "prior.maskgit.layers=1", "prior.maskgit.heads=2", "prior.maskgit.steps=3"]
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,15 @@ def test_maskgit_prior_reports_no_likelihood_and_its_sampling(maskgit_run):
     prior = load_model(maskgit_run / "prior" / "ckpt")
     assert prior.config["builder"] == "maskgit" and prior.grid == (8, 8)
     assert prior.num_classes == 10 and prior.steps == 3
+    history = (maskgit_run / "prior" / "history.jsonl").read_text()
+    assert "masked_bits" in history and "nll_bits" not in history
+
+
+def test_a_maskgit_setting_refused_by_its_builder_names_its_key(tmp_path, capsys):
+    assert run_cli("run", "image", "--out", str(tmp_path / "x"), "--device", "cpu", "--no-progress",
+                   *sets([*MASKGIT_TINY, "prior.maskgit.heads=3"])) == 2
+    err = capsys.readouterr().err
+    assert "prior.maskgit" in err and "heads" in err and len(err.strip().splitlines()) == 1
 
 
 def test_sample_steps_set_maskgit_passes_and_are_refused_for_pixelcnn(maskgit_run, tiny_run,
@@ -259,7 +268,7 @@ def test_builders_hold_the_recipe_defaults():
     for builder, section, data in (
         (vqvae_image, cfg.vqvae, {}),
         (gated_pixelcnn, cfg.prior, {"num_codes": 512, "num_classes": 10}),
-        (maskgit, cfg.maskgit, {"num_codes": 512, "grid": [8, 8], "num_classes": 10}),
+        (maskgit, cfg.prior.maskgit, {"num_codes": 512, "grid": [8, 8], "num_classes": 10}),
     ):
         torch.manual_seed(0)
         mine = builder(**data, **builder_kwargs(section))
