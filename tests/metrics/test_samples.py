@@ -122,3 +122,10 @@ def test_sample_quality_of_the_real_images_themselves():
     assert other["classifier_frechet"] > 0
     assert "not defined for an unconditional prior" in quality_caption(other)
     assert "75.0% of 24 samples" in quality_caption(m)
+
+
+@pytest.mark.parametrize("side", [1, 4, 8, 32])
+def test_classifier_takes_any_image_size(side):
+    clf = ImageClassifier(3, channels=4).eval()
+    pred, feats = classify(clf, torch.rand(5, 3, side, side))
+    assert pred.shape == (5,) and feats.shape == (5, 16)

@@ -55,7 +55,7 @@ class ImageClassifier(nn.Module):
         for width in (channels, 2 * channels, 4 * channels):
             layers += [nn.Conv2d(ch, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
-            layers.append(nn.MaxPool2d(2))
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))  # any size: 1 x 1 stays 1 x 1
             ch = width
         self.net = nn.Sequential(*layers)
         self.head = nn.Linear(ch, num_classes)
@@ -199,8 +199,13 @@ def sample_quality(
         out["sample_over_recon_accuracy"] = (
             acc / recon_acc if recon_acc else "n/a: no reconstruction classified right"
         )
-    out["classifier_frechet"] = frechet_distance(real_feat, sample_feat)
-    out["classifier_frechet_recon"] = frechet_distance(real_feat, recon_feat)
+    few = "n/a: needs at least 2 images in each set"
+    out["classifier_frechet"] = (
+        frechet_distance(real_feat, sample_feat) if min(len(real), len(samples)) >= 2 else few
+    )
+    out["classifier_frechet_recon"] = (
+        frechet_distance(real_feat, recon_feat) if len(real) >= 2 else few
+    )
     out["classifier_scored_samples"] = len(samples)
     return out
 
@@ -219,6 +224,10 @@ def quality_caption(m: dict) -> str:
         f"A classifier trained on the real training images: {m['classifier_real_accuracy']:.1%} "
         f"on real test images, {m['classifier_recon_accuracy']:.1%} on their reconstructions; "
         f"{said}. Frechet distance in its feature space (not Inception FID) from real test "
-        f"images: samples {m['classifier_frechet']:.3g}, reconstructions "
-        f"{m['classifier_frechet_recon']:.3g}."
+        f"images: samples {_figure(m['classifier_frechet'])}, reconstructions "
+        f"{_figure(m['classifier_frechet_recon'])}."
     )
+
+
+def _figure(value: float | str) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else value
