@@ -5,11 +5,14 @@ checkpoint; export refuses a broken run. Tiny image runs on the CPU (seconds).""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from vqkit.cli import main
@@ -193,8 +196,7 @@ def test_out_of_range_values_name_the_key(tmp_path, capsys, override, named):
     assert run_image(out, "--set", override) == 2
     msg = error(capsys)
     assert named in msg and "must be" in msg, msg
-    if "vqvae." not in override or "quantizer" in override:  # checked before config.yaml
-        assert not out.exists()
+    assert not out.exists()  # checked before anything of the run is written
 
 
 def test_a_run_that_failed_before_training_starts_again_without_resume(tmp_path, capsys):
@@ -263,14 +265,39 @@ def test_a_sha256_pin_covers_a_bundle_folder(finished_run, tmp_path):
         load_bundle(f"{out}#sha256={'0' * 64}")
 
 
-def test_threads_below_one_names_the_key():
+@pytest.mark.parametrize(
+    ("modality", "override", "message"),
+    [
+        ("audio", "threads=0", "'threads' must be >= 1"),
+        ("audio", "vqvae.crop=0", "'vqvae.crop' must be >= 1"),
+        ("audio", "data.sample_rate=0", "'data.sample_rate' must be >= 1"),
+        ("audio", "data.min_seconds=-1", "'data.min_seconds' must be >= 0"),
+        ("audio", "convert.seconds=0", "'convert.seconds' must be > 0"),
+        ("audio", "eval.classifier_crop=0", "'eval.classifier_crop' must be >= 1"),
+        ("image", "sample.per_class=0", "'sample.per_class' must be >= 1"),
+        ("image", "data.image_size=4", "'data.image_size' must be >= 8"),
+        ("video", "eval_batch_size=0", "'eval_batch_size' must be >= 1"),
+        ("video", "predict.fps=0", "'predict.fps' must be > 0"),
+    ],
+)
+def test_recipe_values_are_range_checked_as_they_are_read(modality, override, message):
     from vqkit.config import ConfigError, load_config
-    from vqkit.pipeline import check_run_config
     from vqkit.runs import load_recipe, preset_path
 
-    cfg = load_config(load_recipe("audio").CONFIG, preset_path("audio", "builtin"), ["threads=0"])
-    with pytest.raises(ConfigError, match="'threads' must be >= 1"):
-        check_run_config(cfg)
+    cls = load_recipe(modality).CONFIG
+    with pytest.raises(ConfigError, match=message):
+        load_config(cls, preset_path(modality, "builtin"), [override])
+    if modality == "audio":  # an Optional size may still be None
+        assert load_config(cls, None, ["eval.classifier_crop=null"]).eval.classifier_crop is None
+
+
+@pytest.mark.parametrize("override", ["vqvae.code_dim=0", "vqvae.n_mels=0", "vqvae.hidden=0"])
+def test_audio_builder_sizes_name_the_key_before_anything_is_written(tmp_path, capsys, override):
+    out = tmp_path / "run"
+    assert run_audio(out, speech_folder(tmp_path / "speech"), "--set", override) == 2
+    key = override.split("=")[0]
+    assert f"config key '{key}' must be an int >= 1" in error(capsys)
+    assert not out.exists()
 
 
 # --- 7. messages name what a CLI user can change -----------------------------------------------
@@ -343,3 +370,251 @@ def test_convert_and_export_outputs_are_checked_first(finished_run, tmp_path, ca
     assert "is a folder" in error(capsys)
     assert main(["export", str(finished_run), str(tmp_path / "afile" / "b.zip")]) == 2
     assert "afile" in error(capsys)
+
+
+# --- 1. bad audio files are skipped, named and counted, or refused with data.strict ------------
+
+AUDIO_TINY = [
+    "threads=1", "data.sample_rate=8000", "vqvae.strides=[2]", "vqvae.hidden=8",
+    "vqvae.res_hidden=4", "vqvae.num_res_blocks=1", "vqvae.num_codes=16", "vqvae.code_dim=4",
+    "vqvae.residual_channels=6", "vqvae.layers_per_stack=3", "vqvae.stacks=1", "vqvae.crop=512",
+    "vqvae_train.steps=2", "vqvae_train.batch_size=4", "vqvae_train.log_every=1",
+    "prior.residual_channels=6", "prior.layers_per_stack=2", "prior.stacks=1", "prior.crop=16",
+    "prior_train.steps=2", "prior_train.batch_size=4", "prior_train.log_every=1",
+    "convert.sources=1", "convert.max_targets=2", "convert.seconds=0.05",
+    "eval.classifier_steps=2", "eval.abx_triples=20",
+]  # fmt: skip
+
+
+def speech_folder(root: Path, *bad: str) -> Path:
+    """Two speakers with six 0.3 s tones each (bob5 and carol0 fall in the test split), and the
+    bad files named: ``short`` (bob/tiny.wav, 10 samples), ``nan`` (carol/nan.wav), ``loud``
+    (carol/loud.wav, a float file peaking at 8)."""
+    t = np.arange(2400) / 8000
+    for k, speaker in enumerate(("bob", "carol")):
+        (root / speaker).mkdir(parents=True)
+        for i in range(6):
+            tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * i + 300 * k) * t)
+            sf.write(root / speaker / f"{speaker}{i}.wav", tone.astype(np.float32), 8000)
+    if "short" in bad:
+        sf.write(root / "bob" / "tiny.wav", np.full(10, 0.1, np.float32), 8000)
+    if "nan" in bad:
+        nan = (0.3 * np.sin(np.arange(2400) / 3)).astype(np.float32)
+        nan[100] = np.nan
+        sf.write(root / "carol" / "nan.wav", nan, 8000, subtype="FLOAT")
+    if "loud" in bad:
+        loud = (8 * np.sin(np.arange(2400) / 5)).astype(np.float32)
+        sf.write(root / "carol" / "loud.wav", loud, 8000, subtype="FLOAT")
+    return root
+
+
+def run_audio(out: Path, data: Path, *extra: str) -> int:
+    return main(["run", "audio", "--preset", "folder", "--out", str(out), "--data", str(data),
+                 "--no-progress", "--device", "cpu", *sets(AUDIO_TINY), *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def audio_run(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("audio")
+    data = speech_folder(tmp / "speech", "short", "nan", "loud")
+    with pytest.warns(RuntimeWarning) as caught:
+        assert run_audio(tmp / "run", data) == 0
+    return tmp / "run", data, [str(w.message) for w in caught]
+
+
+def test_bad_audio_files_are_skipped_named_and_counted_in_metrics(audio_run):
+    run, _, warned = audio_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["skipped_files"] == 3 and metrics["train_utterances"] == 10
+    reasons = {Path(s["file"]).name: s["reason"] for s in metrics["skipped"]}
+    assert set(reasons) == {"tiny.wav", "nan.wav", "loud.wav"}
+    assert "too short" in reasons["tiny.wav"] and "data.min_seconds" in reasons["tiny.wav"]
+    assert "NaN" in reasons["nan.wav"] and "peaks at 8" in reasons["loud.wav"]
+    for name in reasons:  # one warning each, naming the file and the strict setting
+        (message,) = [m for m in warned if name in m]
+        assert "--set data.strict=true" in message
+
+
+@pytest.mark.parametrize("bad", ["short", "nan", "loud"])
+def test_data_strict_makes_a_bad_audio_file_an_error(tmp_path, capsys, bad):
+    data = speech_folder(tmp_path / "speech", bad)
+    out = tmp_path / "run"
+    assert run_audio(out, data, "--set", "data.strict=true") == 2
+    name = {"short": "tiny.wav", "nan": "nan.wav", "loud": "loud.wav"}[bad]
+    assert name in error(capsys)
+    assert not out.exists()  # refused before anything of the run is written
+
+
+def test_convert_refuses_one_bad_source_and_skips_bad_ones_of_many(audio_run, tmp_path, capsys):
+    run, data, _ = audio_run
+    one = ["convert", str(run), "--speaker", "carol", "--out", str(tmp_path / "a.wav")]
+    assert main([*one, "--source", str(data / "bob" / "tiny.wav")]) == 2
+    msg = error(capsys)
+    assert "tiny.wav is too short" in msg and not (tmp_path / "a.wav").exists()
+    many = ["convert", str(run), "--source", str(data / "carol"), "--speaker", "bob",
+            "--out-dir", str(tmp_path / "many"), "--no-progress"]  # fmt: skip
+    with pytest.warns(RuntimeWarning) as caught:
+        assert main(many) == 0
+    messages = " ".join(str(w.message) for w in caught)
+    assert "nan.wav holds NaN" in messages and "loud.wav peaks at 8" in messages
+    assert "pass --strict" in messages
+    # nan.wav failed part-way through its output: the partial file is removed.
+    written = sorted(p.name for p in (tmp_path / "many").iterdir())
+    assert written == [f"carol{i}_to_bob.wav" for i in range(6)]
+    assert "2 unusable source(s) skipped" in capsys.readouterr().out
+    strict = tmp_path / "strict"
+    assert main([*many[:-3], "--out-dir", str(strict), "--strict", "--no-progress"]) == 2
+    assert "loud.wav" in error(capsys)
+    assert not list(strict.iterdir())  # refused before any conversion
+
+
+def test_audio_outputs_take_the_format_of_their_extension(audio_run, tmp_path, capsys):
+    run, data, _ = audio_run
+    source = str(data / "bob" / "bob0.wav")
+    for suffix, fmt in ((".flac", "FLAC"), (".ogg", "OGG"), (".wav", "WAV")):
+        out = tmp_path / f"conv{suffix}"
+        argv = ["convert", str(run), "--source", source, "--speaker", "carol", "--out", str(out)]
+        assert main([*argv, "--no-progress"]) == 0
+        assert sf.info(str(out)).format == fmt
+    assert main(["sample", str(run), "--out", str(tmp_path / "s.flac")]) == 0
+    assert sf.info(str(tmp_path / "s.flac")).format == "FLAC"
+    capsys.readouterr()
+    for command in (["sample", str(run)], ["convert", str(run), "--source", source, "--speaker",
+                                            "carol"]):  # fmt: skip
+        assert main([*command, "--out", str(tmp_path / "x.mp3")]) == 2
+        assert "unknown extension '.mp3'; use .wav, .flac, .ogg" in error(capsys)
+        assert not (tmp_path / "x.mp3").exists()
+
+
+# --- 6. reconstruct says what it does to the inputs; long stages show progress ----------------
+
+
+def test_reconstruct_states_the_resize_and_the_size_psnr_is_measured_at(finished_run, tmp_path,
+                                                                        capsys):  # fmt: skip
+    from PIL import Image
+
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (96, 48), (200, 30, 30)).save(photo)
+    assert main(["reconstruct", str(finished_run), str(photo), "--out", str(tmp_path / "r.png"),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "resized (shorter side to 32 px) and centre-cropped to 32x32" in out
+    assert "PSNR is measured at 32x32" in out and "wide.png: PSNR" in out
+
+
+def test_the_festival_corpus_build_shows_progress_over_utterances(tmp_path, monkeypatch, capsys):
+    from vqkit.datasets import speech_corpus
+
+    def fake_batch(exe, spk, jobs, out, tmp, sample_rate):  # no festival needed
+        return [{"id": utt, "phone_set": ["a"], "num_samples": 8} for utt, _ in jobs]
+
+    monkeypatch.setattr(speech_corpus, "_festival", lambda: "festival")
+    monkeypatch.setattr(speech_corpus, "_festival_version", lambda exe: "test")
+    monkeypatch.setattr(speech_corpus, "_run_batch", fake_batch)
+    speech_corpus.build_speech_corpus(tmp_path / "speech", num_sentences=2)
+    total = 2 * len(speech_corpus.SPEAKERS)
+    err = capsys.readouterr().err
+    assert "festival corpus" in err and f"{total}/{total}" in err and "utt" in err
+
+
+def test_audio_encoding_shows_progress(audio_run, capsys):
+    from recipes.audio import evaluate as ev
+    from vqkit.datasets.utterances import load_utterances
+    from vqkit.pipeline import load_stages
+
+    run, data, _ = audio_run
+    test = load_utterances("folder", "test", root=data, sample_rate=8000)
+    dev, (vqvae,) = load_stages(run, "cpu", "vqvae")
+    codes = ev.encode_split(vqvae, test, ["bob", "carol"], dev, progress=True)
+    assert len(codes) == len(test.audio)
+    err = capsys.readouterr().err
+    assert "encode:" in err and f"/{len(test.audio)} [" in err
+
+
+def test_no_message_reachable_from_the_cli_names_a_python_argument():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    python_args = re.compile(
+        r"pass (strict|download|split|on_error|overwrite)=|device='cpu'|in Python"
+    )
+    for path in [*(root / "vqkit").rglob("*.py"), *(root / "recipes").rglob("*.py")]:
+        for line in path.read_text().splitlines():
+            if line.lstrip().startswith(('f"', '"', "f'")) and python_args.search(line):
+                # The VCTK class is Python-only (the recipe reads VCTK folders without it).
+                assert "VCTK 0.92 not found" in line, f"{path}: {line.strip()}"
+
+
+def test_bad_images_are_skipped_and_counted_in_metrics(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / "images" / split / "a").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(
+                tmp_path / "images" / split / "a" / f"{i}.png"
+            )
+    (tmp_path / "images" / "train" / "a" / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="bad.png"):
+        assert run_image(out, "--preset", "folder", "--data", str(tmp_path / "images"),
+                         *sets(["vqvae_train.batch_size=4", "prior_train.batch_size=4"])) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_files"] == 1 and metrics["skipped"][0].endswith("bad.png")
+
+
+def test_the_evaluation_stages_show_progress(tmp_path, capsys):
+    from vqkit.metrics.conversion import train_classifier
+
+    waves = [torch.randn(800) * 0.1 for _ in range(4)]
+    train_classifier(waves, [0, 1, 0, 1], sample_rate=8000, num_classes=2, steps=3,
+                     channels=4, progress="speaker classifier")  # fmt: skip
+    assert "speaker classifier:" in capsys.readouterr().err
+    argv = ["run", "image", "--out", str(tmp_path / "run"), "--device", "cpu", *sets(TINY)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "encode:" in err and "eval:" in err
+
+
+def test_resume_may_change_the_model_of_a_stage_not_trained_yet(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_image(out, "--set", "prior.channels=0") == 2  # refused after the VQ-VAE trained
+    assert "'prior.channels' must be an int >= 1" in error(capsys)
+    assert (out / "vqvae" / "ckpt" / "latest").is_file()
+    assert run_image(out, "--resume") == 0  # the prior's size may still change
+    assert (out / "metrics.json").is_file()
+    capsys.readouterr()
+    assert run_image(out, "--resume", "--set", "prior.channels=12") == 2  # now it is trained
+    assert "prior.channels: 8 -> 12" in error(capsys)
+
+
+def test_units_skips_and_counts_bad_files_of_its_data(audio_run, tmp_path, capsys):
+    run, _, _ = audio_run
+    recordings = tmp_path / "fsdd" / "recordings"  # FSDD's layout: index < 5 is the test split
+    recordings.mkdir(parents=True)
+    t = np.arange(2400) / 8000
+    for digit in range(2):
+        for speaker in ("bob", "carol"):
+            tone = 0.3 * np.sin(2 * np.pi * (300 + 200 * digit) * t)
+            sf.write(recordings / f"{digit}_{speaker}_0.wav", tone.astype(np.float32), 8000)
+    sf.write(recordings / "1_bob_1.wav", np.full(10, 0.1, np.float32), 8000)  # too short
+    with pytest.warns(RuntimeWarning, match="1_bob_1.wav is too short"):
+        assert main(["units", str(run), "--data", str(tmp_path / "fsdd"), "--device", "cpu"]) == 0
+    assert (
+        "4 held-out utterances, words labels (1 unusable files skipped)" in capsys.readouterr().out
+    )
+
+
+def test_the_video_encoding_and_prediction_stages_show_progress(tmp_path, capsys):
+    tiny = [
+        "data.num_frames=8", "data.context_frames=2", "data.frame_size=16", "data.train_size=8",
+        "data.test_size=4", "vqvae.hidden=8", "vqvae.res_hidden=4", "vqvae.num_res_blocks=1",
+        "vqvae.num_codes=16", "vqvae.code_dim=4", "vqvae_train.steps=2", "vqvae_train.batch_size=4",
+        "prior.dim=16", "prior.num_layers=1", "prior.num_heads=2", "prior_train.steps=2",
+        "prior_train.batch_size=4", "predict.rollouts=4", "predict.upscale=1", "eval_batch_size=4",
+    ]  # fmt: skip
+    argv = ["run", "video", "--out", str(tmp_path / "run"), "--device", "cpu", *sets(tiny)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "encode:" in err and "predict:" in err

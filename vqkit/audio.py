@@ -25,10 +25,13 @@ from vqkit.errors import InputError
 
 __all__ = [
     "AudioError",
+    "MAX_PEAK",
     "AudioInfo",
     "audio_info",
     "load_audio",
     "save_audio",
+    "audio_format",
+    "AUDIO_FORMATS",
     "MuLawEncode",
     "MuLawDecode",
     "LogMel",
@@ -37,6 +40,11 @@ __all__ = [
 
 class AudioError(InputError):
     """An audio file could not be read, or holds no usable samples."""
+
+
+# The largest sample magnitude the data sets and `vqkit convert` accept: mu-law coding clips
+# anything beyond 1, so a float file far outside [-1, 1] is refused rather than clipped.
+MAX_PEAK = 1.0
 
 
 def _check_rate(sample_rate: int, name: str) -> int:
@@ -79,12 +87,17 @@ class AudioInfo(NamedTuple):
     channels: int
 
 
-def audio_info(path: str | Path) -> AudioInfo:
+def audio_info(path: str | Path, *, min_seconds: float = 0.0) -> AudioInfo:
     """Read an audio file's header only (cheap), with the same checks as :func:`load_audio`.
+
+    Args:
+        path: the file.
+        min_seconds: a file shorter than this is refused (too short to analyse: a log-mel
+            frame, a code).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AudioError: unreadable header, truncated WAV data, or zero length.
+        AudioError: unreadable header, truncated WAV data, zero length, or too short.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,6 +113,12 @@ def audio_info(path: str | Path) -> AudioInfo:
         )
     if info.frames <= 0:
         raise AudioError(f"audio file {path} holds no samples (zero length)")
+    if info.frames < min_seconds * info.samplerate:
+        raise AudioError(
+            f"audio file {path} is too short: {info.frames / info.samplerate:.3g} s "
+            f"({info.frames} samples at {info.samplerate} Hz), under the {min_seconds:g} s "
+            "minimum (data.min_seconds)"
+        )
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
 
 
@@ -112,8 +131,24 @@ def resample(wav: Tensor, orig_rate: int, new_rate: int) -> Tensor:
     return wav if orig_rate == new_rate else AF.resample(wav, orig_rate, new_rate)
 
 
+def _check_peak(data: np.ndarray, path: Path, max_peak: float | None) -> None:
+    if max_peak is None or data.size == 0:
+        return
+    peak = float(np.abs(data).max())
+    if peak > max_peak:
+        raise AudioError(
+            f"audio file {path} peaks at {peak:.3g}, above {max_peak:g}: its float samples "
+            "would be clipped to [-1, 1]; rescale the file (divide by its peak)"
+        )
+
+
 def load_audio(
-    path: str | Path, *, sample_rate: int | None = None, mono: bool = True
+    path: str | Path,
+    *,
+    sample_rate: int | None = None,
+    mono: bool = True,
+    min_seconds: float = 0.0,
+    max_peak: float | None = None,
 ) -> tuple[Tensor, int]:
     """Read an audio file as float32.
 
@@ -125,18 +160,22 @@ def load_audio(
         sample_rate: resample to this rate (``torchaudio.functional.resample``); None keeps the
             file's rate.
         mono: average the channels into one.
+        min_seconds: refuse a file shorter than this (see :func:`audio_info`).
+        max_peak: refuse a file whose samples (as stored, before resampling) exceed this in
+            magnitude: a float file far outside [-1, 1], which mu-law coding would clip.
 
     Returns:
         ``(waveform, sample_rate)``: waveform ``(1, T)`` if ``mono`` else ``(C, T)``, float32.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AudioError: the file is unreadable, truncated or corrupt, holds no samples, or holds NaN/inf.
+        AudioError: the file is unreadable, truncated or corrupt, holds no samples, holds
+            NaN/inf, is too short, or peaks above ``max_peak``.
     """
     path = Path(path)
     if sample_rate is not None:
         sample_rate = _check_rate(sample_rate, "sample_rate")
-    info = audio_info(path)
+    info = audio_info(path, min_seconds=min_seconds)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -149,6 +188,7 @@ def load_audio(
         )
     if not np.isfinite(data).all():
         raise AudioError(f"audio file {path} holds NaN or infinite samples")
+    _check_peak(data, path, max_peak)
     wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (C, T)
     if mono and wav.shape[0] > 1:
         wav = wav.mean(dim=0, keepdim=True)  # (1, T)
@@ -158,32 +198,61 @@ def load_audio(
     return wav.contiguous(), int(sr)
 
 
-def read_chunks(path: str | Path, *, sample_rate: int, seconds: float = 10.0) -> Iterator[Tensor]:
+def read_chunks(
+    path: str | Path,
+    *,
+    sample_rate: int,
+    seconds: float = 10.0,
+    min_seconds: float = 0.0,
+    max_peak: float | None = None,
+) -> Iterator[Tensor]:
     """An audio file as consecutive mono float32 chunks ``(T_i,)`` at ``sample_rate``, about
     ``seconds`` each, read from disk as they are needed: memory stays bounded by one chunk
     however long the file is (each chunk is resampled on its own).
 
     Raises:
-        FileNotFoundError, AudioError: as :func:`load_audio` (NaN or inf in a chunk included).
+        FileNotFoundError, AudioError: as :func:`load_audio` (NaN or inf, or a peak above
+            ``max_peak``, in a chunk included).
     """
     path = Path(path)
-    info = audio_info(path)
+    info = audio_info(path, min_seconds=min_seconds)
     block = max(1, int(seconds * info.sample_rate))
     try:
         for data in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
             if not np.isfinite(data).all():
                 raise AudioError(f"audio file {path} holds NaN or infinite samples")
+            _check_peak(data, path, max_peak)
             wav = torch.from_numpy(data.mean(axis=1))
             yield resample(wav, info.sample_rate, sample_rate)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"cannot read audio file {path}: {e}") from e
 
 
+# What an output file's extension writes: (libsndfile format, subtype).
+AUDIO_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
+
+
+def audio_format(path: str | Path) -> tuple[str, str]:
+    """``(format, subtype)`` that :func:`save_audio` writes for ``path``'s extension.
+
+    Raises:
+        InputError: an extension libsndfile is not asked to write here (``.mp3``, none).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in AUDIO_FORMATS:
+        raise InputError(
+            f"cannot write audio to {path}: unknown extension {suffix or '(none)'!r}; use "
+            f"{', '.join(AUDIO_FORMATS)}"
+        )
+    return AUDIO_FORMATS[suffix]
+
+
 def save_audio(path: str | Path, wav: Tensor | np.ndarray, sample_rate: int) -> Path:
-    """Write a waveform as a 16-bit PCM WAV file, creating parent folders.
+    """Write a waveform in the format of the file's extension (16-bit WAV or FLAC, Ogg
+    Vorbis: :data:`AUDIO_FORMATS`), creating parent folders.
 
     Args:
-        path: output file.
+        path: output file (``.wav``, ``.flac`` or ``.ogg``; another extension is refused).
         wav: ``(T,)`` or ``(C, T)`` float samples; values outside [-1, 1] are clipped.
         sample_rate: samples per second.
 
@@ -201,8 +270,9 @@ def save_audio(path: str | Path, wav: Tensor | np.ndarray, sample_rate: int) -> 
     if not np.isfinite(wav).all():
         raise ValueError(f"wav for {path} holds NaN or infinite values; refusing to write it")
     path = Path(path)
+    fmt, subtype = audio_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(wav, -1.0, 1.0).T, sample_rate, subtype="PCM_16", format="WAV")
+    sf.write(str(path), np.clip(wav, -1.0, 1.0).T, sample_rate, subtype=subtype, format=fmt)
     return path
 
 

@@ -27,6 +27,7 @@ import logging
 import sys
 from pathlib import Path
 
+from vqkit.audio import audio_format
 from vqkit.bundle import export_bundle, read_bundle_metadata
 from vqkit.config import builder_kwargs, load_config
 from vqkit.distributed import (
@@ -71,15 +72,17 @@ def _check_run_dir(run_dir: Path) -> None:
 
 
 def _check_resume(recipe, cfg, existing: Path, run_dir: Path) -> None:
-    """A resumed run keeps its model: refuse overrides of the builder arguments of its model
-    sections once a stage has a checkpoint, before anything of the run is written."""
-    if not any((p / "ckpt" / "latest").is_file() for p in run_dir.iterdir() if p.is_dir()):
-        return  # nothing trained yet: the model may still change
+    """A resumed run keeps its models: refuse overrides of the builder arguments of a model
+    section whose stage has a checkpoint, before anything of the run is written. A stage not
+    trained yet (a prior whose size was refused after the VQ-VAE trained) may still change."""
+    trained = {p.name for p in run_dir.iterdir() if (p / "ckpt" / "latest").is_file()}
+    if not trained:
+        return
     old = load_config(recipe.CONFIG, existing)
     changed = []
     for f in dataclasses.fields(cfg):
         new_section, old_section = getattr(cfg, f.name), getattr(old, f.name)
-        if not hasattr(type(new_section), "__builder_params__"):
+        if f.name not in trained or not hasattr(type(new_section), "__builder_params__"):
             continue
         a, b = builder_kwargs(old_section), builder_kwargs(new_section)
         changed += _differences(f.name, a, b)
@@ -208,6 +211,11 @@ def _reconstruct(args: argparse.Namespace) -> int:
     out, scores = recipe.reconstruct(
         cfg, path, args.inputs, out=args.out, device=args.device or "auto"
     )
+    size = cfg.data.image_size
+    print(
+        f"vqkit: every image is resized (shorter side to {size} px) and centre-cropped to "
+        f"{size}x{size}, the size the run was trained at; PSNR is measured at {size}x{size}"
+    )
     for name, score in zip(args.inputs, scores):
         print(f"{name}: PSNR {score:.2f} dB")
     print(f"vqkit: originals above reconstructions written to {out}")
@@ -218,8 +226,7 @@ def _convert(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
     if args.out is not None:  # checked before any work
         check_output_file(args.out)
-        if args.out.suffix.lower() not in (".wav", ".flac", ".ogg"):
-            raise InputError(f"--out {args.out}: write .wav, .flac or .ogg")
+        audio_format(args.out)  # .wav, .flac or .ogg
     if args.out_dir is not None:
         check_output_dir(args.out_dir, "--out-dir")
     fn = _recipe_command(recipe, "convert", args.run_dir)
@@ -246,6 +253,7 @@ def _convert(args: argparse.Namespace) -> int:
         device=args.device or "auto",
         chunk_seconds=args.chunk_seconds,
         progress=not args.no_progress,
+        strict=args.strict,
     )
     where = args.out if args.out is not None else args.out_dir
     print(f"vqkit: {len(written)} conversion(s) written to {where}")
@@ -277,9 +285,11 @@ def _units(args: argparse.Namespace) -> int:
     metrics = _recipe_command(recipe, "units", args.run_dir)(
         cfg, path, data=args.data, max_utterances=args.max_utterances, device=args.device or "auto"
     )
+    skipped = metrics["skipped_files"]
+    note = f" ({skipped} unusable files skipped)" if skipped else ""
     print(
         f"K = {metrics['num_codes']} codes at {metrics['code_rate_hz']:g} Hz, "
-        f"{metrics['utterances']} held-out utterances, {metrics.get('unit_labels')} labels"
+        f"{metrics['utterances']} held-out utterances, {metrics.get('unit_labels')} labels{note}"
     )
     for key, value in metrics.items():
         if key.startswith("unit_") and key != "unit_labels":
@@ -488,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="long inputs are converted in chunks of this many seconds (bounded memory)",
+    )
+    conv.add_argument(
+        "--strict",
+        action="store_true",
+        help="an unusable source (unreadable, NaN, too short, float samples above 1) is an "
+        "error, not skipped with a warning",
     )
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.add_argument(

@@ -73,6 +73,31 @@ def load_config(
     return config_from_dict(cls, data)
 
 
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None) -> Any:
+    """A config field with a range, checked wherever a config is read (a preset, ``--set``,
+    a run's ``config.yaml``); None passes for Optional fields.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Data:
+        ...     sample_rate: int = ranged(8000, ge=1)
+        >>> load_config(Data, overrides=["sample_rate=0"])  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ConfigError: config key 'sample_rate' must be >= 1, got 0 (--set sample_rate=...)
+    """
+    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt})
+
+
+def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
+    ge, gt = f.metadata.get("ge"), f.metadata.get("gt")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if ge is not None and not value >= ge:
+        raise ConfigError(f"config key {key!r} must be >= {ge}, got {value} (--set {key}=...)")
+    if gt is not None and not value > gt:
+        raise ConfigError(f"config key {key!r} must be > {gt}, got {value} (--set {key}=...)")
+
+
 def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """Build the dataclass ``cls`` from a nested dict, checking keys and types."""
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
@@ -173,6 +198,8 @@ def builder_kwargs(section: Any) -> dict[str, Any]:
 
 
 def _field_with(default: Any) -> dataclasses.Field:
+    if isinstance(default, dataclasses.Field):  # a ranged() default
+        return default
     if isinstance(default, tuple):
         default = _plain(default)  # as a loaded config holds it (YAML has lists, not tuples)
     if isinstance(default, (list, dict, set)):
@@ -271,6 +298,7 @@ def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
                 # Partial nested section: keep the parent's default for the keys not given.
                 value = _deep_merge(_plain(base), value)
             kwargs[f.name] = _coerce(value, ftypes[f.name], key)
+            _check_range(f, kwargs[f.name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key {key!r} ({_type_name(ftypes[f.name])})")
     try:

@@ -4,7 +4,7 @@ sampling settings, single-threaded generation and codebook figures.
 A recipe (``recipes/<modality>/recipe.py``) owns only its step functions, evaluation, media and
 presets; everything a second modality would write again lives here::
 
-    run = Run(cfg, run_dir, resume=resume, progress=progress)  # rank 0 writes config.yaml
+    run = Run(cfg, run_dir, resume=resume, progress=progress)  # checks cfg, writes nothing
     with run.stage("vqvae"):
         vqvae = run.train("vqvae", lambda: vqvae_image(**builder_kwargs(cfg.vqvae)), step, data)
     ...
@@ -178,17 +178,14 @@ class Stages:
 
 
 def check_run_config(cfg: Any) -> None:
-    """Range checks of a recipe config's shared keys, each naming the key: ``threads >= 1``,
-    ``eval_batch_size >= 1``, every ``*.quantizer.beta >= 0``, and every training stage's
-    device (resolved here, so a bad one is refused before anything is written).
+    """Checks of a recipe config beyond its fields' own ranges (:func:`~vqkit.config.ranged`,
+    checked as the config is read), each naming the key: every ``*.quantizer.beta >= 0``, and
+    every training stage's device (resolved here, so a bad one is refused before anything is
+    written).
 
     Raises:
         ConfigError: a value out of range; InputError: an unknown or unavailable device.
     """
-    for key in ("threads", "eval_batch_size"):
-        value = getattr(cfg, key, None)
-        if value is not None and value < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {value} (--set {key}=...)")
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         quantizer = getattr(section, "quantizer", None)
@@ -204,7 +201,8 @@ class Run:
     """One ``vqkit run``: the run directory, the device, the stage timer and the trained stages.
 
     Under torchrun every rank trains; rank 0 alone (``run.main``) writes ``config.yaml``,
-    ``metrics.json``, media and the report.
+    ``metrics.json``, media and the report. Nothing is written before the first stage's model
+    is built (:meth:`claim`): bad data or a bad model size leave no run directory.
 
     Args:
         cfg: the recipe config; ``cfg.vqvae_train.device`` picks the device (each rank takes
@@ -217,17 +215,25 @@ class Run:
     def __init__(self, cfg: Any, run_dir: Path, *, resume: bool = False, progress: bool = True):
         self.cfg, self.dir, self.resume, self.progress = cfg, Path(run_dir), resume, progress
         self.main = is_main()
-        # Every input is checked before config.yaml is written: a failed start leaves no run.
+        # Every input is checked before config.yaml is written (claim()): a failed start
+        # leaves no run.
         check_run_config(cfg)
         self.device = rank_device(resolve_device(cfg.vqvae_train.device))
         threads = getattr(cfg, "threads", None)
         if threads is not None:
             torch.set_num_threads(threads)
-        if self.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.dir / "config.yaml")
+        self._claimed = False
         self.stages = Stages()
         self.fits: dict[str, Any] = {}
+
+    def claim(self) -> None:
+        """Create the run directory and write ``config.yaml`` (rank 0, once): called before
+        the first file of the run is written, so the data and the first model's build are
+        checked first, and a run that fails there leaves nothing behind."""
+        if self.main and not self._claimed:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.dir / "config.yaml")
+        self._claimed = True
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -269,6 +275,7 @@ class Run:
                     f"config key '{path}.{key}' {rest} (--set {path}.{key}=...)"
                 ) from e
             raise ConfigError(f"{path}: {e} (change it with --set {path}.<key>=<value>)") from e
+        self.claim()
         self.fits[name] = fit(
             model,
             step,
@@ -284,6 +291,7 @@ class Run:
 
     def media(self, kind: str, path: str, title: str, group: str) -> None:
         """Record a media file of the run (relative to its directory) for the report."""
+        self.claim()
         add_media(self.dir, kind, path, title, group)
 
     def finish(
@@ -297,6 +305,7 @@ class Run:
         """Add the run-level figures, write ``metrics.json`` (with ``lists``, per-frame or
         per-horizon series kept out of the returned dict), ``code_usage.json`` and the
         report; returns the metrics."""
+        self.claim()
         metrics.update(self.stages.summary(self.device, **self.fits))
         write_json(self.dir / "metrics.json", {**metrics, **(lists or {})})
         if code_usage is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from vqkit.audio import silence_class
 from vqkit.datasets.alignments import Segment, frame_labels
@@ -42,6 +43,8 @@ def load_split(data, split: str) -> Utterances:
         max_files=data.max_files,
         max_seconds=data.max_seconds,
         num_sentences=data.num_sentences,
+        min_seconds=data.min_seconds,
+        strict=data.strict,
     )
 
 
@@ -62,19 +65,22 @@ def encode_utterance(vqvae, audio: torch.Tensor, device, speaker: int | None = N
     return vqvae.encode(x[None], speaker, stats=stats)[0]
 
 
-def encode_split(vqvae, split: Utterances, speakers: list[str], device) -> list[torch.Tensor]:
-    """Codes of every utterance (on the CPU). A training speaker's utterances are normalised
-    with that speaker's statistics, another speaker's with those of their utterances here."""
+def encode_split(
+    vqvae, split: Utterances, speakers: list[str], device, *, progress: bool = False
+) -> list[torch.Tensor]:
+    """Codes of every utterance (on the CPU), with a progress bar if ``progress``. A training
+    speaker's utterances are normalised with that speaker's statistics, another speaker's with
+    those of their utterances here."""
     ids = {s: speakers.index(s) for s in speakers}
     stats = {}
     if vqvae.speaker_norm:
         for s in set(split.speakers) - set(ids):
             mine = [a for a, t in zip(split.audio, split.speakers) if t == s]
             stats[s] = vqvae.speaker_stats(mine)
-    return [
-        encode_utterance(vqvae, a, device, ids.get(s), stats.get(s)).cpu()
-        for a, s in zip(split.audio, split.speakers)
-    ]
+    pairs = tqdm(
+        list(zip(split.audio, split.speakers)), desc="encode", disable=not progress, leave=False
+    )
+    return [encode_utterance(vqvae, a, device, ids.get(s), stats.get(s)).cpu() for a, s in pairs]
 
 
 def codebook_vectors(vqvae) -> torch.Tensor:
@@ -322,10 +328,11 @@ def _content_targets(split: Utterances, i: int, clf_rate: float, num_frames: int
 
 
 def conversion_metrics(
-    train: Utterances, test: Utterances, speakers, result: dict, cfg, device
+    train: Utterances, test: Utterances, speakers, result: dict, cfg, device, *, progress=False
 ) -> dict:
     """Speaker and content classifiers trained on real training audio, applied to real test
-    audio (their reference accuracy), reconstructions, conversions and prior samples.
+    audio (their reference accuracy), reconstructions, conversions and prior samples; with
+    ``progress``, a bar over each classifier's training steps.
 
     Returns:
         ``(metrics, verdicts)``: the rates, and what the classifiers say of each decoded
@@ -336,8 +343,13 @@ def conversion_metrics(
     opts = dict(sample_rate=sr, steps=e.classifier_steps, crop=e.classifier_crop, device=device)
     waves = [train.waveform(i) for i in range(len(train.audio))]
     spk_clf = train_classifier(
-        waves, [speakers.index(s) for s in train.speakers], num_classes=len(speakers), **opts
+        waves,
+        [speakers.index(s) for s in train.speakers],
+        num_classes=len(speakers),
+        progress="speaker classifier" if progress else None,
+        **opts,
     )
+    opts["progress"] = "content classifier" if progress else None
     known = [i for i, s in enumerate(test.speakers) if s in speakers]
     test_waves = [test.waveform(i) for i in known]
     out = {

@@ -19,9 +19,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vqkit.audio import MuLawEncode, audio_info, read_chunks, save_audio, silence_class
-from vqkit.config import builder_kwargs
+from vqkit.audio import (
+    MAX_PEAK,
+    AudioError,
+    MuLawEncode,
+    audio_format,
+    audio_info,
+    read_chunks,
+    save_audio,
+    silence_class,
+)
+from vqkit.config import builder_kwargs, ranged
 from vqkit.datasets import SequenceCrops
+from vqkit.datasets.audio import skip_file
 from vqkit.datasets.utterances import Utterances, load_labelled, spread
 from vqkit.errors import InputError
 from vqkit.io import write_json
@@ -52,10 +62,16 @@ class DataConfig:
 
     kind: str = "builtin"
     root: str | None = None
-    num_sentences: int = 300  # builtin: sentences per speaker when the corpus is built
-    sample_rate: int = 8000
-    max_files: int | None = None  # per split, spread evenly over the files (tiny runs)
-    max_seconds: float | None = 8.0  # longer utterances are cut to this
+    # builtin: sentences per speaker when the corpus is built
+    num_sentences: int = ranged(300, ge=1)
+    sample_rate: int = ranged(8000, ge=1)
+    # per split, spread evenly over the files (tiny runs)
+    max_files: int | None = ranged(None, ge=1)
+    max_seconds: float | None = ranged(8.0, gt=0)  # longer utterances are cut to this
+    # A file shorter than min_seconds, unreadable, holding NaN/inf or float samples above 1 is
+    # left out with a warning and counted in metrics.json (skipped_files); strict: an error.
+    min_seconds: float = ranged(0.1, ge=0)
+    strict: bool = False
     # Speakers left out of training: their test utterances are converted as unseen voices (each
     # read with the statistics of their own test utterances) and scored apart.
     heldout_speakers: list[str] = field(default_factory=list)
@@ -71,7 +87,7 @@ VQVAEConfig = model_section(
     skip=("num_speakers", "sample_rate"),  # from the data
     extra={
         "speaker_conditioning": (bool, True),  # a speaker embedding in the decoder
-        "crop": (int, 2048),  # training crop in samples
+        "crop": (int, ranged(2048, ge=1)),  # training crop in samples
     },
 )
 PriorConfig = model_section(
@@ -80,7 +96,8 @@ PriorConfig = model_section(
     skip=("num_codes", "num_speakers"),
     extra={
         "speaker_conditional": (bool, True),
-        "crop": (int, 128),  # codes per training sequence (shorter utterances are masked)
+        # codes per training sequence (shorter utterances are masked)
+        "crop": (int, ranged(128, ge=1)),
     },
 )
 
@@ -96,22 +113,23 @@ VocoderConfig = model_section(
 class ConvertConfig:
     """The conversion matrix and the prior samples, all decoded in one batch."""
 
-    sources: int = 3  # test utterances, each decoded with every target speaker
-    max_targets: int | None = 6  # target speakers (None: all training speakers)
-    seconds: float = 1.5  # longest decoded clip
-    prior_samples: int = 1  # prior samples per target speaker
-    pictures: int = 4  # sources whose cells get log-mel pictures in the report
-    temperature: float = 1.0
+    sources: int = ranged(3, ge=1)  # test utterances, each decoded with every target speaker
+    max_targets: int | None = ranged(6, ge=1)  # target speakers (None: all training speakers)
+    seconds: float = ranged(1.5, gt=0)  # longest decoded clip
+    prior_samples: int = ranged(1, ge=0)  # prior samples per target speaker
+    pictures: int = ranged(4, ge=0)  # sources whose cells get log-mel pictures in the report
+    temperature: float = ranged(1.0, gt=0)
     seed: int = 0
 
 
 @dataclass
 class EvalConfig:
-    classifier_steps: int = 300
-    classifier_crop: int | None = 16000  # samples per training crop of the classifiers
-    abx_triples: int = 2000
-    max_utterances: int | None = None  # held-out utterances for the unit metrics
-    plots: int = 2  # codes-vs-labels plots
+    classifier_steps: int = ranged(300, ge=1)
+    # samples per training crop of the classifiers
+    classifier_crop: int | None = ranged(16000, ge=1)
+    abx_triples: int = ranged(2000, ge=1)
+    max_utterances: int | None = ranged(None, ge=1)  # held-out utterances for the unit metrics
+    plots: int = ranged(2, ge=0)  # codes-vs-labels plots
 
 
 @dataclass
@@ -133,7 +151,7 @@ class AudioRecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # torch intra-op threads (None: torch's default). On a CPU shared with other jobs, 1 is often
     # several times faster than oversubscribing the cores.
-    threads: int | None = None
+    threads: int | None = ranged(None, ge=1)
 
 
 CONFIG = AudioRecipeConfig
@@ -217,15 +235,16 @@ def run(
         train, test = ev.load_split(cfg.data, "train"), ev.load_split(cfg.data, "test")
         train = ev.leave_out(train, cfg.data.heldout_speakers)
         speakers = sorted(set(train.speakers))
-        if run.main:
-            write_json(run_dir / "speakers.json", speakers)
 
     with run.stage("vqvae"):
         vqvae = train_vqvae(run, train, speakers)
+    if run.main:  # once the model is built: nothing of a run is written before (Run.claim)
+        write_json(run_dir / "speakers.json", speakers)
 
     with run.stage("encode"):
-        codes_train = ev.encode_split(vqvae, train, speakers, device)
-        codes_test = ev.encode_split(vqvae, test, speakers, device)
+        bar = run.progress and run.main
+        codes_train = ev.encode_split(vqvae, train, speakers, device, progress=bar)
+        codes_test = ev.encode_split(vqvae, test, speakers, device, progress=bar)
 
     with run.stage("prior"):
         spk_train = [speakers.index(s) for s in train.speakers]
@@ -259,6 +278,7 @@ def run(
             "num_speakers": len(speakers),
             "train_utterances": len(train.audio),
             "test_utterances": len(test.audio),
+            "skipped_files": len(train.skipped) + len(test.skipped),  # unusable, left out
         }
         metrics.update(ev.reconstruction_metrics(vqvae, test, speakers, result, device))
         metrics.update(ev.prior_metrics(prior, codes_train, codes_test, test, speakers, device))
@@ -272,7 +292,9 @@ def run(
                 codebook=ev.codebook_vectors(vqvae),
             )
         )
-        scores, verdicts = ev.conversion_metrics(train, test, speakers, result, cfg, device)
+        scores, verdicts = ev.conversion_metrics(
+            train, test, speakers, result, cfg, device, progress=run.progress
+        )
         metrics.update(scores)
         generation.write_media(
             run_dir, result, test, speakers, cfg.data.sample_rate, verdicts,
@@ -285,7 +307,13 @@ def run(
                 "image", path, f"Codes of {test.ids[k]} against its labels", "Codes over time"
             )
     usage = code_histogram(torch.cat(codes_test), vqvae.quantizer.num_codes)
-    return run.finish(metrics, code_usage=usage, title=f"vqkit audio run: {run_dir.name}")
+    skipped = [{"file": f, "reason": why} for f, why in train.skipped + test.skipped]
+    return run.finish(
+        metrics,
+        code_usage=usage,
+        lists={"skipped": skipped},
+        title=f"vqkit audio run: {run_dir.name}",
+    )
 
 
 # --- commands on a finished run --------------------------------------------------------------
@@ -329,14 +357,18 @@ def convert(
     device: str = "auto",
     chunk_seconds: float = 10.0,
     progress: bool = True,
+    strict: bool = False,
 ) -> list[Path]:
     """Every source (files, or folders of them) in the voice of every speaker.
 
     Writes ``out_dir/<source stem>_to_<speaker>.wav`` (or ``out`` for one source and one
-    speaker). Each source is read, encoded and decoded in chunks of ``chunk_seconds``, every
-    target speaker of a chunk in one batch, and written as it goes: memory stays bounded by one
-    chunk whatever the length of the input. An encoder normalised per speaker reads each source
-    with the statistics of its first chunk.
+    speaker, in the format of its extension). Each source is read, encoded and decoded in chunks
+    of ``chunk_seconds``, every target speaker of a chunk in one batch, and written as it goes:
+    memory stays bounded by one chunk whatever the length of the input. An encoder normalised per
+    speaker reads each source with the statistics of its first chunk. An unusable source
+    (unreadable, NaN or inf, shorter than ``data.min_seconds``, float samples above 1) is
+    skipped with a warning, its partial outputs removed; with ``strict`` (or a single source
+    given with ``out``) every source is read through first and an unusable one is an error.
 
     Returns:
         The files written, source by source, speaker by speaker.
@@ -355,18 +387,32 @@ def convert(
     sr, vocoder = cfg.data.sample_rate, build_vocoder(cfg, vqvae)
     temp, gen = sampling(cfg.convert, temperature, seed, dev)
     ids = torch.tensor([known.index(s) for s in speakers], device=dev)
-    infos = [audio_info(f) for f in files]
-    total = sum(i.frames / i.sample_rate for i in infos) * len(speakers)  # seconds to convert
+    strict, skipped, usable = strict or out is not None, [], []
+    for f in files:
+        try:
+            info = audio_info(f, min_seconds=cfg.data.min_seconds)
+            if strict:  # every sample checked before any work (NaN, peak)
+                rate = info.sample_rate
+                for _ in read_chunks(f, sample_rate=rate, seconds=chunk_seconds, max_peak=MAX_PEAK):
+                    pass
+            usable.append((f, info))
+        except AudioError as e:
+            skip_file(skipped, f, e, strict=strict, where="of the sources", hint="pass --strict")
+    total = sum(i.frames / i.sample_rate for _, i in usable) * len(speakers)  # seconds to do
     written = []
     with tqdm(total=round(total, 1), unit="s", desc="convert", disable=not progress) as bar:
-        for f in files:
+        for f, _ in usable:
             paths = (
                 [out] if out is not None else [out_dir / f"{f.stem}_to_{s}.wav" for s in speakers]
             )
-            writers = [sf.SoundFile(str(p), "w", samplerate=sr, channels=1) for p in paths]
-            stats = None
+            fmt, subtype = audio_format(paths[0])
+            writers = [
+                sf.SoundFile(str(p), "w", sr, 1, subtype, format=fmt) for p in paths
+            ]  # fmt: skip
+            stats, failed = None, None
             try:
-                for piece in read_chunks(f, sample_rate=sr, seconds=chunk_seconds):
+                chunks = read_chunks(f, sample_rate=sr, seconds=chunk_seconds, max_peak=MAX_PEAK)
+                for piece in chunks:
                     classes = MuLawEncode(vqvae.classes)(piece).to(torch.uint8)
                     if stats is None and vqvae.speaker_norm:
                         stats = vqvae.speaker_stats([classes])
@@ -379,10 +425,20 @@ def convert(
                     for w, writer in zip(wav[:, : len(piece)], writers):
                         writer.write(w.numpy())
                     bar.update(round(len(piece) / sr * len(ids), 1))
+            except AudioError as e:  # found part-way (NaN in a later chunk, say)
+                failed = e
             finally:
                 for writer in writers:
                     writer.close()
+            if failed is not None:
+                for p in paths:
+                    p.unlink(missing_ok=True)
+                skip_file(skipped, f, failed, strict=strict, where="of the sources",
+                          hint="pass --strict")  # fmt: skip
+                continue
             written += paths
+    if skipped:
+        print(f"vqkit: {len(skipped)} unusable source(s) skipped (see the warnings above)")
     return written
 
 
@@ -395,7 +451,10 @@ def sample(
     seed: int | None,
     device: str,
 ) -> Path:
-    """Prior samples, one per target speaker, joined by 0.3 s of silence into one WAV."""
+    """Prior samples, one per target speaker, joined by 0.3 s of silence into one file (in the
+    format of its extension)."""
+    out = out or run_dir / "samples_new.wav"
+    audio_format(out)  # an unknown extension is refused before any work
     dev, vqvae, speakers, prior = _load(run_dir, device, prior=True)
     c = cfg.convert
     targets = torch.tensor(generation.targets_of(speakers, c.max_targets), device=dev)
@@ -414,7 +473,7 @@ def sample(
         )
     gap = torch.zeros(int(0.3 * cfg.data.sample_rate))
     wav = torch.cat([torch.cat([a, gap]) for a in audio])
-    return save_audio(out or run_dir / "samples_new.wav", wav, cfg.data.sample_rate)
+    return save_audio(out, wav, cfg.data.sample_rate)
 
 
 def units(
@@ -434,5 +493,6 @@ def units(
     codes = ev.encode_split(vqvae, test, speakers, dev)
     rate = cfg.data.sample_rate / vqvae.hop
     out = {"num_codes": vqvae.quantizer.num_codes, "code_rate_hz": rate, "utterances": len(codes)}
+    out["skipped_files"] = len(test.skipped)  # unusable, left out with a warning each
     out.update(ev.unit_metrics(codes, test, rate, cfg.eval, codebook=ev.codebook_vectors(vqvae)))
     return out

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from vqkit.config import ConfigError, builder_kwargs
+from vqkit.config import ConfigError, builder_kwargs, ranged
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
 from vqkit.errors import InputError
 from vqkit.metrics import LN2, data_variance, psnr
@@ -45,9 +45,9 @@ class DataConfig:
 
     kind: str = "builtin"
     root: str | None = None
-    image_size: int = 32
-    train_size: int | None = None  # builtin only
-    test_size: int | None = None  # builtin only
+    image_size: int = ranged(32, ge=8)
+    train_size: int | None = ranged(None, ge=1)  # builtin only
+    test_size: int | None = ranged(None, ge=1)  # builtin only
     download: bool = False
     seed: int = 0
     mirror: bool = False  # train the VQ-VAE on the training images and their mirror images
@@ -89,11 +89,11 @@ class PriorConfig(PixelCNNPriorConfig):
 
 @dataclass
 class SampleConfig:
-    per_class: int = 8  # class-conditional: one row of this many per class
-    count: int = 64  # unconditional
-    temperature: float = 1.0
+    per_class: int = ranged(8, ge=1)  # class-conditional: one row of this many per class
+    count: int = ranged(64, ge=1)  # unconditional
+    temperature: float = ranged(1.0, gt=0)
     seed: int = 0
-    steps: int | None = None  # MaskGIT's sampling passes (None: prior.maskgit.steps)
+    steps: int | None = ranged(None, ge=1)  # MaskGIT passes (None: prior.maskgit.steps)
 
 
 @dataclass
@@ -101,11 +101,11 @@ class EvalConfig:
     """Sample quality: a small CNN trained on the real training images scores real test images,
     their reconstructions and ``samples`` prior samples (vqkit.metrics.samples)."""
 
-    classifier_steps: int = 300
-    classifier_batch_size: int = 64
-    classifier_channels: int = 16
+    classifier_steps: int = ranged(300, ge=1)
+    classifier_batch_size: int = ranged(64, ge=1)
+    classifier_channels: int = ranged(16, ge=1)
     classifier_seed: int = 0
-    samples: int = 500  # prior samples scored (class-conditional: the same number per class)
+    samples: int = ranged(500, ge=2)  # prior samples scored (conditional: as many per class)
     sample_seed: int = 1  # their seed (the grid of samples.png uses sample.seed)
 
 
@@ -121,10 +121,10 @@ class ImageRecipeConfig:
     )
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    eval_batch_size: int = 256
+    eval_batch_size: int = ranged(256, ge=1)
     # torch intra-op threads (None: torch's default); 1 is often faster on a CPU shared with
     # other jobs.
-    threads: int | None = None
+    threads: int | None = ranged(None, ge=1)
 
     def __post_init__(self) -> None:
         if self.sample.steps is not None and self.prior.kind != "maskgit":
@@ -308,6 +308,7 @@ def train_classifier(run: Run, train_set: Dataset, classes: int):
         channels=e.classifier_channels,
         seed=e.classifier_seed,
         device=run.device,
+        progress=run.progress,
     )
 
 
@@ -324,9 +325,13 @@ def fit_sigma(vqvae, train_set: Dataset, batch_size: int, device) -> None:
 
 
 @torch.no_grad()
-def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device):
-    """Test reconstruction, bits/dim, codebook health and prior NLL (not defined for MaskGIT);
-    also the test images and their reconstructions in [0, 1] (on the CPU)."""
+def evaluate(
+    vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device,
+    progress=False,
+):  # fmt: skip
+    """Test reconstruction, bits/dim, codebook health and prior NLL (not defined for MaskGIT),
+    a bar over the batches with ``progress``; also the test images and their reconstructions in
+    [0, 1] (on the CPU)."""
     vqvae.eval()
     prior.eval()
     likelihood = vqvae.likelihood
@@ -336,7 +341,9 @@ def evaluate(vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, 
     conditional = bool(prior.num_classes)
     exact = prior.has_likelihood
     images, recons = [], []
-    for x, _ in loader(test_set, cfg.eval_batch_size):
+    batches = loader(test_set, cfg.eval_batch_size)
+    batches = tqdm(batches, desc="eval", disable=not progress, leave=False)
+    for x, _ in batches:
         images.append(x)
         x = to_model(x.to(device))
         b = x.shape[0]
@@ -432,17 +439,23 @@ def run(
         if not prior.has_likelihood:
             timing["sample_steps"] = cfg.sample.steps or prior.steps
 
-    with run.stage("classifier"):
-        clf = train_classifier(run, train_set, classes)
+    clf = None
+    if classes >= 2:  # one class: nothing to classify, no sample-quality figures
+        with run.stage("classifier"):
+            clf = train_classifier(run, train_set, classes)
 
     with run.stage("eval"):
         if hasattr(vqvae.likelihood, "sigma"):
             fit_sigma(vqvae, train_set, cfg.eval_batch_size, device)
             rewrite_weights(run_dir / "vqvae" / "ckpt", vqvae)  # the weights carry sigma
         metrics, hist, (real, recons) = evaluate(
-            vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device
-        )
-        metrics.update(sample_quality(clf, real, labels_test, recons, scored, scored_y))
+            vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device,
+            progress=progress,
+        )  # fmt: skip
+        if clf is not None:
+            metrics.update(sample_quality(clf, real, labels_test, recons, scored, scored_y))
+        else:
+            metrics["classifier_sample_accuracy"] = "n/a: the data has one class"
         metrics.update(timing)
         originals = torch.stack([test_set[i][0] for i in range(min(16, len(test_set)))])
         save_pairs(originals, reconstruct_images(vqvae, originals), run_dir / "reconstructions.png")
@@ -454,8 +467,13 @@ def run(
         "Reconstructions",
     )
     caption = "Prior samples, one row per class" if prior.num_classes else "Prior samples"
-    run.media("image", "samples.png", f"{caption}. {quality_caption(metrics)}", "Samples")
-    return run.finish(metrics, code_usage=hist)
+    if clf is not None:
+        caption = f"{caption}. {quality_caption(metrics)}"
+    run.media("image", "samples.png", caption, "Samples")
+    # Unreadable images left out (image folders); encoding read every one in this process.
+    skipped = sorted({f for ds in (train_set, test_set) for f in getattr(ds, "skipped", [])})
+    metrics["skipped_files"] = len(skipped)
+    return run.finish(metrics, code_usage=hist, lists={"skipped": skipped})
 
 
 # --- commands on a finished run --------------------------------------------------------------

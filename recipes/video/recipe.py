@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
+from tqdm.auto import tqdm
 
-from vqkit.config import builder_kwargs, builder_section
+from vqkit.config import builder_kwargs, builder_section, ranged
 from vqkit.datasets.synthetic_video import (
     ACTIONS,
     SyntheticVideo,
@@ -66,14 +67,16 @@ class DataConfig:
 
     kind: str = "builtin"
     root: str | None = None
-    num_frames: int = 16
-    context_frames: int = 6
-    frame_size: int = 32
-    train_size: int | None = 2000  # builtin: clips; folder: at most this many (None: all)
-    test_size: int | None = 64
-    num_sprites: int = 3  # builtin: distractor sprites
-    frame_rate: float | None = None  # folder: resample to this many fps
-    frames_between_clips: int | None = None  # folder: default num_frames
+    num_frames: int = ranged(16, ge=2)
+    context_frames: int = ranged(6, ge=1)
+    frame_size: int = ranged(32, ge=16)
+    train_size: int | None = ranged(
+        2000, ge=1
+    )  # builtin: clips; folder: at most this many (None: all)
+    test_size: int | None = ranged(64, ge=1)
+    num_sprites: int = ranged(3, ge=0)  # builtin: distractor sprites
+    frame_rate: float | None = ranged(None, gt=0)  # folder: resample to this many fps
+    frames_between_clips: int | None = ranged(None, ge=1)  # folder: default num_frames
     skip_bad_videos: bool = False  # folder: leave unreadable or empty files out
     seed: int = 0
 
@@ -117,12 +120,12 @@ class PriorConfig(TransformerPriorConfig):
 
 @dataclass
 class PredictConfig:
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, gt=0)
     seed: int = 0
-    rollouts: int = 64  # builtin: test clips steered by new action sequences
-    gif_clips: int = 4  # clips shown in each GIF
-    fps: float = 6.0
-    upscale: int = 3
+    rollouts: int = ranged(64, ge=1)  # builtin: test clips steered by new action sequences
+    gif_clips: int = ranged(4, ge=1)  # clips shown in each GIF
+    fps: float = ranged(6.0, gt=0)
+    upscale: int = ranged(3, ge=1)
 
 
 @dataclass
@@ -138,7 +141,7 @@ class VideoRecipeConfig:
         default_factory=lambda: TrainConfig(steps=1500, batch_size=8, lr=1e-3)
     )
     predict: PredictConfig = field(default_factory=PredictConfig)
-    eval_batch_size: int = 32
+    eval_batch_size: int = ranged(32, ge=1)
 
 
 CONFIG = VideoRecipeConfig
@@ -227,14 +230,16 @@ def train_vqvae(run: Run, train_set: TensorDataset, variance: float):
 
 
 @torch.no_grad()
-def encode_all(vqvae, clips: torch.Tensor, device, batch_size: int) -> torch.Tensor:
-    """uint8 clips ``(N, 3, T, H, W)`` -> codes ``(N, T', H', W')`` on the CPU."""
-    return torch.cat(
-        [
-            vqvae.encode(to_model(as_float(clips[i : i + batch_size].to(device)))).cpu()
-            for i in range(0, len(clips), batch_size)
-        ]
-    )
+def encode_all(
+    vqvae, clips: torch.Tensor, device, batch_size: int, *, progress: bool = False
+) -> torch.Tensor:
+    """uint8 clips ``(N, 3, T, H, W)`` -> codes ``(N, T', H', W')`` on the CPU (a bar over the
+    batches with ``progress``)."""
+    starts = range(0, len(clips), batch_size)
+    return torch.cat([
+        vqvae.encode(to_model(as_float(clips[i : i + batch_size].to(device)))).cpu()
+        for i in tqdm(starts, desc="encode", disable=not progress, leave=False)
+    ])  # fmt: skip
 
 
 def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
@@ -262,12 +267,15 @@ def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
 # --- prediction ------------------------------------------------------------------------------
 
 
-def predict_all(vqvae, prior, clips, conds, cfg, device, *, seed_offset=0) -> torch.Tensor:
-    """Predictions for uint8 clips ``(N, 3, T, H, W)`` from their first context frames."""
+def predict_all(
+    vqvae, prior, clips, conds, cfg, device, *, seed_offset=0, progress=False
+) -> torch.Tensor:
+    """Predictions for uint8 clips ``(N, 3, T, H, W)`` from their first context frames (a bar
+    over the batches with ``progress``)."""
     temp, gen = sampling(cfg.predict, None, None, device, offset=seed_offset)
     c, bs = cfg.data.context_frames, cfg.eval_batch_size
     outs = []
-    for i in range(0, len(clips), bs):
+    for i in tqdm(range(0, len(clips), bs), desc="predict", disable=not progress, leave=False):
         y = None if conds is None else conds[i : i + bs]
         context = as_float(clips[i : i + bs, :, :c])
         with one_thread_on_cpu(device):
@@ -367,15 +375,20 @@ def action_following(vqvae, prior, test: SyntheticVideo, clips, conds, cfg, devi
 
 
 @torch.no_grad()
-def evaluate(vqvae, prior, cfg, test_set, clips, conds, codes_train, variance, device) -> dict:
-    """Reconstruction, prior NLL, prediction by horizon against copy-last-frame, actions."""
+def evaluate(
+    vqvae, prior, cfg, test_set, clips, conds, codes_train, variance, device, progress=False
+) -> dict:
+    """Reconstruction, prior NLL, prediction by horizon against copy-last-frame, actions (a
+    progress bar over the predictions with ``progress``)."""
     c, ft = cfg.data.context_frames, vqvae.factor[0]
     bs = cfg.eval_batch_size
     x = as_float(clips)
     codes, recons = reconstruct_all(vqvae, clips, device, bs)
     recon_frames = psnr_per_frame(recons, x)  # (T,)
     vocab = prior.num_conds
-    preds = predict_all(vqvae, prior, clips, conds if vocab else None, cfg, device)
+    preds = predict_all(
+        vqvae, prior, clips, conds if vocab else None, cfg, device, progress=progress
+    )
     future = x[:, :, c:]
     pred_h = psnr_per_frame(preds[:, :, c:], future)  # (T - c,)
     copy_h = psnr_per_frame(copy_last_frame(x, c), future)
@@ -448,7 +461,8 @@ def run(
         vqvae = train_vqvae(run, train, variance)
 
     with run.stage("encode"):
-        codes_train = encode_all(vqvae, train.tensors[0], device, cfg.eval_batch_size)
+        bar = progress and run.main
+        codes_train = encode_all(vqvae, train.tensors[0], device, cfg.eval_batch_size, progress=bar)
 
     with run.stage("prior"):
         ft, vocab = vqvae.factor[0], num_conds(cfg, train_raw)
@@ -459,7 +473,7 @@ def run(
     with run.stage("eval"):
         clips, conds = test.tensors
         metrics, lists, hist, recons, preds = evaluate(
-            vqvae, prior, cfg, test_raw, clips, conds, codes_train, variance, device
+            vqvae, prior, cfg, test_raw, clips, conds, codes_train, variance, device, progress
         )
         k, c = min(cfg.predict.gif_clips, len(clips)), cfg.data.context_frames
         panel_gif(

@@ -199,7 +199,7 @@ def test_empty_folder_names_path_and_layouts(tmp_path):
 def test_unreadable_file_skipped_with_warning_or_raised_when_strict(tmp_path):
     _write_tree(tmp_path, {"bob/a.wav": 800, "bob/b.wav": 800})
     (tmp_path / "bob" / "broken.wav").write_bytes(b"RIFF garbage")
-    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+    with pytest.warns(RuntimeWarning, match="broken.wav.*--set data.strict=true"):
         ds = SpeakerAudioFolder(tmp_path)
     assert len(ds) == 2 and len(ds.skipped) == 1 and ds.skipped[0][0].name == "broken.wav"
     with pytest.raises(AudioError, match="broken.wav"):

@@ -268,7 +268,7 @@ def test_image_folder_errors_name_the_path_and_layout(tmp_path: Path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="nowhere.*<class>"):
         ImageFolder(missing)
-    with pytest.raises(FileNotFoundError, match="split=None"):
+    with pytest.raises(FileNotFoundError, match="train/ and test/ folders"):
         ImageFolder(tmp_path, split="train")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -290,7 +290,7 @@ def test_image_folder_errors_name_the_path_and_layout(tmp_path: Path):
 
 
 def test_cifar10_without_data_says_how_to_get_it(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="download=True"):
+    with pytest.raises(FileNotFoundError, match="--set data.download=true"):
         CIFAR10(tmp_path, split="train")
     with pytest.raises(ValueError, match="split"):
         CIFAR10(tmp_path, split="validation")

@@ -140,5 +140,5 @@ def test_cache_reuse_and_parameter_mismatch(corpus):
     stamp = (corpus / "manifest.json").stat().st_mtime_ns
     assert build_speech_corpus(corpus, num_sentences=2) == corpus
     assert (corpus / "manifest.json").stat().st_mtime_ns == stamp  # nothing rebuilt
-    with pytest.raises(ValueError, match="overwrite=True"):
+    with pytest.raises(ValueError, match="delete the folder to rebuild it"):
         build_speech_corpus(corpus, num_sentences=3)

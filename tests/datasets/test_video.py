@@ -112,8 +112,12 @@ def test_action_path_stops_at_the_borders():
     np.testing.assert_allclose(path[:, 0], [9.5, 7.5, 5.5, low, low, low])
     np.testing.assert_allclose(path[:, 1], [5.5] * 5 + [7.5])
     # Batched: (B, T) actions give (B, T, 2) paths, each as if computed alone.
-    batch = action_path([[9.5, 5.5], [20.5, 20.5]], [[0, 1, 1, 1, 1, 4], [0, 2, 3, 0, 4, 4]],
-                        frame_size=32, speed=2.0)
+    batch = action_path(
+        [[9.5, 5.5], [20.5, 20.5]],
+        [[0, 1, 1, 1, 1, 4], [0, 2, 3, 0, 4, 4]],
+        frame_size=32,
+        speed=2.0,
+    )
     np.testing.assert_allclose(batch[0], path)
     np.testing.assert_allclose(batch[1, :, 0], [20.5, 22.5, 22.5, 22.5, 22.5, 22.5])
     np.testing.assert_allclose(batch[1, :, 1], [20.5, 20.5, 18.5, 18.5, 20.5, 22.5])
@@ -206,7 +210,7 @@ def test_video_folder_clips_labels_and_bad_files(tmp_path, caplog):
     bad = tmp_path / "dogs" / "broken.webm"
     bad.write_bytes(b"\x00" * 100)
     write_empty_avi(tmp_path / "cats" / "empty.avi")
-    with pytest.raises(VideoError, match="on_error='skip'"):
+    with pytest.raises(VideoError, match="--set data.skip_bad_videos=true"):
         VideoFolder(tmp_path, clip_length=4, size=16)
     with caplog.at_level(logging.WARNING, logger="vqkit.datasets"):
         ds = VideoFolder(tmp_path, clip_length=4, frames_between_clips=3, size=16, on_error="skip")

@@ -337,7 +337,7 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(ValueError, match="CUDA is not available.*device='cpu'"):
+    with pytest.raises(ValueError, match="CUDA is not available.*--device cpu"):
         resolve_device("cuda")
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda:0")

@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from vqkit.audio import AudioError, audio_info, load_audio
+from vqkit.audio import MAX_PEAK, AudioError, audio_info, load_audio
 from vqkit.errors import InputError
 
-__all__ = ["AudioItem", "SpeakerAudioFolder", "VCTK", "RandomCrop"]
+__all__ = ["AudioItem", "SpeakerAudioFolder", "VCTK", "RandomCrop", "skip_file"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 LAYOUTS = ("auto", "vctk", "fsdd", "speaker_dirs")
@@ -39,6 +39,26 @@ _LAYOUT_HELP = (
     "flac), FSDD (<root>/recordings/{digit}_{speaker}_{index}.wav), or one folder per speaker "
     "(<root>/<speaker>/*.wav)"
 )
+
+
+def skip_file(
+    skipped: list, path: Path, error: Exception, *, strict: bool, where: str, hint: str = ""
+) -> None:
+    """Leave an unusable audio file out: warn naming it and why, and append ``(path, reason)``
+    to ``skipped``; with ``strict`` raise ``error`` instead.
+
+    Args:
+        hint: how to make it an error, for the warning (default: ``--set data.strict=true``).
+    """
+    if strict:
+        raise error
+    skipped.append((path, str(error)))
+    warnings.warn(
+        f"skipping an unusable audio file ({error}); {len(skipped)} skipped so far {where}; "
+        f"{hint or '--set data.strict=true'} to make it an error",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 class AudioItem(NamedTuple):
@@ -195,11 +215,16 @@ class SpeakerAudioFolder(Dataset):
         random_crop: default True except for ``split="test"``.
         seed: crop RNG seed (see :class:`RandomCrop`).
         mic: for VCTK 0.92, which microphone's copy to use.
-        strict: raise on an unreadable file instead of skipping it with a warning. Skipped files are
-            listed in ``self.skipped``: those with a bad header when the data set is built, and
-            those that fail to decode (truncated data, NaN samples) when an item is read, in
-            which case the next readable item is returned in its place (each worker of a
-            DataLoader keeps its own list).
+        strict: raise on an unusable file instead of skipping it with a warning. Skipped files
+            are listed in ``self.skipped`` as ``(path, reason)``: those with a bad header or
+            shorter than ``min_seconds`` when the data set is built, and those that fail to
+            decode (truncated data, NaN samples, a peak above ``max_peak``) when an item is
+            read, in which case the next readable item is returned in its place (each worker
+            of a DataLoader keeps its own list).
+        min_seconds: files shorter than this are unusable (too short for a log-mel frame or a
+            code), told from their headers.
+        max_peak: files whose samples exceed this in magnitude are unusable: float files far
+            outside [-1, 1], which mu-law coding would clip (None: no check).
 
     Returns (per item):
         ``(waveform (1, T), sample_rate, speaker_id, utterance_id)``.
@@ -219,8 +244,11 @@ class SpeakerAudioFolder(Dataset):
         seed: int | None = None,
         mic: str = "mic2",
         strict: bool = False,
+        min_seconds: float = 0.0,
+        max_peak: float | None = MAX_PEAK,
     ) -> None:
         self.root = Path(root)
+        self.min_seconds, self.max_peak = min_seconds, max_peak
         if layout not in LAYOUTS:
             raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if split not in (None, "train", "test"):
@@ -269,27 +297,37 @@ class SpeakerAudioFolder(Dataset):
         return _hash_split(item.utterance)
 
     def _probe(self, items: list[AudioItem], short: str, strict: bool):
-        kept, skipped = [], []
+        kept = []
+        self.skipped: list[tuple[Path, str]] = []
         for it in items:
             try:
-                info = audio_info(it.path)
+                info = audio_info(it.path, min_seconds=self.min_seconds)
             except AudioError as e:
-                if strict:
-                    raise
-                skipped.append((it.path, str(e)))
+                self.skip(it.path, e)
                 continue
             if short == "skip" and self.crop is not None:
                 rate = self.sample_rate or info.sample_rate
                 if math.ceil(info.frames * rate / info.sample_rate) < self.crop.length:
                     continue
             kept.append(it)
-        if skipped:
-            warnings.warn(
-                f"skipped {len(skipped)} unreadable audio file(s) under {self.root}, e.g. "
-                f"{skipped[0][1]}; see .skipped, or pass strict=True to raise",
-                stacklevel=3,
-            )
-        return kept, skipped
+        return kept, self.skipped
+
+    def skip(self, path: Path, error: Exception) -> None:
+        """Leave an unusable file out (:func:`skip_file`), and never read it again."""
+        skip_file(self.skipped, path, error, strict=self.strict, where=f"under {self.root}")
+        self._bad.add(path)
+
+    def read(self, i: int) -> tuple[Tensor, int] | None:
+        """``(waveform (1, T), sample_rate)`` of item ``i``, whole (no crop or transform), or
+        None when the file turns out unusable (then skipped: :meth:`skip`)."""
+        path = self.items[i].path
+        if path in self._bad:
+            return None
+        try:
+            return load_audio(path, sample_rate=self.sample_rate, max_peak=self.max_peak)
+        except (AudioError, FileNotFoundError) as e:
+            self.skip(path, e)
+            return None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -300,24 +338,12 @@ class SpeakerAudioFolder(Dataset):
             raise IndexError(f"index {i} out of range for {n} audio files under {self.root}")
         for offset in range(n):
             item = self.items[(i + offset) % n]
-            if item.path in self._bad:
+            # A header can look fine while the data is cut short or holds NaN: skip the file
+            # rather than end a training run, and say so once.
+            read = self.read((i + offset) % n)
+            if read is None:
                 continue
-            try:
-                wav, sr = load_audio(item.path, sample_rate=self.sample_rate)  # (1, T)
-            except (AudioError, FileNotFoundError) as e:
-                if self.strict:
-                    raise
-                # A header can look fine while the data is cut short or holds NaN: skip the
-                # file rather than end a training run, and say so once.
-                self._bad.add(item.path)
-                self.skipped.append((item.path, str(e)))
-                warnings.warn(
-                    f"skipping an unreadable audio file ({e}); {len(self.skipped)} skipped so "
-                    f"far under {self.root}; pass strict=True to raise instead",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue
+            wav, sr = read  # (1, T)
             if self.crop is not None:
                 wav = self.crop(wav)
             if self.transform is not None:

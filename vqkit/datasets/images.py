@@ -208,8 +208,7 @@ class ImageFolder(Dataset):
                 self._bad.add(path)
                 warnings.warn(
                     f"skipping an unreadable image ({err}); {len(self._bad)} skipped so far "
-                    f"in {self.root}; to raise instead pass strict=True (vqkit run: --set "
-                    f"data.strict=true)",
+                    f"in {self.root}; --set data.strict=true to make it an error",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -226,7 +225,7 @@ def _check_folder(folder: Path, split: str | None) -> None:
     if not folder.is_dir():
         hint = (
             f" (split {split!r} reads <root>/{split}: vqkit run wants --data with train/ and "
-            f"test/ folders; in Python pass split=None to read root itself)"
+            f"test/ folders)"
             if split is not None
             else ""
         )
@@ -290,14 +289,13 @@ class CIFAR10(Dataset):
         except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
             raise FileNotFoundError(
                 f"CIFAR-10 not found (or corrupted) in {Path(root) / 'cifar-10-batches-py'}; "
-                f"fetch it with download=True (vqkit run: --set data.download=true), or use an "
+                f"fetch it with --set data.download=true, or use an "
                 f"image folder instead (--preset folder --data DIR)"
             ) from err
         except OSError as err:  # a download without network: URLError, socket errors
             raise InputError(
                 f"could not download CIFAR-10 into {root}: {err}; check the network, or copy "
-                f"cifar-10-batches-py there by hand and set download=false "
-                f"(--set data.download=false)"
+                f"cifar-10-batches-py there by hand and drop --set data.download=true"
             ) from err
         self._images = dataset.data  # (N, 32, 32, 3) uint8
         self._labels = [int(t) for t in dataset.targets]

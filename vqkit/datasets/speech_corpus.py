@@ -38,12 +38,13 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import NamedTuple
 
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from vqkit.audio import load_audio, resample, save_audio
 from vqkit.datasets.alignments import Segment, read_festival_segs, read_segments, write_segments
@@ -285,6 +286,7 @@ def build_speech_corpus(
     sample_rate: int = 16000,
     overwrite: bool = False,
     workers: int = 2,
+    progress: bool = True,
 ) -> Path:
     """Synthesize the corpus into ``out_dir`` (see the module docstring), or reuse it.
 
@@ -296,6 +298,8 @@ def build_speech_corpus(
         overwrite: rebuild even when a corpus with other parameters, or an interrupted build, is
             there (its wav/, phones/ and manifest are deleted first).
         workers: festival processes run at once.
+        progress: a progress bar over the utterances synthesized (the default corpus takes
+            minutes).
 
     Returns:
         ``out_dir``. When ``out_dir/manifest.json`` records the same parameters, nothing is done.
@@ -316,13 +320,13 @@ def build_speech_corpus(
         if json.loads(manifest_path.read_text()).get("params") == params:
             return out
         raise InputError(
-            f"{out} holds a speech corpus built with other parameters; pass overwrite=True to "
-            "rebuild it, or choose another folder"
+            f"{out} holds a speech corpus built with other parameters; delete the folder to "
+            "rebuild it, or choose another one (vqkit data speech --out DIR)"
         )
     if not overwrite and ((out / "wav").exists() or (out / "phones").exists()):
         raise InputError(
-            f"{out} has wav/ or phones/ but no manifest.json (an interrupted build?); pass "
-            "overwrite=True to rebuild it"
+            f"{out} has wav/ or phones/ but no manifest.json (an interrupted build?); delete "
+            "the folder to rebuild it"
         )
     if sample_rate <= 0 or workers <= 0:
         raise InputError(f"sample_rate and workers must be positive, got {sample_rate}, {workers}")
@@ -341,11 +345,15 @@ def build_speech_corpus(
         jobs = [(f"{spk.name}_{i:04d}", text) for i, text in enumerate(sentences)]
         tasks += [(spk, jobs[k : k + _BATCH]) for k in range(0, len(jobs), _BATCH)]
     with tempfile.TemporaryDirectory(prefix="vqkit-festival-") as tmp:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(_run_batch, exe, spk, jobs, out, Path(tmp) / f"b{n}", sample_rate)
+        total = sum(len(jobs) for _, jobs in tasks)
+        bar = tqdm(total=total, unit="utt", desc="festival corpus", disable=not progress)
+        with bar, ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {
+                pool.submit(_run_batch, exe, spk, jobs, out, Path(tmp) / f"b{n}", sample_rate): n
                 for n, (spk, jobs) in enumerate(tasks)
-            ]
+            }
+            for done in as_completed(futures):
+                bar.update(len(tasks[futures[done]][1]))
             records = [r for f in futures for r in f.result()]
 
     split_of = {i: "test" if i % 10 == 0 else "train" for i in range(len(sentences))}

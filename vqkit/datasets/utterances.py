@@ -10,12 +10,12 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vqkit.audio import MuLawDecode, MuLawEncode, load_audio
+from vqkit.audio import MuLawDecode, MuLawEncode
 from vqkit.datasets.alignments import Segment
 from vqkit.datasets.audio import SpeakerAudioFolder
 from vqkit.datasets.speech_corpus import FestivalNotFoundError, SpeechCorpus, build_speech_corpus
@@ -36,6 +36,7 @@ class Utterances:
         labels: per utterance its phone segments (``label_kind == "phones"``) or its word, an
             int (``"words"``, FSDD digits); None when the data has no labels.
         sample_rate: samples per second.
+        skipped: the files of the split left out as unusable, ``(path, reason)`` each.
     """
 
     audio: list[torch.Tensor]
@@ -44,6 +45,7 @@ class Utterances:
     labels: list | None
     label_kind: str | None
     sample_rate: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def subset(self, idx: list[int]) -> Utterances:
         pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
@@ -54,6 +56,7 @@ class Utterances:
             pick(self.labels),
             self.label_kind,
             self.sample_rate,
+            self.skipped,
         )
 
     def segments(self, i: int) -> list[Segment]:
@@ -76,12 +79,6 @@ def spread(n: int, k: int | None) -> list[int]:
     if k <= 0:
         raise InputError(f"a count of files or utterances must be positive, got {k}")
     return sorted({(i * n) // k for i in range(k)})
-
-
-def load_classes(path, sample_rate: int, max_seconds: float | None = None) -> torch.Tensor:
-    """An audio file as ``(T,)`` uint8 mu-law classes at ``sample_rate``."""
-    wav, _ = load_audio(path, sample_rate=sample_rate)
-    return _to_classes(wav, sample_rate, max_seconds)
 
 
 def _to_classes(wav: torch.Tensor, sample_rate: int, max_seconds: float | None) -> torch.Tensor:
@@ -113,8 +110,14 @@ def load_utterances(
     max_files: int | None = None,
     max_seconds: float | None = None,
     num_sentences: int = 300,
+    min_seconds: float = 0.1,
+    strict: bool = False,
 ) -> Utterances:
     """The ``split`` ("train" or "test") of a speech data set.
+
+    An unusable file of a folder (unreadable, truncated, NaN or inf samples, shorter than
+    ``min_seconds``, float samples peaking above 1) is left out with a warning naming it and
+    listed in ``skipped``; with ``strict`` it raises :class:`~vqkit.audio.AudioError` instead.
 
     Args:
         kind: ``builtin`` (the festival corpus in ``root``, built there once), ``fsdd``
@@ -125,6 +128,8 @@ def load_utterances(
         max_files: at most this many utterances, spread evenly over the split.
         max_seconds: longer utterances are cut to this.
         num_sentences: sentences per speaker when the festival corpus is built.
+        min_seconds: shorter files are unusable (too short for a log-mel frame or a code).
+        strict: an unusable file is an error.
     """
     if kind not in KINDS:
         raise InputError(f"data.kind must be one of {KINDS}, got {kind!r}")
@@ -143,10 +148,21 @@ def load_utterances(
         )
     if root is None:
         raise InputError(f"data.kind={kind!r} needs a data folder: pass --data DIR")
-    ds = SpeakerAudioFolder(root, layout=_LAYOUT[kind], split=split, sample_rate=sample_rate)
-    idx = spread(len(ds), max_files)
-    items = [ds.items[i] for i in idx]
-    audio = [load_classes(it.path, sample_rate, max_seconds) for it in items]
+    ds = SpeakerAudioFolder(
+        root,
+        layout=_LAYOUT[kind],
+        split=split,
+        sample_rate=sample_rate,
+        strict=strict,
+        min_seconds=min_seconds,
+    )
+    items, audio = [], []
+    for i in spread(len(ds), max_files):
+        if (read := ds.read(i)) is not None:
+            items.append(ds.items[i])
+            audio.append(_to_classes(read[0], sample_rate, max_seconds))
+    if not items:
+        raise InputError(f"no usable audio file under {root} for split {split!r}")
     words = ds.layout == "fsdd"
     return Utterances(
         audio,
@@ -155,6 +171,7 @@ def load_utterances(
         [it.label for it in items] if words else None,
         "words" if words else None,
         sample_rate,
+        [(str(path), reason) for path, reason in ds.skipped],
     )
 
 

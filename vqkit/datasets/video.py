@@ -288,8 +288,7 @@ class VideoFolder(Dataset):
             except VideoError as e:
                 if on_error == "raise":
                     raise VideoError(
-                        f"{e}; to leave such files out pass on_error='skip' (vqkit run: "
-                        f"--set data.skip_bad_videos=true)"
+                        f"{e}; to leave such files out: --set data.skip_bad_videos=true"
                     ) from e
                 log.warning("skipping %s", e)
                 continue

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from vqkit.audio import LogMel
 
@@ -149,6 +150,7 @@ def train_classifier(
     channels: int = 64,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    progress: str | None = None,
 ) -> AudioClassifier:
     """Train an :class:`AudioClassifier` on real recordings (Adam, a few hundred steps).
 
@@ -165,6 +167,7 @@ def train_classifier(
         channels: width of the network.
         seed: seeds the initialisation and the batches.
         device: where to train.
+        progress: a progress bar over the steps, with this description (None: none).
 
     Returns:
         The classifier in eval mode.
@@ -183,7 +186,7 @@ def train_classifier(
         clf.std.copy_(feats.std(1, keepdim=True).clamp_min(1e-3))
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
     clf.train()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
         idx = torch.randint(len(waves), (min(batch_size, len(waves)),), generator=gen).tolist()
         batch_w, batch_y = [], []
         for i in idx:

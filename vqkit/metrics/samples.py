@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 __all__ = [
     "ImageClassifier",
@@ -78,6 +79,7 @@ def train_image_classifier(
     channels: int = 16,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> ImageClassifier:
     """Train an :class:`ImageClassifier` on real images (Adam, cosine-decayed learning rate).
 
@@ -88,6 +90,7 @@ def train_image_classifier(
         channels: width of the network.
         seed: seeds the initialisation and the batches (the global RNG is left as it was).
         device: where to train.
+        progress: show a bar over the steps.
 
     Returns:
         The classifier in eval mode.
@@ -102,7 +105,7 @@ def train_image_classifier(
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     clf.train()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="classifier", disable=not progress, leave=False):
         idx = torch.randint(len(dataset), (min(batch_size, len(dataset)),), generator=gen)
         items = [dataset[int(i)] for i in idx]
         x = torch.stack([it[0] for it in items]).to(device)

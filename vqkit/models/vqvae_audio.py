@@ -46,7 +46,7 @@ from vqkit.models.registry import register
 from vqkit.models.vqvae import make_quantizer
 from vqkit.models.wavenet_decoder import WaveNetDecoder, wavenet_decoder
 from vqkit.nn.conv import Stride
-from vqkit.nn.encoder import Encoder
+from vqkit.nn.encoder import Encoder, check_sizes
 from vqkit.quantize import QuantizerOutput
 
 __all__ = [
@@ -498,6 +498,9 @@ def vqvae_audio(
         >>> model.hop, model.decoder.wavenet.receptive_field
         (256, 256)
     """
+    # The builder's names, not its parts': the config keys a user sets.
+    check_sizes(hidden=hidden, res_hidden=res_hidden, num_codes=num_codes, code_dim=code_dim)
+    check_sizes(n_mels=n_mels, residual_channels=residual_channels)
     if features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
     if decoder not in DECODERS:

@@ -37,7 +37,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise InputError(
             f"device {device!r} was requested but CUDA is not available here "
             f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
-            f"use --device cpu or --device auto (in Python device='cpu' or 'auto')"
+            "use --device cpu or --device auto"
         )
     if match.group(1) is not None:
         index, count = int(match.group(1)), torch.cuda.device_count()

@@ -41,6 +41,7 @@ from vqkit.distributed import (
     world,
     wrap_ddp,
 )
+from vqkit.errors import InputError
 from vqkit.train.checkpoint import (
     CheckpointError,
     clear_leftovers,
@@ -351,9 +352,10 @@ def fit(
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         raise ValueError("fit needs a map-style dataset with __len__ and __getitem__")
     if len(dataset) < cfg.batch_size:
-        raise ValueError(
-            f"the dataset has {len(dataset)} items, fewer than one batch of {cfg.batch_size} "
-            f"(incomplete batches are dropped); lower batch_size"
+        raise InputError(
+            f"the {name} stage's data set has {len(dataset)} items, fewer than one batch of "
+            f"{cfg.batch_size} (incomplete batches are dropped); lower its batch size "
+            f"(--set {name}_train.batch_size={len(dataset)}) or give it more data"
         )
     t_start = time.perf_counter()
     out = Path(run_dir) / name
