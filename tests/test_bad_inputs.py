@@ -224,6 +224,7 @@ TINY = [
     "vqvae.hidden=16", "vqvae.res_hidden=8", "vqvae.num_codes=16", "vqvae.code_dim=8",
     "data.train_size=32", "data.test_size=8", "vqvae_train.steps=2", "vqvae_train.batch_size=8",
     "prior.channels=8", "prior.num_layers=2", "prior_train.steps=2", "prior_train.batch_size=8",
+    "eval.classifier_steps=2", "eval.classifier_channels=4", "eval.samples=10",
 ]  # fmt: skip
 
 

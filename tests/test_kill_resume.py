@@ -31,6 +31,7 @@ TINY = [
     "prior_train.steps=20", "prior_train.ckpt_every=5", "prior_train.batch_size=8",
     "prior_train.log_every=5",
     "sample.per_class=1", "eval_batch_size=64",
+    "eval.classifier_steps=2", "eval.classifier_channels=4", "eval.samples=10",
 ]  # fmt: skip
 STAGES = ("vqvae", "prior")
 

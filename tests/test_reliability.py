@@ -23,6 +23,7 @@ TINY = [
     "vqvae_train.log_every=2", "prior.channels=8", "prior.num_layers=2",
     "prior_train.steps=2", "prior_train.batch_size=8", "prior_train.log_every=2",
     "sample.per_class=1", "eval_batch_size=64", "data.train_size=32", "data.test_size=8",
+    "eval.classifier_steps=2", "eval.classifier_channels=4", "eval.samples=10",
 ]  # fmt: skip
 
 

@@ -36,6 +36,7 @@ TINY_IMAGE_RUN = [
     "vqvae_train.device=cpu", "prior.channels=8", "prior.num_layers=2", "prior_train.steps=3",
     "prior_train.batch_size=8", "prior_train.log_every=1", "prior_train.device=cpu",
     "sample.per_class=1", "eval_batch_size=8",
+    "eval.classifier_steps=2", "eval.classifier_channels=4", "eval.samples=10",
 ]  # fmt: skip
 MEDIA_TAGS = ("img", "audio", "video")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import statistics
@@ -169,6 +170,16 @@ def _finished_run(run_dir: str) -> tuple[Path, object, object]:
 def _sample(args: argparse.Namespace) -> int:
     path, recipe, cfg = _finished_run(args.run_dir)
     check_output_file(args.out)
+    steps = {}
+    if args.steps is not None:
+        if args.steps < 1:
+            raise InputError(f"--steps must be >= 1, got {args.steps}")
+        if "steps" not in inspect.signature(recipe.sample).parameters:
+            raise InputError(
+                f"--steps sets a MaskGIT prior's sampling passes; the {cfg.modality} recipe's "
+                "prior has none: drop --steps"
+            )
+        steps = {"steps": args.steps}
     out = recipe.sample(
         cfg,
         path,
@@ -176,6 +187,7 @@ def _sample(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
         device=args.device or "auto",
+        **steps,
     )
     print(f"vqkit: samples written to {out}")
     return 0
@@ -492,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampling temperature; None: the run's sample.temperature",
     )
     sample.add_argument("--seed", type=int, default=None, help="random seed; None: the run's")
+    sample.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="MaskGIT priors: sampling passes; None: the run's sample.steps, else maskgit.steps "
+        "(a Gated PixelCNN draws one code at a time and refuses it)",
+    )
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sample.set_defaults(func=_sample)
 

@@ -1,5 +1,5 @@
-"""The image recipe: train VQ-VAE -> encode -> train Gated PixelCNN prior -> sample -> evaluate
--> report.
+"""The image recipe: train VQ-VAE -> encode -> train the prior over codes (Gated PixelCNN or
+MaskGIT, ``prior.kind``) -> sample -> train the sample-quality classifier -> evaluate -> report.
 
 Run it with ``vqkit run image [--preset builtin|cifar10|folder] [--set key=value ...]``; the
 presets beside this file are small YAML files over the defaults of :class:`ImageRecipeConfig`.
@@ -8,8 +8,10 @@ presets beside this file are small YAML files over the defaults of :class:`Image
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +19,12 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from vqkit.config import builder_kwargs, ranged
+from vqkit.config import ConfigError, builder_kwargs, ranged
 from vqkit.datasets import WithMirrors, build_image_dataset, load_rgb, resize_center_crop
+from vqkit.errors import InputError
 from vqkit.metrics import LN2, data_variance, psnr
-from vqkit.models import gated_pixelcnn, to_data, to_model, vqvae_image
+from vqkit.metrics.samples import quality_caption, sample_quality, train_image_classifier
+from vqkit.models import gated_pixelcnn, maskgit, to_data, to_model, vqvae_image
 from vqkit.pipeline import (
     Run,
     codebook_metrics,
@@ -59,12 +63,28 @@ VQVAEConfig = model_section(
     # its meaning whatever the scale of the data.
     extra={"normalize_by_variance": (bool, True)},
 )
-PriorConfig = model_section(
-    "PriorConfig",
+MaskGITPriorConfig = model_section(
+    "MaskGITPriorConfig",
+    maskgit,
+    skip=("num_codes", "grid", "num_classes", "num_conds", "cond_per_step"),
+)
+PixelCNNPriorConfig = model_section(
+    "PixelCNNPriorConfig",
     gated_pixelcnn,
     skip=("num_codes", "num_classes"),
-    extra={"class_conditional": (bool, True)},
+    extra={
+        "kind": (Literal["pixelcnn", "maskgit"], "pixelcnn"),
+        "class_conditional": (bool, True),
+    },
 )
+
+
+@dataclass
+class PriorConfig(PixelCNNPriorConfig):
+    """``prior``: ``kind`` (pixelcnn | maskgit), ``class_conditional``, the Gated PixelCNN's
+    arguments, and MaskGIT's under ``prior.maskgit`` (as in the video recipe)."""
+
+    maskgit: MaskGITPriorConfig = field(default_factory=MaskGITPriorConfig)
 
 
 @dataclass
@@ -73,6 +93,20 @@ class SampleConfig:
     count: int = ranged(64, ge=1)  # unconditional
     temperature: float = ranged(1.0, gt=0)
     seed: int = 0
+    steps: int | None = ranged(None, ge=1)  # MaskGIT passes (None: prior.maskgit.steps)
+
+
+@dataclass
+class EvalConfig:
+    """Sample quality: a small CNN trained on the real training images scores real test images,
+    their reconstructions and ``samples`` prior samples (vqkit.metrics.samples)."""
+
+    classifier_steps: int = ranged(300, ge=1)
+    classifier_batch_size: int = ranged(64, ge=1)
+    classifier_channels: int = ranged(16, ge=1)
+    classifier_seed: int = 0
+    samples: int = ranged(500, ge=2)  # prior samples scored (conditional: as many per class)
+    sample_seed: int = 1  # their seed (the grid of samples.png uses sample.seed)
 
 
 @dataclass
@@ -86,7 +120,18 @@ class ImageRecipeConfig:
         default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3)
     )
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     eval_batch_size: int = ranged(256, ge=1)
+    # torch intra-op threads (None: torch's default); 1 is often faster on a CPU shared with
+    # other jobs.
+    threads: int | None = ranged(None, ge=1)
+
+    def __post_init__(self) -> None:
+        if self.sample.steps is not None and self.prior.kind != "maskgit":
+            raise ConfigError(
+                f"config key 'sample.steps' sets MaskGIT's sampling passes, but prior.kind is "
+                f"{self.prior.kind!r} (one code at a time): drop it or --set prior.kind=maskgit"
+            )
 
 
 CONFIG = ImageRecipeConfig
@@ -171,20 +216,29 @@ def train_vqvae(run: Run, train_set: Dataset, variance: float):
 def train_prior(run: Run, codes, labels, classes: int, num_codes: int):
     cfg = run.cfg
     conditional = cfg.prior.class_conditional
+    num_classes = classes if conditional else None
 
     def build():
-        return gated_pixelcnn(
+        if cfg.prior.kind == "pixelcnn":
+            return gated_pixelcnn(
+                num_codes=num_codes, num_classes=num_classes, **builder_kwargs(cfg.prior)
+            )
+        return maskgit(
             num_codes=num_codes,
-            num_classes=classes if conditional else None,
-            **builder_kwargs(cfg.prior),
+            grid=list(codes.shape[1:]),
+            num_classes=num_classes,
+            **builder_kwargs(cfg.prior.maskgit),
         )
 
     def step(prior, batch):
         c, y = batch
         loss = prior.loss(c, y if conditional else None)
-        return loss, {"nll_bits": loss / LN2}
+        return loss, {name: loss / LN2}
 
-    return run.train("prior", build, step, TensorDataset(codes, labels))
+    # MaskGIT's loss covers the masked codes only: cross-entropy, not a likelihood.
+    name = "masked_bits" if cfg.prior.kind == "maskgit" else "nll_bits"
+    section = "prior.maskgit" if cfg.prior.kind == "maskgit" else "prior"
+    return run.train("prior", build, step, TensorDataset(codes, labels), section=section)
 
 
 @torch.no_grad()
@@ -197,17 +251,65 @@ def draw_samples(
     *,
     temperature: float | None = None,
     seed: int | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Decoded prior samples in [0, 1] and the number per row (one row per class)."""
+    per_class: int | None = None,
+    count: int | None = None,
+    batch_size: int = 256,
+    steps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Decoded prior samples in [0, 1] (decoded ``batch_size`` at a time), the class each was
+    drawn for (None: unconditional prior) and the number per row (one row per class).
+    ``per_class``, ``count`` and ``steps`` (MaskGIT's passes) default to ``cfg``'s."""
     temp, gen = sampling(cfg, temperature, seed, device)
+    opts = dict(temperature=temp, generator=gen, device=device, **passes(prior, cfg, steps))
+    y = None
     if prior.num_classes:
-        y = torch.arange(prior.num_classes, device=device).repeat_interleave(cfg.per_class)
-        codes = prior.sample((len(y), *latent), y=y, temperature=temp, generator=gen, device=device)
-        per_row = cfg.per_class
+        per_row = per_class or cfg.per_class
+        y = torch.arange(prior.num_classes, device=device).repeat_interleave(per_row)
+        codes = prior.sample((len(y), *latent), y=y, **opts)
     else:
-        codes = prior.sample((cfg.count, *latent), temperature=temp, generator=gen, device=device)
         per_row = 8
-    return to_data(vqvae.decode(codes)).cpu(), per_row
+        codes = prior.sample((count or cfg.count, *latent), **opts)
+    images = torch.cat([to_data(vqvae.decode(c)).cpu() for c in codes.split(batch_size)])
+    return images, None if y is None else y.cpu(), per_row
+
+
+def passes(prior, cfg: SampleConfig, steps: int | None) -> dict:
+    """``sample()``'s ``steps`` for a MaskGIT prior (the command's, else ``sample.steps``, else
+    the prior's own); nothing for the Gated PixelCNN, which refuses a number of steps."""
+    steps = cfg.steps if steps is None else steps
+    if prior.has_likelihood:  # autoregressive: one code at a time
+        if steps is not None:
+            raise InputError(
+                "--steps sets MaskGIT's sampling passes; this run's prior is a Gated PixelCNN, "
+                "which draws one code at a time: drop --steps"
+            )
+        return {}
+    return {} if steps is None else {"steps": steps}
+
+
+@torch.no_grad()
+def sampling_seconds(prior, cfg: SampleConfig, latent, device, count: int = 16) -> float:
+    """Seconds to sample ``count`` code grids (class 0 for a class-conditional prior)."""
+    y = torch.zeros(count, dtype=torch.long, device=device) if prior.num_classes else None
+    gen = torch.Generator(device=device).manual_seed(0)
+    t = time.perf_counter()
+    prior.sample((count, *latent), y=y, generator=gen, device=device, **passes(prior, cfg, None))
+    return time.perf_counter() - t
+
+
+def train_classifier(run: Run, train_set: Dataset, classes: int):
+    """The sample-quality classifier, trained on the real training images."""
+    e = run.cfg.eval
+    return train_image_classifier(
+        train_set,
+        num_classes=classes,
+        steps=e.classifier_steps,
+        batch_size=e.classifier_batch_size,
+        channels=e.classifier_channels,
+        seed=e.classifier_seed,
+        device=run.device,
+        progress=run.progress,
+    )
 
 
 @torch.no_grad()
@@ -227,8 +329,9 @@ def evaluate(
     vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device,
     progress=False,
 ):  # fmt: skip
-    """Test reconstruction, bits/dim, codebook health and prior NLL (a bar over the batches
-    with ``progress``)."""
+    """Test reconstruction, bits/dim, codebook health and prior NLL (not defined for MaskGIT),
+    a bar over the batches with ``progress``; also the test images and their reconstructions in
+    [0, 1] (on the CPU)."""
     vqvae.eval()
     prior.eval()
     likelihood = vqvae.likelihood
@@ -236,9 +339,12 @@ def evaluate(
     count = dims = 0
     offset = 0
     conditional = bool(prior.num_classes)
+    exact = prior.has_likelihood
+    images, recons = [], []
     batches = loader(test_set, cfg.eval_batch_size)
     batches = tqdm(batches, desc="eval", disable=not progress, leave=False)
     for x, _ in batches:
+        images.append(x)
         x = to_model(x.to(device))
         b = x.shape[0]
         codes = codes_test[offset : offset + b].to(device)
@@ -246,27 +352,36 @@ def evaluate(
         offset += b
         params = vqvae.decode_params(codes)
         recon = likelihood.mean(params)
+        recons.append(to_data(recon).clamp(0, 1).cpu())
         sq_err += F.mse_loss(recon, x, reduction="sum").item()
         psnr_sum += psnr(to_data(recon), to_data(x), reduction="none").sum().item()
         recon_bits += likelihood.nll_bits_per_dim(params, x).sum().item()
-        per_code = prior.nll_bits(codes, y if conditional else None)  # (B,) bits per code
-        prior_bits += per_code.sum().item()
+        if exact:
+            per_code = prior.nll_bits(codes, y if conditional else None)  # (B,) bits per code
+            prior_bits += per_code.sum().item()
         count += b
         dims = x[0].numel()
     latents = codes_test[0].numel()
     codebook, hist = codebook_metrics(codes_train, codes_test, vqvae.quantizer.num_codes)
     mse = sq_err / (count * dims)
-    return {
-        "test_mse": mse,
-        "test_psnr": psnr_sum / count,
-        "data_variance": variance,
-        "test_mse_over_variance": mse / variance,
-        "bits_per_dim": recon_bits / count + prior_bits / count * latents / dims,
-        "recon_bits_per_dim": recon_bits / count,
-        "prior_bits_per_code": prior_bits / count,
-        **codebook,
-        "latent_shape": list(codes_test.shape[1:]),
-    }, hist
+    na = "n/a: MaskGIT has no exact likelihood"
+    return (
+        {
+            "test_mse": mse,
+            "test_psnr": psnr_sum / count,
+            "data_variance": variance,
+            "test_mse_over_variance": mse / variance,
+            "bits_per_dim": recon_bits / count + prior_bits / count * latents / dims
+            if exact
+            else na,
+            "recon_bits_per_dim": recon_bits / count,
+            "prior_bits_per_code": prior_bits / count if exact else na,
+            **codebook,
+            "latent_shape": list(codes_test.shape[1:]),
+        },
+        hist,
+        (torch.cat(images), torch.cat(recons)),
+    )
 
 
 def run(
@@ -297,20 +412,51 @@ def run(
     if not run.main:  # sampling, evaluation and the report are rank 0's
         return {}
 
+    latent = tuple(codes_test.shape[1:])
     with run.stage("sample"):
-        samples, per_row = draw_samples(
-            vqvae, prior, cfg.sample, tuple(codes_test.shape[1:]), device
+        t = time.perf_counter()
+        grid, _, per_row = draw_samples(vqvae, prior, cfg.sample, latent, device)
+        grid_s = time.perf_counter() - t
+        save_image(upscale(grid), run_dir / "samples.png", nrow=per_row, padding=2)
+        # The scored samples: as many per class as fit in eval.samples.
+        scored, scored_y, _ = draw_samples(
+            vqvae,
+            prior,
+            cfg.sample,
+            latent,
+            device,
+            seed=cfg.eval.sample_seed,
+            per_class=max(cfg.eval.samples // classes, 1),
+            count=cfg.eval.samples,
+            batch_size=cfg.eval_batch_size,
         )
-        save_image(upscale(samples), run_dir / "samples.png", nrow=per_row, padding=2)
+        timing = {
+            "prior_kind": cfg.prior.kind,
+            "sample_grid_s": grid_s,
+            "sample_grid_count": len(grid),
+            "sample_16_s": sampling_seconds(prior, cfg.sample, latent, device),
+        }
+        if not prior.has_likelihood:
+            timing["sample_steps"] = cfg.sample.steps or prior.steps
+
+    clf = None
+    if classes >= 2:  # one class: nothing to classify, no sample-quality figures
+        with run.stage("classifier"):
+            clf = train_classifier(run, train_set, classes)
 
     with run.stage("eval"):
         if hasattr(vqvae.likelihood, "sigma"):
             fit_sigma(vqvae, train_set, cfg.eval_batch_size, device)
             rewrite_weights(run_dir / "vqvae" / "ckpt", vqvae)  # the weights carry sigma
-        metrics, hist = evaluate(
+        metrics, hist, (real, recons) = evaluate(
             vqvae, prior, cfg, test_set, codes_train, codes_test, labels_test, variance, device,
             progress=progress,
         )  # fmt: skip
+        if clf is not None:
+            metrics.update(sample_quality(clf, real, labels_test, recons, scored, scored_y))
+        else:
+            metrics["classifier_sample_accuracy"] = "n/a: the data has one class"
+        metrics.update(timing)
         originals = torch.stack([test_set[i][0] for i in range(min(16, len(test_set)))])
         save_pairs(originals, reconstruct_images(vqvae, originals), run_dir / "reconstructions.png")
 
@@ -321,6 +467,8 @@ def run(
         "Reconstructions",
     )
     caption = "Prior samples, one row per class" if prior.num_classes else "Prior samples"
+    if clf is not None:
+        caption = f"{caption}. {quality_caption(metrics)}"
     run.media("image", "samples.png", caption, "Samples")
     # Unreadable images left out (image folders); encoding read every one in this process.
     skipped = sorted({f for ds in (train_set, test_set) for f in getattr(ds, "skipped", [])})
@@ -339,13 +487,15 @@ def sample(
     temperature: float | None,
     seed: int | None,
     device: str,
+    steps: int | None = None,
 ) -> Path:
-    """Draw new prior samples from a finished run and save them as a grid."""
+    """Draw new prior samples from a finished run and save them as a grid (``steps``: MaskGIT's
+    sampling passes; refused for the Gated PixelCNN)."""
     dev, (vqvae, prior) = load_stages(run_dir, device, "vqvae", "prior")
     side = cfg.data.image_size
     latent = tuple(side // f for f in vqvae.factor)
-    images, per_row = draw_samples(
-        vqvae, prior, cfg.sample, latent, dev, temperature=temperature, seed=seed
+    images, _, per_row = draw_samples(
+        vqvae, prior, cfg.sample, latent, dev, temperature=temperature, seed=seed, steps=steps
     )
     out = out or run_dir / "samples_new.png"
     save_image(upscale(images), out, nrow=per_row, padding=2)

@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,7 +23,8 @@ TINY = [
     "vqvae_train.steps=6", "vqvae_train.ckpt_every=3", "vqvae_train.batch_size=8",
     "vqvae_train.log_every=2", "prior.channels=8", "prior.num_layers=2",
     "prior_train.steps=4", "prior_train.batch_size=8", "prior_train.log_every=2",
-    "sample.per_class=2", "eval_batch_size=64",
+    "sample.per_class=2", "eval_batch_size=64", "eval.classifier_steps=3",
+    "eval.classifier_channels=4", "eval.samples=20",
 ]
 BUILTIN_TINY = [*TINY, "data.train_size=64", "data.test_size=16"]
 
@@ -35,13 +37,17 @@ def sets(values: list[str]) -> list[str]:
     return [x for v in values for x in ("--set", v)]
 
 
+def finished_run(out: Path, values: list[str]) -> Path:
+    """A finished tiny run in ``out`` with the ``--set`` values."""
+    torch.set_num_threads(1)
+    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
+                   *sets(values)) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert run_cli("run", "image", "--out", str(out), "--device", "cpu", "--no-progress",
-                   *sets(BUILTIN_TINY)) == 0
-    return out
+    return finished_run(tmp_path_factory.mktemp("runs") / "tiny", BUILTIN_TINY)
 
 
 def test_run_writes_every_output(tiny_run):
@@ -65,6 +71,87 @@ def test_run_writes_every_output(tiny_run):
     # bits/dim = reconstruction bits/dim + prior bits of the 8x8 codes spread over 3x32x32 dims.
     assert metrics["bits_per_dim"] == pytest.approx(
         metrics["recon_bits_per_dim"] + metrics["prior_bits_per_code"] * 64 / 3072)
+
+
+def test_sample_quality_is_in_metrics_and_beside_the_sample_grid(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("classifier_real_accuracy", "classifier_recon_accuracy",
+                "classifier_sample_accuracy"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["classifier_scored_samples"] == 20  # eval.samples, 2 per class
+    if metrics["classifier_recon_accuracy"] > 0:
+        assert metrics["sample_over_recon_accuracy"] == pytest.approx(
+            metrics["classifier_sample_accuracy"] / metrics["classifier_recon_accuracy"])
+    assert metrics["classifier_frechet"] > 0 and metrics["classifier_frechet_recon"] >= 0
+    assert metrics["sample_16_s"] > 0 and metrics["sample_grid_count"] == 20
+    assert metrics["time_classifier_s"] > 0
+    media = json.loads((tiny_run / "media.json").read_text())
+    caption = next(m["title"] for m in media if m["path"] == "samples.png")
+    assert f"{metrics['classifier_sample_accuracy']:.1%} of 20 samples" in caption
+    assert "not Inception FID" in caption
+
+
+def test_unconditional_prior_reports_the_frechet_distance_alone(tmp_path):
+    out = finished_run(tmp_path / "uncond",
+                       [*BUILTIN_TINY, "prior.class_conditional=false", "sample.count=4"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classifier_sample_accuracy"].startswith("n/a: unconditional")
+    assert metrics["classifier_frechet"] > 0 and metrics["classifier_scored_samples"] == 20
+    page = (out / "report.html").read_text()
+    assert "not defined for an unconditional prior" in page
+
+
+MASKGIT_TINY = [*BUILTIN_TINY, "prior.kind=maskgit", "prior.maskgit.dim=16",
+                "prior.maskgit.layers=1", "prior.maskgit.heads=2", "prior.maskgit.steps=3"]
+
+
+@pytest.fixture(scope="module")
+def maskgit_run(tmp_path_factory) -> Path:
+    return finished_run(tmp_path_factory.mktemp("runs") / "maskgit", MASKGIT_TINY)
+
+
+def test_maskgit_prior_reports_no_likelihood_and_its_sampling(maskgit_run):
+    from vqkit.bundle import load_model
+
+    metrics = json.loads((maskgit_run / "metrics.json").read_text())
+    assert metrics["prior_kind"] == "maskgit" and metrics["sample_steps"] == 3
+    for key in ("prior_bits_per_code", "bits_per_dim"):
+        assert metrics[key] == "n/a: MaskGIT has no exact likelihood"
+    assert 0 <= metrics["classifier_sample_accuracy"] <= 1 and metrics["classifier_frechet"] > 0
+    assert metrics["sample_16_s"] > 0 and "unigram_bits_per_code" in metrics
+    prior = load_model(maskgit_run / "prior" / "ckpt")
+    assert prior.config["builder"] == "maskgit" and prior.grid == (8, 8)
+    assert prior.num_classes == 10 and prior.steps == 3
+    history = (maskgit_run / "prior" / "history.jsonl").read_text()
+    assert "masked_bits" in history and "nll_bits" not in history
+
+
+def test_a_maskgit_setting_refused_by_its_builder_names_its_key(tmp_path, capsys):
+    assert run_cli("run", "image", "--out", str(tmp_path / "x"), "--device", "cpu", "--no-progress",
+                   *sets([*MASKGIT_TINY, "prior.maskgit.heads=3"])) == 2
+    err = capsys.readouterr().err
+    assert "prior.maskgit" in err and "heads" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sample_steps_set_maskgit_passes_and_are_refused_for_pixelcnn(maskgit_run, tiny_run,
+                                                                       tmp_path, capsys):
+    grids = {}
+    for steps in ("1", "4"):
+        out = tmp_path / f"steps{steps}.png"
+        assert run_cli("sample", str(maskgit_run), "--out", str(out), "--steps", steps,
+                       "--device", "cpu") == 0
+        grids[steps] = np.asarray(Image.open(out))
+    assert grids["1"].shape == grids["4"].shape and not np.array_equal(grids["1"], grids["4"])
+    capsys.readouterr()
+    out = tmp_path / "refused.png"
+    assert run_cli("sample", str(tiny_run), "--out", str(out), "--steps", "4",
+                   "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and "PixelCNN" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    # The run's own sample.steps is refused for a PixelCNN before anything is written.
+    assert run_cli("run", "image", "--out", str(tmp_path / "x"), "--set", "sample.steps=4") == 2
+    assert "prior.kind" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_sample_grid_has_one_row_per_class(tiny_run):
@@ -174,13 +261,14 @@ def test_builders_hold_the_recipe_defaults():
     """The recipe config's model sections are the builders' arguments: with no preset, the
     recipe builds exactly the models ``vqvae_image()`` and ``gated_pixelcnn()`` give."""
     from vqkit.config import builder_kwargs
-    from vqkit.models import gated_pixelcnn, vqvae_image
+    from vqkit.models import gated_pixelcnn, maskgit, vqvae_image
     from vqkit.runs import load_recipe
 
     cfg = load_recipe("image").CONFIG()
     for builder, section, data in (
         (vqvae_image, cfg.vqvae, {}),
         (gated_pixelcnn, cfg.prior, {"num_codes": 512, "num_classes": 10}),
+        (maskgit, cfg.prior.maskgit, {"num_codes": 512, "grid": [8, 8], "num_classes": 10}),
     ):
         torch.manual_seed(0)
         mine = builder(**data, **builder_kwargs(section))
