@@ -86,7 +86,8 @@ def _quantizer_arg(self) -> dict[str, Any]:
         elif f.name not in allowed and value != default:
             raise ConfigError(
                 f"quantizer.{f.name}={value!r} does not apply to quantizer.kind={self.kind!r}; "
-                f"it takes {', '.join(sorted(allowed))}"
+                f"it takes {', '.join(sorted(allowed))} (set it back to the default with --set "
+                f"vqvae.quantizer.{f.name}={json.dumps(default)})"
             )
     return out
 
@@ -318,7 +319,8 @@ class Run:
                 raise ConfigError(
                     f"config key '{path}.{key}' {rest} (--set {path}.{key}=...)"
                 ) from e
-            raise ConfigError(f"{path}: {e} (change it with --set {path}.<key>=<value>)") from e
+            hint = "" if "--set" in str(e) else f" (change it with --set {path}.<key>=<value>)"
+            raise ConfigError(f"{path}: {e}{hint}") from e
 
     def train_cached(
         self,

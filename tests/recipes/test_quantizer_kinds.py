@@ -60,6 +60,7 @@ def test_an_option_of_another_kind_is_refused(tmp_path, capsys):
                                            "vqvae.quantizer.levels=[3,3]", "vqvae.quantizer.ema=false"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "quantizer.ema=False does not apply to quantizer.kind='fsq'" in err
+    assert "--set vqvae.quantizer.ema=true)" in err  # how to set it back
 
 
 def test_an_unknown_kind_is_refused(tmp_path, capsys):
