@@ -601,9 +601,9 @@ def test_units_skips_and_counts_bad_files_of_its_data(audio_run, tmp_path, capsy
     sf.write(recordings / "1_bob_1.wav", np.full(10, 0.1, np.float32), 8000)  # too short
     with pytest.warns(RuntimeWarning, match="1_bob_1.wav is too short"):
         assert main(["units", str(run), "--data", str(tmp_path / "fsdd"), "--device", "cpu"]) == 0
-    assert (
-        "4 held-out utterances, words labels (1 unusable files skipped)" in capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "4 held-out utterances, words labels (1 unusable files skipped)" in out
+    assert "no k-means baselines: they are fit on the training split" in out  # no train files
 
 
 def test_the_video_encoding_and_prediction_stages_show_progress(tmp_path, capsys):

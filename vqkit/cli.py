@@ -30,7 +30,7 @@ from pathlib import Path
 
 from vqkit.audio import audio_format
 from vqkit.bundle import export_bundle, read_bundle_metadata
-from vqkit.config import builder_kwargs, load_config
+from vqkit.config import load_config
 from vqkit.distributed import (
     barrier,
     broadcast_object,
@@ -85,7 +85,9 @@ def _check_resume(recipe, cfg, existing: Path, run_dir: Path) -> None:
         new_section, old_section = getattr(cfg, f.name), getattr(old, f.name)
         if f.name not in trained or not hasattr(type(new_section), "__builder_params__"):
             continue
-        a, b = builder_kwargs(old_section), builder_kwargs(new_section)
+        # Every key of a model section shapes the model (the prior's kind and its nested
+        # maskgit settings included), not only the default builder's arguments.
+        a, b = dataclasses.asdict(old_section), dataclasses.asdict(new_section)
         changed += _differences(f.name, a, b)
     if changed:
         raise InputError(

@@ -140,7 +140,7 @@ class ConvertConfig:
     seconds: float = ranged(1.5, gt=0)  # longest decoded clip
     prior_samples: int = ranged(1, ge=0)  # prior samples per target speaker
     pictures: int = ranged(4, ge=0)  # sources whose cells get log-mel pictures in the report
-    temperature: float = ranged(1.0, gt=0)
+    temperature: float = ranged(1.0, ge=0)  # 0: the most likely code at every step
     seed: int = 0
 
 
@@ -591,7 +591,11 @@ def units(
     out["skipped_files"] = len(test.skipped)  # unusable, left out with a warning each
     out.update(ev.unit_metrics(codes, test, rate, cfg.eval, codebook=ev.codebook_vectors(vqvae)))
     if baselines and cfg.eval.baseline_fit_frames != 0:  # fit on the training split of data
-        train = load_labelled(data, **read, split="train")
-        out.update(ev.unit_baseline_metrics(vqvae, train, test, speakers, rate, cfg.eval, dev))
-        out["unit_baselines"] = ev.BASELINES
+        try:
+            train = load_labelled(data, **read, split="train")
+        except InputError as e:  # e.g. a folder of test recordings only
+            print(f"vqkit: no k-means baselines: they are fit on the training split ({e})")
+        else:
+            out.update(ev.unit_baseline_metrics(vqvae, train, test, speakers, rate, cfg.eval, dev))
+            out["unit_baselines"] = ev.BASELINES
     return out

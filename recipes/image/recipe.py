@@ -91,7 +91,7 @@ class PriorConfig(PixelCNNPriorConfig):
 class SampleConfig:
     per_class: int = ranged(8, ge=1)  # class-conditional: one row of this many per class
     count: int = ranged(64, ge=1)  # unconditional
-    temperature: float = ranged(1.0, gt=0)
+    temperature: float = ranged(1.0, ge=0)  # 0: the most likely code at every step
     seed: int = 0
     steps: int | None = ranged(None, ge=1)  # MaskGIT passes (None: prior.maskgit.steps)
 

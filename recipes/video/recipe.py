@@ -120,7 +120,7 @@ class PriorConfig(TransformerPriorConfig):
 
 @dataclass
 class PredictConfig:
-    temperature: float = ranged(1.0, gt=0)
+    temperature: float = ranged(1.0, ge=0)  # 0: the most likely code at every step
     seed: int = 0
     rollouts: int = ranged(64, ge=1)  # builtin: test clips steered by new action sequences
     gif_clips: int = ranged(4, ge=1)  # clips shown in each GIF

@@ -126,6 +126,22 @@ def test_maskgit_prior_reports_no_likelihood_and_its_sampling(maskgit_run):
     assert "masked_bits" in history and "nll_bits" not in history
 
 
+def test_resume_refuses_a_change_of_the_trained_priors_kind_or_nested_settings(
+        maskgit_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(maskgit_run, run)
+    config = (run / "config.yaml").read_bytes()
+    for change, shown in (("prior.maskgit.dim=32", "prior.maskgit.dim: 16 -> 32"),
+                          ("prior.kind=pixelcnn", "prior.kind: 'maskgit' -> 'pixelcnn'")):
+        assert run_cli("run", "image", "--out", str(run), "--resume", "--device", "cpu",
+                       "--no-progress", "--set", change) == 2
+        err = capsys.readouterr().err
+        assert shown in err and "keeps its model" in err, err
+        assert (run / "config.yaml").read_bytes() == config
+
+
 def test_a_maskgit_setting_refused_by_its_builder_names_its_key(tmp_path, capsys):
     assert run_cli("run", "image", "--out", str(tmp_path / "x"), "--device", "cpu", "--no-progress",
                    *sets([*MASKGIT_TINY, "prior.maskgit.heads=3"])) == 2
