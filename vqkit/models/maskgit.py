@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqkit.models.registry import register
-from vqkit.models.wavenet import sample_logits
+from vqkit.models.wavenet import check_generator, sample_logits
 
 
 def mask_schedule(t: Tensor | float) -> Tensor | float:
@@ -384,11 +384,7 @@ class MaskGIT(nn.Module):
         if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         device = torch.device(device) if device is not None else self.tok.weight.device
-        if generator is not None and generator.device.type != device.type:
-            raise ValueError(
-                f"generator is on {generator.device} but sampling runs on {device}; "
-                f"create it with torch.Generator(device={str(device)!r})"
-            )
+        check_generator(generator, device)
         if isinstance(y, int) and not isinstance(y, bool):
             y = torch.full((n,), y, dtype=torch.long, device=device)
         self._check_labels(y, n)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqkit.models.registry import register
+from vqkit.models.wavenet import check_generator
 
 
 def _gate(x: Tensor) -> Tensor:
@@ -263,11 +264,7 @@ class GatedPixelCNN(nn.Module):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 means argmax), got {temperature}")
         device = torch.device(device) if device is not None else self.embedding.weight.device
-        if generator is not None and generator.device.type != device.type:
-            raise ValueError(
-                f"generator is on {generator.device} but sampling runs on {device}; "
-                f"create it with torch.Generator(device={str(device)!r})"
-            )
+        check_generator(generator, device)
         if isinstance(y, int):
             y = torch.full((n,), y, dtype=torch.long, device=device)
         elif isinstance(y, Tensor):

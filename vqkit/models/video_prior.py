@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from vqkit.models.likelihood import to_data, to_model
 from vqkit.models.maskgit import MaskGIT
 from vqkit.models.registry import register
-from vqkit.models.wavenet import sample_logits
+from vqkit.models.wavenet import check_generator, sample_logits
 
 
 class KVCache:
@@ -375,11 +375,7 @@ class VideoPrior(nn.Module):
         batch = self._batch(batch, context, cond)
         if not isinstance(temperature, (int, float)) or not temperature >= 0:
             raise ValueError(f"temperature must be a number >= 0 (0: argmax), got {temperature!r}")
-        if generator is not None and generator.device.type != device.type:
-            raise ValueError(
-                f"generator is on {generator.device} but the prior is on {device}; create it "
-                f"with torch.Generator(device={str(device)!r})"
-            )
+        check_generator(generator, device)
         steps = 0
         if context is not None:
             if not isinstance(context, Tensor) or context.dim() != 4:

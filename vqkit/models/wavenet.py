@@ -60,6 +60,16 @@ def _check_ids(name: str, ids: object, shape: tuple[int, ...], high: int) -> Non
         )
 
 
+def check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    """Refuse a random generator on another device than the sampling (torch would fail deep
+    inside the sampler)."""
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"generator is on {generator.device} but sampling runs on {device}; "
+            f"create it with torch.Generator(device={str(device)!r})"
+        )
+
+
 def sample_logits(
     logits: Tensor,
     temperature: float,
@@ -344,11 +354,7 @@ class WaveNet(nn.Module):
                 f"temperature must be a finite number >= 0 (0: argmax), got {temperature!r}"
             )
         device = self.embed.weight.device
-        if generator is not None and generator.device.type != device.type:
-            raise ValueError(
-                f"generator is on {generator.device} but the model is on {device}; "
-                f"create it with torch.Generator(device={str(device)!r})"
-            )
+        check_generator(generator, device)
         sizes = {}
         if batch is not None:
             _check_int("batch", batch)
