@@ -170,6 +170,57 @@ def test_sample_steps_set_maskgit_passes_and_are_refused_for_pixelcnn(maskgit_ru
     assert "prior.kind" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+GUIDED_TINY = [*BUILTIN_TINY, "prior.class_dropout=0.3", "sample.guidance=2.5"]
+
+
+def test_classifier_free_guidance_from_the_config_and_the_sample_command(tiny_run, tmp_path,
+                                                                         capsys):
+    from vqkit.bundle import load_model
+
+    out = finished_run(tmp_path / "guided", GUIDED_TINY)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sample_guidance"] == 2.5 and 0 <= metrics["classifier_sample_accuracy"] <= 1
+    prior = load_model(out / "prior" / "ckpt")
+    assert prior.class_dropout == 0.3 and prior.layers[0].class_bias.num_embeddings == 11
+    grids = {}
+    for scale in ("1", "2.5", "0"):
+        png = tmp_path / f"g{scale}.png"
+        assert run_cli("sample", str(out), "--out", str(png), "--guidance", scale,
+                       "--device", "cpu") == 0
+        grids[scale] = np.asarray(Image.open(png))
+    assert not np.array_equal(grids["1"], grids["2.5"]) and not np.array_equal(grids["1"], grids["0"])
+    # Without --guidance the run's sample.guidance applies: the grid of --guidance 2.5.
+    png = tmp_path / "default.png"
+    assert run_cli("sample", str(out), "--out", str(png), "--device", "cpu") == 0
+    assert np.array_equal(np.asarray(Image.open(png)), grids["2.5"])
+    capsys.readouterr()
+    # A prior trained without class_dropout has no null class: one-line refusals.
+    assert run_cli("sample", str(tiny_run), "--out", str(tmp_path / "no.png"), "--guidance", "2",
+                   "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "--guidance" in err and "class_dropout > 0" in err and len(err.strip().splitlines()) == 1
+    assert run_cli("sample", str(out), "--out", str(tmp_path / "no.png"), "--guidance", "-1") == 2
+    assert "--guidance must be a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "no.png").exists()
+
+
+@pytest.mark.parametrize("values, shown", [
+    (["sample.guidance=2"], "sample.guidance"),
+    (["prior.class_dropout=1.5"], "'prior.class_dropout' must be a number in [0, 1)"),
+    (["prior.class_dropout=0.1", "prior.class_conditional=false"], "unconditional"),
+    (["prior.kind=maskgit", "prior.class_dropout=0.1", "sample.guidance=2"],
+     "prior.maskgit.class_dropout"),
+    (["prior.kind=maskgit", "prior.maskgit.class_dropout=-0.5"],
+     "'prior.maskgit.class_dropout' must be a number"),
+    (["prior.class_dropout=0.1", "sample.guidance=-1"], "sample.guidance"),
+])
+def test_guidance_settings_are_checked_before_any_stage(values, shown, tmp_path, capsys):
+    assert run_cli("run", "image", "--out", str(tmp_path / "x"), *sets(values)) == 2
+    err = capsys.readouterr().err
+    assert shown in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+
+
 def test_sample_grid_has_one_row_per_class(tiny_run):
     # 10 classes x 2 samples, 32x32 upscaled x3 with 2-pixel padding.
     width, height = Image.open(tiny_run / "samples.png").size
