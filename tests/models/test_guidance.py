@@ -13,12 +13,7 @@ from vqkit.models.pixelcnn import GatedPixelCNN, gated_pixelcnn
 K, CLASSES = 5, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 def pixelcnn(**kwargs) -> GatedPixelCNN:
