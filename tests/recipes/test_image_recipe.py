@@ -6,6 +6,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +204,16 @@ def test_classifier_free_guidance_from_the_config_and_the_sample_command(tiny_ru
     assert run_cli("sample", str(out), "--out", str(tmp_path / "no.png"), "--guidance", "-1") == 2
     assert "--guidance must be a finite number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "no.png").exists()
+    # benchmarks/guidance.py rescores the run's own samples: its row at the run's scale repeats
+    # metrics.json (same samples, the classifier retrained with the same seed).
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "guidance.py"
+    done = subprocess.run([sys.executable, str(bench), str(out), "--guidance", "1", "2.5",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout[done.stdout.index("\n["):])
+    assert [r["guidance"] for r in rows] == [1.0, 2.5]
+    for key in ("classifier_sample_accuracy", "classifier_frechet", "classifier_recon_accuracy"):
+        assert rows[1][key] == pytest.approx(metrics[key], abs=1e-6), key
 
 
 @pytest.mark.parametrize("values, shown", [
