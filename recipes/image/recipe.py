@@ -25,7 +25,7 @@ from vqkit.errors import InputError
 from vqkit.metrics import LN2, data_variance, psnr
 from vqkit.metrics.samples import quality_caption, sample_quality, train_image_classifier
 from vqkit.models import gated_pixelcnn, maskgit, to_data, to_model, vqvae_image
-from vqkit.models.guidance import check_class_dropout, check_guidance
+from vqkit.models.guidance import check_guidance
 from vqkit.pipeline import (
     Run,
     codebook_metrics,
@@ -136,15 +136,12 @@ class ImageRecipeConfig:
                 f"config key 'sample.steps' sets MaskGIT's sampling passes, but prior.kind is "
                 f"{self.prior.kind!r} (one code at a time): drop it or --set prior.kind=maskgit"
             )
-        # Classifier-free guidance: the builders' checks, before any stage has run.
+        # Classifier-free guidance needs the null class that class_dropout trains (the range of
+        # class_dropout itself is the builder's check, run before any stage: Run.trial_build).
         maskgit_prior = self.prior.kind == "maskgit"
-        section = self.prior.maskgit if maskgit_prior else self.prior
+        dropout = (self.prior.maskgit if maskgit_prior else self.prior).class_dropout
         key = "prior.maskgit.class_dropout" if maskgit_prior else "prior.class_dropout"
         classes = 2 if self.prior.class_conditional else None  # any number: the data decides
-        try:
-            dropout = check_class_dropout(section.class_dropout, classes)
-        except ValueError as e:
-            raise ConfigError(f"config key '{key}' {str(e).partition(' ')[2]}") from e
         try:
             check_guidance(self.sample.guidance, num_classes=classes, has_null=dropout > 0)
         except ValueError as e:
