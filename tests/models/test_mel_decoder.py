@@ -250,3 +250,41 @@ def test_bad_settings_are_refused():
         plain(pseudo_label=1.0, pseudo_label_codes=1)
     with pytest.raises(ValueError, match="pseudo_label_input"):
         plain(pseudo_label=1.0, pseudo_label_input="codes")
+
+
+def test_span_mask_runs():
+    from vqkit.models.vqvae_audio import span_mask
+
+    torch.manual_seed(0)
+    m = span_mask((500, 40), 0.1, 3)
+    assert m.shape == (500, 40) and m.dtype == torch.bool
+    assert 0.2 < m.float().mean() < 0.3  # 1 - 0.9^3 = 0.271 of the steps
+    assert span_mask((2, 5), 1.0, 2).all() and not span_mask((2, 5), 0.0, 2).any()
+    # every masked run, but one cut by the end, is at least `span` long
+    for row in m:
+        runs = "".join("1" if v else "0" for v in row.tolist()).strip("0").split("0")
+        assert all(len(r) >= 3 for r in runs if r) or row[-1]
+
+
+def test_masked_prediction_reads_a_masked_pass_and_scores_masked_frames():
+    x, spk, targets = pl_batch()
+    model = plain(pseudo_label=1.0, pseudo_label_codes=5, pseudo_label_mask=1.0)
+    out = model(x, spk, targets)  # every frame masked: the second pass reads zeros
+    zeros = torch.zeros(2, 8, 8)  # (B, n_mels, frames): 2 frames per code
+    want = F.cross_entropy(model.pseudo_label_head(model.encoder.frames(zeros)), targets)
+    torch.testing.assert_close(out.pseudo_label_loss, want)
+    model.zero_grad()
+    out.pseudo_label_loss.backward()
+    # the encoder learns from it (its first weights not, reading zeros; their bias does)
+    assert model.encoder.frames.net[0].conv.bias.grad.abs().sum() > 0
+    assert model.encoder.frames.net[-1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+    model.eval()  # no mask out of training: the latents of the one pass
+    with torch.no_grad():
+        out = model(x, spk, targets)
+        z = model.encoder(model.to_float(x))
+        torch.testing.assert_close(out.pseudo_label_loss, model.pseudo_label_loss(z, z, targets))
+    with pytest.raises(ValueError, match="pseudo_label_input='latents'"):
+        plain(pseudo_label=1.0, pseudo_label_mask=0.5, pseudo_label_input="quantized")
+    with pytest.raises(ValueError, match="pseudo_label_mask must lie"):
+        plain(pseudo_label=1.0, pseudo_label_mask=1.5)

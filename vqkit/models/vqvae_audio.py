@@ -57,6 +57,7 @@ __all__ = [
     "LogMelEncoder",
     "SpeakerAdversary",
     "mel_stats",
+    "span_mask",
     "time_jitter",
     "vqvae_audio",
     "warp_mel",
@@ -143,6 +144,13 @@ def time_jitter(z: Tensor, p: float) -> Tensor:
     return z.gather(2, idx.unsqueeze(1).expand(b, d, t))
 
 
+def span_mask(shape: tuple[int, int], p: float, span: int) -> Tensor:
+    """``(B, T)`` bool: each step starts, with probability ``p``, a run of ``span`` masked steps
+    (runs may overlap and are cut at the end), drawn from torch's global generator."""
+    starts = (torch.rand(shape) < p).float().unsqueeze(1)  # (B, 1, T)
+    return F.max_pool1d(F.pad(starts, (span - 1, 0)), span, stride=1)[:, 0] > 0
+
+
 class AudioVQVAE(nn.Module):
     """Encoder -> quantizer -> decoder: a :class:`~vqkit.models.wavenet_decoder.WaveNetDecoder`
     (mu-law samples) or a :class:`~vqkit.models.mel_decoder.MelDecoder` (log-mel frames).
@@ -167,6 +175,12 @@ class AudioVQVAE(nn.Module):
         pseudo_label_input: what the head reads: ``"latents"`` (the encoder's output before
             quantisation) or ``"quantized"`` (the straight-through quantised vectors); either
             way its gradient reaches the encoder, neither the codebook nor the decoder.
+        pseudo_label_mask: masked prediction (HuBERT) while training: each code frame starts,
+            with this probability, a span of ``pseudo_label_span`` code frames whose input
+            frames are set to 0 (the normalised mean) in a second pass of the encoder, whose
+            latents the head reads; the loss covers the masked frames only (0: no mask, one
+            pass; needs the log-mel encoder and ``pseudo_label_input="latents"``).
+        pseudo_label_span: code frames per masked span.
 
     Attributes:
         config: the dict :func:`vqkit.models.build_model` takes, when built by a builder.
@@ -185,8 +199,22 @@ class AudioVQVAE(nn.Module):
         pseudo_label: float = 0.0,
         pseudo_label_codes: int = 100,
         pseudo_label_input: str = "latents",
+        pseudo_label_mask: float = 0.0,
+        pseudo_label_span: int = 3,
     ) -> None:
         super().__init__()
+        if not 0.0 <= pseudo_label_mask <= 1.0:
+            raise ValueError(f"pseudo_label_mask must lie in [0, 1], got {pseudo_label_mask}")
+        if pseudo_label_span < 1:
+            raise ValueError(f"pseudo_label_span must be >= 1, got {pseudo_label_span}")
+        if pseudo_label and pseudo_label_mask:
+            if not isinstance(encoder, LogMelEncoder):
+                raise ValueError("pseudo_label_mask needs the log-mel encoder (features='logmel')")
+            if pseudo_label_input != "latents":
+                raise ValueError(
+                    "pseudo_label_mask reads the latents of a masked pass: set "
+                    "pseudo_label_input='latents' (or pseudo_label_mask=0)"
+                )
         if pseudo_label < 0:
             raise ValueError(f"pseudo_label must be >= 0, got {pseudo_label}")
         if pseudo_label and pseudo_label_codes < 2:
@@ -226,6 +254,7 @@ class AudioVQVAE(nn.Module):
             self.adversary = SpeakerAdversary(quantizer.dim, num_speakers)
         self.pseudo_label_weight = float(pseudo_label)
         self.pseudo_label_input = pseudo_label_input
+        self.pseudo_label_mask, self.pseudo_label_span = pseudo_label_mask, pseudo_label_span
         self.pseudo_label_head = None  # no module at all when off: today's model exactly
         if pseudo_label:
             self.pseudo_label_head = nn.Conv1d(quantizer.dim, pseudo_label_codes, 1)
@@ -306,7 +335,14 @@ class AudioVQVAE(nn.Module):
         extra = quant.loss if adv is None else quant.loss + self.adversary_weight * adv
         pl = None
         if self.pseudo_label_head is not None and targets is not None:
-            pl = self.pseudo_label_loss(z, quant.quantized, targets)
+            if self.training and self.pseudo_label_mask > 0:
+                masked = span_mask(targets.shape, self.pseudo_label_mask, self.pseudo_label_span)
+                frames = masked.to(z.device).repeat_interleave(self.hop // self.mel_hop, dim=1)
+                mel = target if self.is_mel else self.encoder.logmel(self.to_float(audio))
+                z_m = self.encoder.encode_frames(mel, self._stats(speaker, None), frames)
+                pl = self.pseudo_label_loss(z_m, z_m, targets.masked_fill(~masked, IGNORE))
+            else:
+                pl = self.pseudo_label_loss(z, quant.quantized, targets)
             extra = extra + self.pseudo_label_weight * pl
         if self.is_mel:
             mel = self.decoder(z_q, speaker)  # (B, n_mels, T / mel_hop)
@@ -531,6 +567,8 @@ def vqvae_audio(
     pseudo_label: float = 0.0,
     pseudo_label_codes: int = 100,
     pseudo_label_input: str = "latents",
+    pseudo_label_mask: float = 0.0,
+    pseudo_label_span: int = 3,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: strided convs (or log-mel frames) -> codes -> a WaveNet decoder.
 
@@ -573,9 +611,10 @@ def vqvae_audio(
             and the mel decoder's target (:class:`LogMelEncoder`; 0: off).
         adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
             (:class:`AudioVQVAE`; 0: none).
-        pseudo_label, pseudo_label_codes, pseudo_label_input: the pseudo-label head's weight
-            (0: none), classes and input (:class:`AudioVQVAE`); the audio recipe fits the
-            labels, k-means of speaker-normalised MFCCs, on the training split.
+        pseudo_label, pseudo_label_codes, pseudo_label_input, pseudo_label_mask,
+            pseudo_label_span: the pseudo-label head's weight (0: none), classes, input and
+            masked prediction (:class:`AudioVQVAE`); the audio recipe fits the labels, k-means
+            of speaker-normalised MFCCs, on the training split.
 
     Examples:
         >>> model = vqvae_audio(num_speakers=4)
@@ -643,6 +682,8 @@ def vqvae_audio(
             pseudo_label=pseudo_label,
             pseudo_label_codes=pseudo_label_codes,
             pseudo_label_input=pseudo_label_input,
+            pseudo_label_mask=pseudo_label_mask,
+            pseudo_label_span=pseudo_label_span,
         )
     wavenet = wavenet_decoder(
         code_dim=code_dim,
@@ -673,4 +714,6 @@ def vqvae_audio(
         pseudo_label=pseudo_label,
         pseudo_label_codes=pseudo_label_codes,
         pseudo_label_input=pseudo_label_input,
+        pseudo_label_mask=pseudo_label_mask,
+        pseudo_label_span=pseudo_label_span,
     )
