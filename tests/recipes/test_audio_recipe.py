@@ -310,10 +310,11 @@ def test_missing_festival_is_explained(tmp_path, monkeypatch, capsys):
     assert "apt-get install -y festival" in capsys.readouterr().err
 
 
-def test_units_preset_over_two_seeds(corpus, tmp_path, capsys):
+def test_units_preset_over_two_seeds(corpus, tmp_path, capsys, monkeypatch):
     # The units preset, tiny, at two seeds; `vqkit units` over both prints each run and their
     # mean and spread.
     torch.set_num_threads(1)
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))  # its pseudo-labels
     tiny = [*BUILTIN_TINY, "vqvae_train.steps=6", "prior_train.steps=1"]
     runs = []
     for seed in (0, 1):
@@ -324,6 +325,7 @@ def test_units_preset_over_two_seeds(corpus, tmp_path, capsys):
         )  # fmt: skip
         assert "features: logmel" in (out / "config.yaml").read_text()
         assert "unit_baseline_mfcc_pnmi" in metrics
+        assert metrics["pseudo_label_cached"] is False  # fit for each seed
         runs.append((out, metrics))
     capsys.readouterr()
     assert main(["units", *(str(o) for o, _ in runs), "--data", str(corpus), "--no-baselines"]) == 0
