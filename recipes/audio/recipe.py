@@ -209,7 +209,8 @@ def pseudo_labels(cfg: AudioRecipeConfig, train: Utterances) -> tuple[list, dict
     """HuBERT-style targets of the pseudo-label head (``vqvae.pseudo_label > 0``): k-means
     (``vqvae.pseudo_label_codes`` clusters, seeded by ``vqvae_train.seed``) of the ``mfcc``
     baseline's features (speaker-normalised MFCCs of each code window with one code of context
-    each side), fit on at most ``eval.baseline_fit_frames`` training rows (100,000 when that is 0).
+    each side), fit on at most ``eval.baseline_fit_frames`` training rows (100,000 when that is 0,
+    all when None).
 
     Returns per training utterance a ``(codes * frames per code,)`` int16 array, entry f the
     cluster of the code window starting at frame f (every start frame, so crops may start on any
@@ -219,7 +220,8 @@ def pseudo_labels(cfg: AudioRecipeConfig, train: Utterances) -> tuple[list, dict
     v = cfg.vqvae
     hop, frame_hop = _hops(v)
     per = hop // frame_hop
-    fit_frames = cfg.eval.baseline_fit_frames or 100_000
+    fit_frames = cfg.eval.baseline_fit_frames
+    fit_frames = 100_000 if fit_frames == 0 else fit_frames  # None: every frame
     settings = {
         "codes": v.pseudo_label_codes,
         "seed": cfg.vqvae_train.seed,
