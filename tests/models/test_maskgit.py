@@ -14,12 +14,7 @@ K = 6
 GRIDS = [(4, 4), (2, 3, 3)]  # a 2D map and a 3D volume: one code path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 def tiny(grid=(4, 4), **kw) -> MaskGIT:

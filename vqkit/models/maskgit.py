@@ -38,6 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.models.guidance import (
+    Guided,
+    check_class_dropout,
+    check_guidance,
+    class_table_size,
+    drop_labels,
+)
 from vqkit.models.registry import register
 from vqkit.models.wavenet import check_generator, sample_logits
 
@@ -72,6 +79,10 @@ class MaskGIT(nn.Module):
             fixed).
         num_classes: Classes for class conditioning (an embedding added to every position);
             0 or None: unconditional.
+        class_dropout: Classifier-free guidance (:mod:`vqkit.models.guidance`): while training
+            (:meth:`loss` in train mode), each label is replaced by a learned null class with
+            this probability, so that :meth:`sample` can take a ``guidance`` scale. 0: no null
+            class, training exactly as without guidance.
         num_conds: If set, every call takes ``cond`` ``(B, grid[0], S)`` (or ``(B, grid[0])``
             when S = 1) in ``[0, num_conds)``: conditions per index of the leading axis, e.g.
             one action per time step of a code volume, added to the positions of that index.
@@ -98,6 +109,7 @@ class MaskGIT(nn.Module):
         grid: Sequence[int],
         *,
         num_classes: int | None = 0,
+        class_dropout: float = 0.0,
         num_conds: int | None = None,
         cond_per_step: int = 1,
         dim: int = 128,
@@ -160,6 +172,7 @@ class MaskGIT(nn.Module):
         self.patch_size = math.prod(patch)  # P, codes per token
         self.tokens = self.length // self.patch_size  # T, transformer positions
         self.num_classes = num_classes
+        self.class_dropout = check_class_dropout(class_dropout, num_classes)
         self.num_conds = num_conds
         self.cond_per_step = cond_per_step
         self.prefix_share = float(prefix_share)
@@ -169,7 +182,11 @@ class MaskGIT(nn.Module):
         # One table of K + 1 entries ([MASK] last) per offset in the patch.
         self.tok = nn.Embedding(self.patch_size * (num_codes + 1), dim)
         self.pos = nn.Embedding(self.tokens, dim)
-        self.cls = nn.Embedding(num_classes, dim) if num_classes else None
+        self.cls = (
+            nn.Embedding(class_table_size(num_classes, self.class_dropout), dim)
+            if num_classes
+            else None
+        )
         self.cond = nn.Embedding(cond_per_step * num_conds, dim) if num_conds else None
         layer = nn.TransformerEncoderLayer(
             dim,
@@ -340,6 +357,8 @@ class MaskGIT(nn.Module):
         hidden = torch.ceil(ratio * eligible).long().clamp(min=1)  # (B,)
         ranks = scores.argsort(1).argsort(1)
         mask = ranks < hidden[:, None]  # (B, N): a uniformly random set of `hidden` positions
+        if self.training:  # classifier-free guidance: some labels become the null class
+            y = drop_labels(y, self.class_dropout, self.num_classes)
         logits = self._logits(flat.masked_fill(mask, self.mask_token), y, cond)
         return F.cross_entropy(logits[mask], flat[mask])
 
@@ -359,6 +378,7 @@ class MaskGIT(nn.Module):
         known: Tensor | None = None,
         known_mask: Tensor | None = None,
         return_trace: bool = False,
+        guidance: float = 1.0,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Draw code grids in ``steps`` parallel passes.
 
@@ -374,6 +394,10 @@ class MaskGIT(nn.Module):
             known_mask: Bool ``(n, *grid)`` or ``grid``, True at the known positions.
             return_trace: Also return the tokens after each step, ``(steps, n, *grid)``, with
                 ``num_codes`` at the positions still masked.
+            guidance: Classifier-free guidance scale s >= 0: each pass's logits are ``uncond +
+                s * (cond - uncond)`` (:mod:`vqkit.models.guidance`); 1 (the default) is the
+                plain conditional prior, other values need ``class_dropout > 0``. Above 1, each
+                pass runs the network on two rows per sample.
 
         Returns:
             Codes ``(n, *grid)`` int64 in ``[0, K)`` (and the trace).
@@ -389,6 +413,9 @@ class MaskGIT(nn.Module):
             y = torch.full((n,), y, dtype=torch.long, device=device)
         self._check_labels(y, n)
         cond = self._check_cond(cond, n)
+        guidance = check_guidance(
+            guidance, num_classes=self.num_classes, has_null=self.class_dropout > 0
+        )
         y = y.to(device) if y is not None else None
         cond = cond.to(device) if cond is not None else None
 
@@ -408,10 +435,11 @@ class MaskGIT(nn.Module):
         masked = tokens == self.mask_token  # (n, N)
         total = masked.sum(1)  # codes to draw per item
         trace = []
+        guided = Guided(y, guidance, self.num_classes)
         for s in range(1, steps + 1):
             if masked.any():
                 tokens, masked = self._step(
-                    tokens, masked, total, s, steps, y, cond, temperature, generator
+                    tokens, masked, total, s, steps, guided, cond, temperature, generator
                 )
             if return_trace:
                 trace.append((tokens[:, self.inverse] if patched else tokens).view(n, *self.grid))
@@ -419,9 +447,12 @@ class MaskGIT(nn.Module):
         # Clones made outside inference mode are ordinary tensors, usable with autograd.
         return (codes.clone(), torch.stack(trace).clone()) if return_trace else codes.clone()
 
-    def _step(self, tokens, masked, total, s, steps, y, cond, temperature, generator):
-        """One pass: draw every masked position, keep the most confident, re-mask the rest."""
-        logits = self._network(tokens, y, cond)[masked].float()  # (M, K): the masked positions
+    def _step(self, tokens, masked, total, s, steps, guided, cond, temperature, generator):
+        """One pass: draw every masked position, keep the most confident, re-mask the rest
+        (``guided``: a :class:`Guided` over the labels)."""
+        g = guided
+        logits = g.combine(self._network(g.expand(tokens), g.labels, g.expand(cond)))
+        logits = logits[masked].float()  # (M, K): the masked positions
         scaled = logits / temperature if temperature not in (0, 1) else logits
         picked = sample_logits(scaled, 1.0 if temperature > 0 else 0, generator)  # (M,)
         # log p of each draw, without writing out the (M, K) log-probabilities
@@ -479,6 +510,7 @@ def maskgit(
     num_codes: int,
     grid: Sequence[int],
     num_classes: int | None = 0,
+    class_dropout: float = 0.0,
     num_conds: int | None = None,
     cond_per_step: int = 1,
     dim: int = 128,
@@ -503,6 +535,7 @@ def maskgit(
         num_codes,
         grid,
         num_classes=num_classes,
+        class_dropout=class_dropout,
         num_conds=num_conds,
         cond_per_step=cond_per_step,
         dim=dim,
