@@ -153,7 +153,9 @@ def remaining_after(steps: int, n: int) -> list[int]:
 def test_sampler_fills_every_position_in_exactly_n_steps_and_keeps_its_codes(grid, patch):
     model = tiny(grid, patch=patch)
     passes = []
-    hook = model.encoder.register_forward_hook(lambda *a: passes.append(1))
+    hook = model.encoder.norm.register_forward_hook(  # once per pass
+        lambda *a: passes.append(1)
+    )
     steps = 6
     codes, trace = model.sample(
         3, temperature=1.0, generator=gen(0), steps=steps, return_trace=True
@@ -175,7 +177,9 @@ def test_sampler_fills_every_position_in_exactly_n_steps_and_keeps_its_codes(gri
 def test_the_default_steps_are_the_models():
     model = tiny((4, 4), steps=3)
     passes = []
-    hook = model.encoder.register_forward_hook(lambda *a: passes.append(1))
+    hook = model.encoder.norm.register_forward_hook(  # once per pass
+        lambda *a: passes.append(1)
+    )
     model.sample(2, generator=gen(0))
     hook.remove()
     assert len(passes) == 3
@@ -321,10 +325,33 @@ def test_the_fast_sampler_draws_what_the_reference_draws(grid, patch, kw, temper
     assert torch.equal(fast, slow)
 
 
+@pytest.mark.parametrize("grid, patch", [((4, 4), 1), ((2, 4, 4), (1, 2, 2))])
+def test_the_sampling_encoder_equals_the_transformer_module(grid, patch):
+    """Without autograd the layers run with scaled_dot_product_attention: the module's output
+    to float rounding, and the module itself whenever gradients flow."""
+    model = tiny(grid, patch=patch, dropout=0.1)
+    h = torch.randn(3, model.tokens, 16)
+    with torch.no_grad():
+        module = model.encoder(h)
+        fast = model._encode(h)
+    assert fast.shape == module.shape and torch.allclose(fast, module, atol=1e-5)
+    assert not torch.equal(fast, module) or model.tokens == 1  # it is the other path
+    with torch.inference_mode():
+        assert torch.equal(model._encode(h), fast)
+    assert torch.equal(model._encode(h), model.encoder(h))  # autograd: the module
+    model.train()
+    torch.manual_seed(1)
+    dropped = model._encode(h)
+    torch.manual_seed(1)
+    assert torch.equal(dropped, model.encoder(h))  # training, with its dropout
+
+
 def test_samples_with_alike_inputs_share_one_network_pass():
     model = tiny((4, 4), patch=2, num_classes=3, steps=3)
     rows = []
-    hook = model.encoder.register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
+    hook = model.encoder.norm.register_forward_hook(  # once per pass
+        lambda m, args, out: rows.append(out.shape[0])
+    )
     model.sample(4, y=1, generator=gen(0))
     model.sample(4, y=torch.tensor([0, 1, 1, 2]), generator=gen(0))
     hook.remove()
