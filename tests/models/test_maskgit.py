@@ -284,6 +284,7 @@ def reference_sample(
     "grid, patch, kw",
     [
         ((4, 4), 1, {}),
+        ((4, 4), 4, {}),  # one token of 16 codes: offsets with no masked code left
         ((4, 4), 2, {"num_classes": 3}),
         ((4, 4), (1, 2), {"num_classes": 3}),
         ((2, 4, 4), (1, 2, 2), {"num_conds": 3}),

@@ -213,6 +213,9 @@ def test_sample_logits_log_prob_and_several_draws_per_row(temperature):
         several, log_p = sample_logits(logits, 0, None, log_prob=True)
         assert torch.equal(several, logits.argmax(-1))
         several, log_p = several[:, None], log_p[:, None]
+    for shape in ((0,), (0, 3)):  # no rows: nothing drawn
+        none, none_log_p = sample_logits(logits[:0], 1.0, None, torch.rand(shape), log_prob=True)
+        assert none.shape == none_log_p.shape == shape
     # log p of each draw under softmax(logits / T) (the argmax's under T = 1 when T = 0)
     scaled = logits / (temperature or 1.0)
     expect = torch.log_softmax(scaled, -1).gather(1, several)

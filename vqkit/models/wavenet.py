@@ -105,7 +105,7 @@ def sample_logits(
     if uniforms is None:
         uniforms = torch.rand(logits.shape[0], generator=generator, device=logits.device)
     per_row = uniforms.dim() == 2
-    u = uniforms.reshape(logits.shape[0], -1)
+    u = uniforms if per_row else uniforms.reshape(-1, 1)
     # right=True: the first class whose CDF exceeds u * total, so zero-probability classes are
     # never picked; the clamp guards u * total rounding up to the last entry.
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=logits.shape[-1] - 1)
