@@ -302,6 +302,10 @@ class MaskGIT(nn.Module):
     def _network(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
         """:meth:`_logits` with codes in token order (``order``) on both sides, which spares
         the sampler two gathers per step."""
+        return self.head(self._hidden(tokens, y, cond)).view(-1, self.length, self.num_codes)
+
+    def _hidden(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
+        """The transformer's output ``(B, T, dim)`` for codes in token order, before the head."""
         b = tokens.shape[0]
         x = tokens.view(b, self.tokens, self.patch_size)
         h = self.tok(x + self.offsets).sum(2) + self.pos.weight  # (B, T, dim)
@@ -312,7 +316,83 @@ class MaskGIT(nn.Module):
             per_index = self.cond(cond + offsets).sum(dim=2)  # (B, grid[0], dim)
             per_token = per_index.view(b, -1, self.patch[0], per_index.shape[-1]).sum(2)
             h = h + per_token[:, self.lead_of]
-        return self.head(self.encoder(h)).view(b, self.length, self.num_codes)
+        return self._encode(h)
+
+    def _encode(self, h: Tensor) -> Tensor:
+        """``self.encoder(h)``. Without autograd (sampling) the layers run here, attention
+        through ``F.scaled_dot_product_attention``: torch's inference fast path for
+        ``nn.TransformerEncoderLayer`` writes out the ``(B, heads, T, T)`` scores, which at
+        1,024 tokens made a layer 2x slower on CPU. Equal to the module's output to float
+        rounding; training (autograd) runs the module itself."""
+        if torch.is_grad_enabled() or self.training:
+            return self.encoder(h)
+        b, t, d = h.shape
+        for layer in self.encoder.layers:  # pre-norm: x + attn(norm1(x)), x + mlp(norm2(x))
+            attn = layer.self_attn
+            qkv = F.linear(layer.norm1(h), attn.in_proj_weight, attn.in_proj_bias)
+            q, k, v = qkv.view(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+            h = h + attn.out_proj(a)
+            h = h + layer.linear2(layer.activation(layer.linear1(layer.norm2(h))))
+        return self.encoder.norm(h)
+
+    def _draw(self, tokens: Tensor, masked: Tensor, guided, cond, temperature: float, generator):
+        """One code and its log-probability for every masked position: ``sample_logits(
+        logits[masked], temperature, generator, log_prob=True)`` with ``logits =
+        g.combine(_network(g.expand(tokens), g.labels, g.expand(cond)))``, ``g = guided`` (the
+        ``(M,)`` draws in the order of ``tokens[masked]``, codes in token order), the same
+        draws from the same uniforms, without the work on what the sampler throws away.
+
+        The head runs on the masked codes alone: a token's logits for each offset in its patch
+        are a slice of the head, so each offset's slice runs on the tokens whose code at that
+        offset is still masked, and its draws are made there, from their own uniforms. The
+        later passes see ever fewer masked codes, and no ``(M, K)`` block is gathered out of
+        ``(B, N, K)``. Samples whose inputs are all alike (the first pass, with nothing known
+        and one class or none) share one network pass and one softmax per position.
+        """
+        batch = tokens.shape[0]
+        y = None if guided.labels is None else guided.labels[:batch]  # the conditional rows
+        shared = (
+            batch > 1
+            and bool((tokens == tokens[:1]).all())
+            and (y is None or bool((y == y[:1]).all()))
+            and (cond is None or bool((cond == cond[:1]).all()))
+        )
+        copies = batch if shared else 1  # samples per computed row
+        if shared:
+            tokens, masked = tokens[:1], masked[:1]
+            cond = None if cond is None else cond[:1]
+            guided = Guided(y[:1] if y is not None else None, guided.guidance, self.num_classes)
+        g = guided
+        h = self._hidden(g.expand(tokens), g.labels, g.expand(cond))  # (copies x B or 1, T, dim)
+        count = int(masked.sum())  # masked codes of the rows computed
+        uniforms = None
+        if temperature > 0:  # what sample_logits would draw from the generator, drawn up front
+            uniforms = torch.rand(copies * count, generator=generator, device=h.device)
+            uniforms = uniforms.view(copies, count).t().contiguous()  # (count, copies)
+
+        def draw(logits: Tensor, rows) -> tuple[Tensor, Tensor]:  # -> (rows, copies) each
+            u = None if uniforms is None else uniforms[rows]
+            picked, log_p = sample_logits(logits, temperature, None, u, log_prob=True)
+            if u is None:  # the argmax: the same for every copy
+                picked, log_p = (x[:, None].expand(-1, copies) for x in (picked, log_p))
+            return picked, log_p
+
+        if self.patch_size == 1:
+            picked, log_p = draw(g.combine(self.head(h[g.expand(masked)])), slice(None))
+        else:
+            per_offset = masked.view(masked.shape[0], self.tokens, self.patch_size)
+            row = (masked.view(-1).cumsum(0) - 1).view(per_offset.shape)  # each code's row
+            weight = self.head.weight.view(self.patch_size, self.num_codes, -1)
+            bias = self.head.bias.view(self.patch_size, self.num_codes)
+            picked = torch.empty(count, copies, dtype=torch.long, device=h.device)
+            log_p = torch.empty(count, copies, device=h.device)
+            for o in range(self.patch_size):
+                here = per_offset[:, :, o]
+                rows = row[:, :, o][here]
+                logits = g.combine(F.linear(h[g.expand(here)], weight[o], bias[o]))
+                picked[rows], log_p[rows] = draw(logits, rows)
+        return picked.t().reshape(-1), log_p.t().reshape(-1)
 
     def forward(self, tokens: Tensor, y: Tensor | None = None, cond: Tensor | None = None):
         """Logits of every position given the visible ones.
@@ -450,13 +530,13 @@ class MaskGIT(nn.Module):
     def _step(self, tokens, masked, total, s, steps, guided, cond, temperature, generator):
         """One pass: draw every masked position, keep the most confident, re-mask the rest
         (``guided``: a :class:`Guided` over the labels)."""
-        g = guided
-        logits = g.combine(self._network(g.expand(tokens), g.labels, g.expand(cond)))
-        logits = logits[masked].float()  # (M, K): the masked positions
-        scaled = logits / temperature if temperature not in (0, 1) else logits
-        picked = sample_logits(scaled, 1.0 if temperature > 0 else 0, generator)  # (M,)
-        # log p of each draw, without writing out the (M, K) log-probabilities
-        confidence = scaled.gather(1, picked[:, None]).squeeze(1) - scaled.logsumexp(-1)
+        # (M,) draws at the masked positions and their log p at this temperature (when T = 0,
+        # the argmax's log p under T = 1)
+        picked, confidence = self._draw(tokens, masked, guided, cond, temperature, generator)
+        drawn = tokens.clone()
+        drawn[masked] = picked
+        if s == steps:  # the last pass keeps every draw (and its noise scale is 0: no draws)
+            return drawn, torch.zeros_like(masked)
         anneal = self.noise * temperature * (1 - s / steps)
         if anneal > 0:
             u = torch.rand(confidence.shape, generator=generator, device=confidence.device)
@@ -464,16 +544,13 @@ class MaskGIT(nn.Module):
         # Kept and known positions never return to [MASK]: they rank above every draw.
         conf = torch.full(tokens.shape, math.inf, device=tokens.device)
         conf[masked] = confidence
-        drawn = tokens.clone()
-        drawn[masked] = picked
-        if s < steps:
-            # The share still masked follows the schedule, and each step keeps at least one.
-            still = torch.floor(mask_schedule(s / steps) * total.double()).long()
-            still = torch.minimum(still, masked.sum(1) - 1).clamp(min=0)
-        else:
-            still = torch.zeros_like(total)
-        ranks = conf.argsort(dim=1, stable=True).argsort(dim=1)
-        remask = ranks < still[:, None]  # the `still` least confident draws
+        # The share still masked follows the schedule, and each step keeps at least one.
+        still = torch.floor(mask_schedule(s / steps) * total.double()).long()
+        still = torch.minimum(still, masked.sum(1) - 1).clamp(min=0)
+        # Re-mask the `still` least confident draws: the first `still` in ascending order.
+        order = conf.argsort(dim=1, stable=True)
+        first = torch.arange(tokens.shape[1], device=tokens.device) < still[:, None]
+        remask = torch.zeros_like(masked).scatter_(1, order, first)
         return drawn.masked_fill(remask, self.mask_token), remask
 
     def _sample_batch(self, shape) -> int:
