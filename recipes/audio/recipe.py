@@ -212,11 +212,14 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
     def step(model, batch):
         audio, _, speaker = batch
         out = model(audio, generation.speaker_arg(model, speaker))
-        return out.loss, {
+        logs = {
             "recon_loss": out.recon_loss,
             "bits_per_sample": out.recon_loss / LN2,
             **quantizer_logs(out.quant),
         }
+        if out.cycle_loss is not None:
+            logs["cycle_loss"] = out.cycle_loss
+        return out.loss, logs
 
     crops = SequenceCrops(train.audio, spk, v.crop, pad_value=silence_class(v.classes))
     return run.train("vqvae", build, step, crops)

@@ -159,3 +159,66 @@ def test_mel_cepstra_keeps_the_envelope_for_encoder_and_target():
     torch.testing.assert_close(out.target_mel, got)  # the decoder's target is smoothed too
     with pytest.raises(ValueError, match="mel_cepstra"):
         tiny(mel_cepstra=9)
+
+
+def test_cycle_term_decodes_in_another_voice_and_reencodes_to_the_codes():
+    torch.manual_seed(0)
+    model = tiny(cycle=0.5, mel_norm="speaker")
+    model.set_speaker_stats([torch.randint(0, 256, (96,)) for _ in range(3)], [0, 1, 2])
+    audio, spk = torch.randint(0, 256, (4, 64)), torch.tensor([0, 1, 2, 0])
+    out = model(audio, spk)
+    assert out.cycle_loss is not None and out.cycle_loss > 0
+    torch.testing.assert_close(out.loss, out.recon_loss + out.quant.loss + 0.5 * out.cycle_loss)
+    # by hand: the decoder in the other voice, then the encoder with that voice's statistics
+    z_q, other = out.quant.quantized.detach(), torch.tensor([1, 2, 0, 2])
+    stats = (model.encoder.speaker_mean[other], model.encoder.speaker_std[other])
+    want = (model.encoder.encode_frames(model.decoder(z_q, other), stats) - z_q).square().mean()
+    torch.testing.assert_close(model.cycle_loss(z_q, spk, other), want)
+    # the other speaker drawn at random is never the source's own, and all others occur
+    seen = []
+    hook = model.decoder.speaker_embed.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    for _ in range(20):
+        model.cycle_loss(z_q, spk)
+    hook.remove()
+    drawn = torch.stack(seen)  # (20, B)
+    assert (drawn != spk).all()
+    assert {int(s) for s in drawn[:, 0]} == {1, 2}
+    # off at eval and without speakers; the plain loss is unchanged there
+    model.eval()
+    assert model(audio, spk).cycle_loss is None
+    out = model(audio, spk)
+    torch.testing.assert_close(out.loss, out.recon_loss + out.quant.loss)
+
+
+def test_cycle_gradient_reaches_decoder_and_encoder_never_the_codebook():
+    torch.manual_seed(0)
+    model = tiny(cycle=1.0)  # codebook learned by its own loss term: it could get a gradient
+    for film in model.decoder.films:
+        torch.nn.init.normal_(film.weight)
+    z_q = model.quantizer.decode(torch.randint(0, 8, (2, 4))).requires_grad_(True)
+    model.cycle_loss(z_q, torch.tensor([0, 1]), torch.tensor([2, 2])).backward()
+    assert z_q.grad is None  # a fixed input and target
+    assert model.quantizer.codebook.grad is None or model.quantizer.codebook.grad.abs().sum() == 0
+    assert model.encoder.frames.net[0].conv.weight.grad.abs().sum() > 0
+    assert model.decoder.layers[0].weight.grad.abs().sum() > 0
+    grad = model.decoder.speaker_embed.weight.grad.abs().sum(1)
+    assert grad[2] > 0 and grad[0] == 0 and grad[1] == 0  # only the voice it decoded in
+
+
+def test_cycle_needs_the_mel_decoder_and_two_speakers():
+    with pytest.raises(ValueError, match="cycle must be >= 0"):
+        tiny(cycle=-1.0)
+    with pytest.raises(ValueError, match="cycle needs the mel decoder"):
+        tiny(cycle=1.0, num_speakers=1)
+    with pytest.raises(ValueError, match="cycle needs the mel decoder"):
+        vqvae_audio(
+            num_speakers=2,
+            strides=[2],
+            hidden=8,
+            res_hidden=4,
+            num_codes=8,
+            code_dim=4,
+            residual_channels=8,
+            layers_per_stack=2,
+            cycle=1.0,
+        )

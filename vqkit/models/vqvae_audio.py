@@ -78,6 +78,9 @@ class AudioVQVAEOutput:
         target_mel: the true log-mel of the input it was compared with (mel decoder).
         adversary_loss: cross-entropy of the speaker adversary on the latents (when the model
             has one and speakers were given); ``loss`` includes ``adversary * adversary_loss``.
+        cycle_loss: the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`; while training,
+            when the model has one and speakers were given); ``loss`` includes
+            ``cycle * cycle_loss``.
     """
 
     logits: Tensor | None
@@ -87,6 +90,7 @@ class AudioVQVAEOutput:
     mel: Tensor | None = None
     target_mel: Tensor | None = None
     adversary_loss: Tensor | None = None
+    cycle_loss: Tensor | None = None
 
 
 FEATURES = ("waveform", "logmel")  # what the audio encoder reads
@@ -155,6 +159,8 @@ class AudioVQVAE(nn.Module):
         adversary: weight of a :class:`SpeakerAdversary` on the encoder's latents (0: none;
             needs ``num_speakers``); it pushes speaker information out of the codes.
         num_speakers: speakers of the adversary (the decoder's own count when None).
+        cycle: weight of the speaker-swap cycle term while training (:meth:`cycle_loss`; 0:
+            none; needs the mel decoder with at least 2 speakers).
 
     Attributes:
         config: the dict :func:`vqkit.models.build_model` takes, when built by a builder.
@@ -170,10 +176,13 @@ class AudioVQVAE(nn.Module):
         mel_loss: str = "l1",
         adversary: float = 0.0,
         num_speakers: int | None = None,
+        cycle: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"jitter must lie in [0, 1], got {jitter}")
+        if not cycle >= 0.0:
+            raise ValueError(f"cycle must be >= 0 (0: off), got {cycle}")
         if mel_loss not in MEL_LOSSES:
             raise ValueError(f"mel_loss must be one of {MEL_LOSSES}, got {mel_loss!r}")
         self.jitter, self.mel_loss = jitter, mel_loss
@@ -193,6 +202,12 @@ class AudioVQVAE(nn.Module):
             )
         self._hop = hop
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.cycle_weight = float(cycle)
+        if cycle and (not self.is_mel or (self.num_speakers or 0) < 2):
+            raise ValueError(
+                f"cycle needs the mel decoder (decoder='mel') with at least 2 speakers, got "
+                f"{type(decoder).__name__} with num_speakers={self.num_speakers}; set cycle=0"
+            )
         self.adversary_weight = float(adversary)
         self.adversary = None
         if adversary:
@@ -275,10 +290,38 @@ class AudioVQVAE(nn.Module):
             mel = self.decoder(z_q, speaker)  # (B, n_mels, T / mel_hop)
             diff = mel - target.to(mel.dtype)
             recon_loss = diff.abs().mean() if self.mel_loss == "l1" else diff.square().mean()
-            return AudioVQVAEOutput(None, quant, recon_loss, recon_loss + extra, mel, target, adv)
+            cyc = None
+            if self.cycle_weight and self.training and speaker is not None:
+                cyc = self.cycle_loss(quant.quantized, speaker)
+                extra = extra + self.cycle_weight * cyc
+            return AudioVQVAEOutput(
+                None, quant, recon_loss, recon_loss + extra, mel, target, adv, cyc
+            )
         logits = self.decoder(z_q, speaker, audio)  # (B, classes, T)
         recon_loss = F.cross_entropy(logits, audio)
         return AudioVQVAEOutput(logits, quant, recon_loss, recon_loss + extra, adversary_loss=adv)
+
+    def cycle_loss(self, z_q: Tensor, speaker: Tensor, other: Tensor | None = None) -> Tensor:
+        """The speaker-swap cycle term: decode the quantized latents ``z_q`` ``(B, D, T')`` in
+        another speaker's voice, encode that log-mel again (with the other speaker's
+        statistics under ``mel_norm="speaker"``), and return the mean squared distance of its
+        pre-quantisation latents to ``z_q``, the codes conversion must keep (scalar).
+
+        ``other``: ``(B,)`` speaker ids, each different from ``speaker`` (default: drawn at
+        random among the others). ``z_q`` is a fixed input and target: the gradient reaches the
+        mel decoder (its output in the other voice must carry the same codes) and the encoder
+        (it must read them from another voice), never the codebook.
+        """
+        n = self.num_speakers or 0
+        if not self.is_mel or n < 2:
+            raise ValueError("cycle_loss() needs the mel decoder with at least 2 speakers")
+        if other is None:
+            shift = torch.randint(1, n, speaker.shape, device=speaker.device)
+            other = (speaker + shift) % n
+        z_q = z_q.detach()
+        mel = self.decoder(z_q, other)  # (B, n_mels, T / mel_hop) in the other voice
+        z = self.encoder.encode_frames(mel, self._stats(other, None))
+        return F.mse_loss(z.to(z_q.dtype), z_q)
 
     @torch.no_grad()
     def logmel(self, audio: Tensor) -> Tensor:
@@ -472,6 +515,7 @@ def vqvae_audio(
     mel_warp: float = 0.0,
     mel_cepstra: int = 0,
     adversary: float = 0.0,
+    cycle: float = 0.0,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: strided convs (or log-mel frames) -> codes -> a WaveNet decoder.
 
@@ -514,6 +558,9 @@ def vqvae_audio(
             and the mel decoder's target (:class:`LogMelEncoder`; 0: off).
         adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
             (:class:`AudioVQVAE`; 0: none).
+        cycle: weight of the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`: the codes
+            decoded in another training speaker's voice must encode back to themselves; mel
+            decoder only; 0: none).
 
     Examples:
         >>> model = vqvae_audio(num_speakers=4)
@@ -578,6 +625,7 @@ def vqvae_audio(
             mel_loss=mel_loss,
             adversary=adversary,
             num_speakers=num_speakers,
+            cycle=cycle,
         )
     wavenet = wavenet_decoder(
         code_dim=code_dim,
@@ -605,4 +653,5 @@ def vqvae_audio(
         mel_loss=mel_loss,
         adversary=adversary,
         num_speakers=num_speakers,
+        cycle=cycle,
     )
