@@ -222,3 +222,47 @@ def test_cycle_needs_the_mel_decoder_and_two_speakers():
             layers_per_stack=2,
             cycle=1.0,
         )
+
+
+def test_mel_tilt_changes_gain_and_tilt_of_the_encoder_input_only_while_training():
+    from vqkit.models.vqvae_audio import tilt_mel
+
+    torch.manual_seed(0)
+    mel = torch.randn(3, 8, 10)
+    mel[:, :, 7:] = torch.log(torch.tensor(1e-5))  # padding: digital silence
+    got = tilt_mel(mel, 0.5)
+    assert got.shape == mel.shape
+    torch.testing.assert_close(got[:, :, 7:], mel[:, :, 7:])  # silence stays at the floor
+    delta = got[:, :, :7] - mel[:, :, :7]  # (B, n_mels, F): one line across the bands per item
+    torch.testing.assert_close(delta, delta[:, :, :1].expand_as(delta))  # the same every frame
+    line = delta[:, :, 0]
+    torch.testing.assert_close(
+        line[:, 2:] - 2 * line[:, 1:-1] + line[:, :-2], torch.zeros(3, 6), atol=1e-5, rtol=0
+    )  # linear in the band
+    gain, slope = line.mean(1), (line[:, -1] - line[:, 0]) / 2
+    assert (gain.abs() <= 0.5).all() and (slope.abs() <= 0.5).all()
+    assert not torch.allclose(line[0], line[1])  # drawn per utterance
+    # in the model: the encoder's input only, while training; the target stays true
+    audio, spk = torch.randint(0, 256, (2, 64)), torch.tensor([0, 1])
+
+    def conv_inputs(tilt):  # what the conv stack reads: eval, eval, train
+        model = tiny(mel_tilt=tilt, mel_norm="speaker")  # no batch statistics to differ
+        out = model(audio, spk)
+        torch.testing.assert_close(out.target_mel, model.logmel(audio))  # the target is true
+        seen = []
+        hook = model.encoder.frames.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        model.eval()
+        model(audio, spk)
+        model(audio, spk)
+        model.train()
+        model(audio, spk)
+        hook.remove()
+        return seen
+
+    plain, tilted = conv_inputs(0.0), conv_inputs(0.5)
+    torch.testing.assert_close(plain[0], plain[2])
+    torch.testing.assert_close(tilted[0], plain[0])  # off at eval
+    torch.testing.assert_close(tilted[0], tilted[1])
+    assert not torch.allclose(tilted[0], tilted[2])  # on while training
+    with pytest.raises(ValueError, match="mel_tilt"):
+        tiny(mel_tilt=-0.1)

@@ -39,6 +39,7 @@ from vqkit.models.logmel_encoder import (
     InstanceMelNorm,
     LogMelEncoder,
     mel_stats,
+    tilt_mel,
     warp_mel,
 )
 from vqkit.models.mel_decoder import MelDecoder
@@ -57,6 +58,7 @@ __all__ = [
     "LogMelEncoder",
     "SpeakerAdversary",
     "mel_stats",
+    "tilt_mel",
     "time_jitter",
     "vqvae_audio",
     "warp_mel",
@@ -514,6 +516,7 @@ def vqvae_audio(
     mel_norm: str = "batch",
     mel_warp: float = 0.0,
     mel_cepstra: int = 0,
+    mel_tilt: float = 0.0,
     adversary: float = 0.0,
     cycle: float = 0.0,
 ) -> AudioVQVAE:
@@ -556,6 +559,8 @@ def vqvae_audio(
             ``[1 - mel_warp, 1 + mel_warp]`` (:class:`LogMelEncoder`; 0: off).
         mel_cepstra: log-mel frames smoothed to this many cepstral coefficients, for the encoder
             and the mel decoder's target (:class:`LogMelEncoder`; 0: off).
+        mel_tilt: random spectral tilt and gain of the encoder's input while training, each in
+            ``[-mel_tilt, mel_tilt]`` nats (:class:`LogMelEncoder`; 0: off).
         adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
             (:class:`AudioVQVAE`; 0: none).
         cycle: weight of the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`: the codes
@@ -593,6 +598,7 @@ def vqvae_audio(
             norm=mel_norm,
             warp=mel_warp,
             cepstra=mel_cepstra,
+            tilt=mel_tilt,
             num_speakers=num_speakers,
         )
     else:
