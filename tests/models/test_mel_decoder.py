@@ -211,17 +211,7 @@ def test_cycle_needs_the_mel_decoder_and_two_speakers():
     with pytest.raises(ValueError, match="cycle needs the mel decoder"):
         tiny(cycle=1.0, num_speakers=1)
     with pytest.raises(ValueError, match="cycle needs the mel decoder"):
-        vqvae_audio(
-            num_speakers=2,
-            strides=[2],
-            hidden=8,
-            res_hidden=4,
-            num_codes=8,
-            code_dim=4,
-            residual_channels=8,
-            layers_per_stack=2,
-            cycle=1.0,
-        )
+        tiny(cycle=1.0, decoder="wavenet", features="waveform", layers_per_stack=2)
 
 
 def test_mel_tilt_changes_gain_and_tilt_of_the_encoder_input_only_while_training():
