@@ -60,9 +60,13 @@ def run_copy(finished_run, tmp_path) -> Path:
 
 
 def error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err  # one line, no traceback
-    return err[0]
+    return error_of(capsys.readouterr().err)
+
+
+def error_of(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines  # one line, no traceback
+    return lines[0]
 
 
 # --- 1. a run directory is claimed, not shared ------------------------------------------------
@@ -532,6 +536,28 @@ def test_audio_encoding_shows_progress(audio_run, capsys):
     assert "encode:" in err and f"/{len(test.audio)} [" in err
 
 
+def test_the_audio_decode_stage_shows_progress_and_decodes_the_same(audio_run, capsys):
+    from recipes.audio import evaluate as ev
+    from recipes.audio import generate as generation
+    from recipes.audio.recipe import AudioRecipeConfig
+    from vqkit.config import load_config
+    from vqkit.datasets.utterances import load_utterances
+    from vqkit.pipeline import load_stages
+
+    run, data, _ = audio_run
+    cfg = load_config(AudioRecipeConfig, run / "config.yaml")
+    test = load_utterances("folder", "test", root=data, sample_rate=8000)
+    dev, (vqvae, prior) = load_stages(run, "cpu", "vqvae", "prior")
+    codes = ev.encode_split(vqvae, test, ["bob", "carol"], dev)
+    args = (vqvae, None, prior, cfg, test, codes, [0], ["bob", "carol"], dev)
+    plain = generation.decode_matrix(*args)
+    capsys.readouterr()
+    shown = generation.decode_matrix(*args, progress=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain["wavs"], shown["wavs"]))
+    err = capsys.readouterr().err
+    assert "prior samples:" in err and "decode:" in err  # the WaveNet decoder, over samples
+
+
 def test_no_message_reachable_from_the_cli_names_a_python_argument():
     import re
 
@@ -577,16 +603,20 @@ def test_the_evaluation_stages_show_progress(tmp_path, capsys):
     assert "encode:" in err and "eval:" in err
 
 
-def test_resume_may_change_the_model_of_a_stage_not_trained_yet(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert run_image(out, "--set", "prior.channels=0") == 2  # refused after the VQ-VAE trained
-    assert "'prior.channels' must be an int >= 1" in error(capsys)
-    assert (out / "vqvae" / "ckpt" / "latest").is_file()
-    assert run_image(out, "--resume") == 0  # the prior's size may still change
-    assert (out / "metrics.json").is_file()
+def test_resume_may_change_the_model_of_a_stage_not_trained_yet(run_copy, capsys):
+    shutil.rmtree(run_copy / "prior")  # as if the run had stopped before its prior trained
+    assert run_image(run_copy, "--resume", "--set", "prior.channels=12") == 0
+    assert (run_copy / "prior" / "ckpt" / "latest").is_file()
     capsys.readouterr()
-    assert run_image(out, "--resume", "--set", "prior.channels=12") == 2  # now it is trained
-    assert "prior.channels: 8 -> 12" in error(capsys)
+    assert run_image(run_copy, "--resume", "--set", "prior.channels=16") == 2  # now it is trained
+    assert "prior.channels: 12 -> 16" in error(capsys)
+
+
+def test_a_prior_size_its_builder_refuses_ends_the_command_before_any_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_image(out, "--set", "prior.channels=0") == 2
+    assert "'prior.channels' must be an int >= 1" in error(capsys)
+    assert not out.exists()
 
 
 def test_units_skips_and_counts_bad_files_of_its_data(audio_run, tmp_path, capsys):
@@ -618,3 +648,47 @@ def test_the_video_encoding_and_prediction_stages_show_progress(tmp_path, capsys
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "encode:" in err and "predict:" in err
+
+
+# --- 2b. every model's settings are checked before the first stage trains --------------------
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        (["prior.kind=maskgit", "prior.maskgit.patch=3"], "prior.maskgit"),  # 8x8 codes
+        # residual VQ builds, but no prior models several codes a position
+        (["vqvae.quantizer.kind=residual", "vqvae.quantizer.levels=2"], "vqvae.quantizer.kind"),
+    ],
+)
+def test_a_bad_prior_setting_fails_before_the_vqvae_trains(tmp_path, capsys, bad, named):
+    out = tmp_path / "fresh"
+    assert run_image(out, *sets(bad)) == 2
+    captured = capsys.readouterr()
+    assert named in error_of(captured.err)
+    assert "stage vqvae" not in captured.out  # refused before the first stage began
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("recipe", ["audio", "video"])
+def test_audio_and_video_check_the_prior_before_the_vqvae_trains(tmp_path, capsys, recipe):
+    out, bad = tmp_path / "fresh", ["vqvae.quantizer.kind=residual", "vqvae.quantizer.levels=2"]
+    if recipe == "audio":
+        code = run_audio(out, speech_folder(tmp_path / "speech"), *sets(bad))
+    else:
+        tiny = ["data.num_frames=8", "data.context_frames=2", "data.frame_size=16",
+                "data.train_size=8", "data.test_size=4", "vqvae.hidden=8", "vqvae.res_hidden=4"]  # fmt: skip
+        argv = ["run", "video", "--out", str(out), "--device", "cpu", "--no-progress"]
+        code = main([*argv, *sets(tiny + bad)])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "vqvae.quantizer.kind" in error_of(captured.err)
+    assert "stage vqvae" not in captured.out and not out.exists()
+
+
+def test_a_nested_builder_section_refusal_names_the_section(tmp_path, capsys):
+    out = tmp_path / "fresh"
+    assert run_image(out, "--set", "vqvae.quantizer.kind=residual") == 2  # no levels given
+    msg = error(capsys)
+    assert msg.startswith("vqkit: error: vqvae.quantizer: kind 'residual' needs levels=")
+    assert "--set vqvae.quantizer.<key>=<value>" in msg and not out.exists()

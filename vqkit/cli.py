@@ -75,7 +75,7 @@ def _check_run_dir(run_dir: Path) -> None:
 def _check_resume(recipe, cfg, existing: Path, run_dir: Path) -> None:
     """A resumed run keeps its models: refuse overrides of the builder arguments of a model
     section whose stage has a checkpoint, before anything of the run is written. A stage not
-    trained yet (a prior whose size was refused after the VQ-VAE trained) may still change."""
+    trained yet (a run stopped before its prior trained) may still change."""
     trained = {p.name for p in run_dir.iterdir() if (p / "ckpt" / "latest").is_file()}
     if not trained:
         return

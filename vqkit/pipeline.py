@@ -47,6 +47,7 @@ from vqkit.quantize.factory import OPTIONS as QUANTIZER_OPTIONS
 from vqkit.report import build_report
 from vqkit.runs import add_media
 from vqkit.train import TrainConfig, fit, resolve_device, seed_everything
+from vqkit.train.device import get_rng_state, set_rng_state
 
 __all__ = [
     "QuantizerConfig",
@@ -300,6 +301,19 @@ class Run:
         )
         return model.eval()
 
+    def trial_build(
+        self, name: str, build: Callable[[], nn.Module], section: str | None = None
+    ) -> nn.Module:
+        """Build stage ``name`` once before anything trains, so that a setting its builder
+        refuses (say a prior's size) ends the command before the run directory is claimed,
+        not after the stages before it have trained. Every random generator is left as it was;
+        the model is for reading its shape (codes, grid), not for training."""
+        state = get_rng_state()
+        try:
+            return self._build(name, build, getattr(self.cfg, f"{name}_train").seed, section)
+        finally:
+            set_rng_state(state)
+
     def _build(
         self, name: str, build: Callable[[], nn.Module], seed: int, section: str | None = None
     ) -> nn.Module:
@@ -315,6 +329,11 @@ class Run:
             found = self.cfg
             for part in path.split("."):
                 found = getattr(found, part, None)
+            sub = getattr(found, key, None)
+            if dataclasses.is_dataclass(sub):  # a nested section: vqvae.quantizer
+                raise ConfigError(
+                    f"{path}.{key}: {rest} (change it with --set {path}.{key}.<key>=<value>)"
+                ) from e
             if key in getattr(type(found), "__builder_params__", ()):
                 raise ConfigError(
                     f"config key '{path}.{key}' {rest} (--set {path}.{key}=...)"

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from vqkit.audio import MuLawDecode, save_audio, silence_class
 from vqkit.report import save_logmel_png
@@ -20,21 +21,30 @@ def speaker_arg(model, speaker: torch.Tensor) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def render(vqvae, vocoder, codes: torch.Tensor, speaker: torch.Tensor, *, temperature, generator):
+def render(
+    vqvae, vocoder, codes: torch.Tensor, speaker: torch.Tensor, *, temperature, generator,
+    progress: bool = False,
+):  # fmt: skip
     """Waveforms ``(B, T)`` in [-1, 1] on the CPU of codes ``(B, T')`` in the voices ``speaker``
-    ``(B,)``: the WaveNet decoder's samples, or the mel decoder's log-mel through ``vocoder``."""
+    ``(B,)``: the WaveNet decoder's samples, or the mel decoder's log-mel through ``vocoder``
+    (with ``progress``, bars over the rows and the samples; the same waveforms)."""
     if vqvae.is_mel:
         # Row by row: a batched conv differs from a single one in the last bits, and Griffin-Lim
         # would amplify that; this way a batch renders exactly what each row renders alone.
         spk = speaker_arg(vqvae, speaker)
+        rows = tqdm(codes, desc="log-mel", unit="row", disable=not progress, leave=False)
         mel = torch.cat([
             vqvae.decode_mel(c[None], None if spk is None else spk[i : i + 1])
-            for i, c in enumerate(codes)
+            for i, c in enumerate(rows)
         ])  # fmt: skip
-        return vocoder.render(mel, temperature=temperature, generator=generator).cpu()
+        title = "vocoder" if progress else None
+        return vocoder.render(
+            mel, temperature=temperature, generator=generator, progress=title
+        ).cpu()
     classes = vqvae.decode(
-        codes, speaker_arg(vqvae, speaker), temperature=temperature, generator=generator
-    )
+        codes, speaker_arg(vqvae, speaker), temperature=temperature, generator=generator,
+        progress="decode" if progress else None,
+    )  # fmt: skip
     return MuLawDecode(vqvae.classes)(classes.cpu())
 
 
@@ -48,8 +58,9 @@ def targets_of(speakers: list[str], max_targets: int | None) -> list[int]:
 
 @torch.no_grad()
 def decode_matrix(
-    vqvae, vocoder, prior, cfg, test: Any, codes: list, sources: list[int], speakers, device
-):
+    vqvae, vocoder, prior, cfg, test: Any, codes: list, sources: list[int], speakers, device,
+    *, progress: bool = False,
+):  # fmt: skip
     """Conversions (every source x every target) and prior samples, generated in one batch.
 
     Args:
@@ -60,6 +71,7 @@ def decode_matrix(
         sources: test utterances to convert.
         speakers: training speaker names.
         device: where the models are.
+        progress: progress bars over the prior's codes, the decoding and the vocoder.
 
     Returns:
         ``{"jobs": [(kind, source or None, target id)], "wavs": [float waveforms], "sources",
@@ -89,6 +101,7 @@ def decode_matrix(
             batch=len(tgt),
             temperature=c.temperature,
             generator=gen,
+            progress="prior samples" if progress else None,
         )
         for t, row in zip(tgt.tolist(), sampled):
             jobs.append(("sample", None, t))
@@ -99,7 +112,9 @@ def decode_matrix(
     speaker = torch.tensor([t for _, _, t in jobs], device=device)
     gen = torch.Generator(device=device).manual_seed(c.seed + 1)
     t0 = time.perf_counter()
-    audio = render(vqvae, vocoder, batch, speaker, temperature=c.temperature, generator=gen)
+    audio = render(
+        vqvae, vocoder, batch, speaker, temperature=c.temperature, generator=gen, progress=progress
+    )
     seconds = time.perf_counter() - t0
     wavs = [a[:n] for a, n in zip(audio, lengths)]
     if vocoder is not None:  # the vocoder alone: the true log-mel of each source, rendered
@@ -110,7 +125,10 @@ def decode_matrix(
             jobs.append(("vocoder", s, speakers.index(test.speakers[s])))
             mels.append(vqvae.logmel(x)[0])
         if mels:
-            rendered = vocoder.render_many(mels, temperature=c.temperature, generator=gen)
+            title = "vocoder alone" if progress else None
+            rendered = vocoder.render_many(
+                mels, temperature=c.temperature, generator=gen, progress=title
+            )
             wavs += [w.cpu() for w in rendered]
     return {
         "jobs": jobs,

@@ -191,11 +191,10 @@ TRAIN_STAGES = ("vqvae_train", "prior_train", "vocoder_train")
 # --- stages ----------------------------------------------------------------------------------
 
 
-def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
-    cfg = run.cfg
+def vqvae_build(cfg: AudioRecipeConfig, speakers: list[str], train: Utterances | None = None):
+    """The VQ-VAE's builder; with ``train``, a speaker-normalising model gets each training
+    speaker's log-mel statistics (without: a model for reading shapes only)."""
     v = cfg.vqvae
-
-    spk = [speakers.index(s) for s in train.speakers]
 
     def build():
         model = vqvae_audio(
@@ -205,9 +204,24 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
         )
         if v.crop % model.hop:
             raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {model.hop}")
-        if model.speaker_norm:  # each training speaker's log-mel statistics
-            model.set_speaker_stats(train.audio, spk)
+        if train is not None and model.speaker_norm:  # each training speaker's statistics
+            model.set_speaker_stats(train.audio, [speakers.index(s) for s in train.speakers])
         return model
+
+    return build
+
+
+def check_models(run: Run, speakers: list[str]) -> None:
+    """Both models built once before anything trains (:meth:`Run.trial_build`): a prior
+    setting its builder refuses ends the command before the VQ-VAE has trained."""
+    vqvae = run.trial_build("vqvae", vqvae_build(run.cfg, speakers))
+    run.trial_build("prior", prior_build(run.cfg, len(speakers), prior_vocabulary(vqvae)))
+
+
+def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
+    v = run.cfg.vqvae
+    spk = [speakers.index(s) for s in train.speakers]
+    build = vqvae_build(run.cfg, speakers, train)
 
     def step(model, batch):
         audio, _, speaker = batch
@@ -289,15 +303,18 @@ def load_vocoder(cfg: AudioRecipeConfig, vqvae, run_dir: Path, device):
     return load_stages(run_dir, device, "vocoder")[1][0]
 
 
+def prior_build(cfg: AudioRecipeConfig, num_speakers: int, num_codes: int):
+    p = cfg.prior
+    return lambda: wavenet_prior(
+        num_codes=num_codes,
+        num_speakers=num_speakers if p.speaker_conditional else None,
+        **builder_kwargs(p),
+    )
+
+
 def train_prior(run: Run, codes, speaker_ids, num_speakers: int, num_codes: int):
     p = run.cfg.prior
-
-    def build():
-        return wavenet_prior(
-            num_codes=num_codes,
-            num_speakers=num_speakers if p.speaker_conditional else None,
-            **builder_kwargs(p),
-        )
+    build = prior_build(run.cfg, num_speakers, num_codes)
 
     def step(prior, batch):
         c, mask, speaker = batch
@@ -320,6 +337,7 @@ def run(
         train, test = ev.load_split(cfg.data, "train"), ev.load_split(cfg.data, "test")
         train = ev.leave_out(train, cfg.data.heldout_speakers)
         speakers = sorted(set(train.speakers))
+    check_models(run, speakers)
 
     with run.stage("vqvae"):
         vqvae = train_vqvae(run, train, speakers)
@@ -357,6 +375,7 @@ def run(
                 sources,
                 speakers,
                 device,
+                progress=run.progress,
             )
 
     with run.stage("eval"):

@@ -209,14 +209,16 @@ def train_vqvae(run: Run, train_set: Dataset, variance: float):
         grid = torch.cat([fixed, reconstruct_images(model, fixed)])  # originals above recons
         return {"vqvae/reconstructions": make_grid(grid, nrow=len(fixed))}
 
-    build = lambda: vqvae_image(**builder_kwargs(cfg.vqvae))  # noqa: E731
-    return run.train("vqvae", build, step, train_set, image_fn=reconstructions)
+    return run.train("vqvae", vqvae_build(cfg), step, train_set, image_fn=reconstructions)
 
 
-def train_prior(run: Run, codes, labels, classes: int, num_codes: int):
-    cfg = run.cfg
-    conditional = cfg.prior.class_conditional
-    num_classes = classes if conditional else None
+def vqvae_build(cfg: ImageRecipeConfig):
+    return lambda: vqvae_image(**builder_kwargs(cfg.vqvae))
+
+
+def prior_build(cfg: ImageRecipeConfig, num_codes: int, grid: list[int], classes: int):
+    """The prior's builder and the config section of its settings."""
+    num_classes = classes if cfg.prior.class_conditional else None
 
     def build():
         if cfg.prior.kind == "pixelcnn":
@@ -224,11 +226,25 @@ def train_prior(run: Run, codes, labels, classes: int, num_codes: int):
                 num_codes=num_codes, num_classes=num_classes, **builder_kwargs(cfg.prior)
             )
         return maskgit(
-            num_codes=num_codes,
-            grid=list(codes.shape[1:]),
-            num_classes=num_classes,
+            num_codes=num_codes, grid=grid, num_classes=num_classes,
             **builder_kwargs(cfg.prior.maskgit),
-        )
+        )  # fmt: skip
+
+    return build, "prior.maskgit" if cfg.prior.kind == "maskgit" else "prior"
+
+
+def check_models(run: Run, classes: int) -> None:
+    """Both models built once before anything trains (:meth:`Run.trial_build`): a prior
+    setting its builder refuses ends the command before the VQ-VAE has trained."""
+    vqvae = run.trial_build("vqvae", vqvae_build(run.cfg))
+    grid = [run.cfg.data.image_size // f for f in vqvae.factor]
+    run.trial_build("prior", *prior_build(run.cfg, prior_vocabulary(vqvae), grid, classes))
+
+
+def train_prior(run: Run, codes, labels, classes: int, num_codes: int):
+    cfg = run.cfg
+    conditional = cfg.prior.class_conditional
+    build, section = prior_build(cfg, num_codes, list(codes.shape[1:]), classes)
 
     def step(prior, batch):
         c, y = batch
@@ -237,7 +253,6 @@ def train_prior(run: Run, codes, labels, classes: int, num_codes: int):
 
     # MaskGIT's loss covers the masked codes only: cross-entropy, not a likelihood.
     name = "masked_bits" if cfg.prior.kind == "maskgit" else "nll_bits"
-    section = "prior.maskgit" if cfg.prior.kind == "maskgit" else "prior"
     return run.train("prior", build, step, TensorDataset(codes, labels), section=section)
 
 
@@ -393,6 +408,7 @@ def run(
     train_set, test_set = datasets(cfg)
     classes = num_classes(train_set)
     variance = data_variance(train_set, max_items=5000)
+    check_models(run, classes)
 
     with run.stage("vqvae"):
         vqvae = train_vqvae(run, WithMirrors(train_set) if cfg.data.mirror else train_set, variance)

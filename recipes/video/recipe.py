@@ -225,8 +225,11 @@ def train_vqvae(run: Run, train_set: TensorDataset, variance: float):
     cfg = run.cfg
     scale = 1.0 / variance if cfg.vqvae.normalize_by_variance else 1.0
     step = vqvae_step(scale, lambda clips: to_model(as_float(clips)))
-    build = lambda: vqvae_video(**builder_kwargs(cfg.vqvae))  # noqa: E731
-    return run.train("vqvae", build, step, train_set)
+    return run.train("vqvae", vqvae_build(cfg), step, train_set)
+
+
+def vqvae_build(cfg: VideoRecipeConfig):
+    return lambda: vqvae_video(**builder_kwargs(cfg.vqvae))
 
 
 @torch.no_grad()
@@ -242,24 +245,40 @@ def encode_all(
     ])  # fmt: skip
 
 
-def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
-    cfg = run.cfg
+def prior_build(cfg: VideoRecipeConfig, num_codes: int, grid: list[int], vocab, time_factor):
+    """The prior's builder and the config section of its settings."""
     common = dict(num_codes=num_codes, num_conds=vocab, cond_per_step=time_factor)
-    grid = list(codes.shape[1:])
-    # MaskGIT's loss covers the masked codes only: cross-entropy, not a likelihood.
-    name = "masked_bits" if cfg.prior.kind == "maskgit" else "nll_bits"
 
     def build():
         if cfg.prior.kind == "maskgit":
             return maskgit(grid=grid, **common, **builder_kwargs(cfg.prior.maskgit))
         return video_prior(shape=grid, **common, **builder_kwargs(cfg.prior))
 
+    return build, "prior.maskgit" if cfg.prior.kind == "maskgit" else "prior"
+
+
+def check_models(run: Run, vocab) -> None:
+    """Both models built once before anything trains (:meth:`Run.trial_build`): a prior
+    setting its builder refuses ends the command before the VQ-VAE has trained."""
+    d = run.cfg.data
+    vqvae = run.trial_build("vqvae", vqvae_build(run.cfg))
+    ft, f = vqvae.factor[0], vqvae.factor[1:]
+    grid = [d.num_frames // ft, *(d.frame_size // x for x in f)]
+    build, section = prior_build(run.cfg, prior_vocabulary(vqvae), grid, vocab, ft)
+    run.trial_build("prior", build, section)
+
+
+def train_prior(run: Run, codes, conds, vocab, time_factor, num_codes: int):
+    cfg = run.cfg
+    build, section = prior_build(cfg, num_codes, list(codes.shape[1:]), vocab, time_factor)
+    # MaskGIT's loss covers the masked codes only: cross-entropy, not a likelihood.
+    name = "masked_bits" if cfg.prior.kind == "maskgit" else "nll_bits"
+
     def step(prior, batch):
         c, y = batch
         loss = prior.loss(c, cond=y if vocab else None)
         return loss, {name: loss / LN2}
 
-    section = "prior.maskgit" if cfg.prior.kind == "maskgit" else "prior"
     data = TensorDataset(codes, step_conds(conds, time_factor))
     return run.train("prior", build, step, data, section=section)
 
@@ -456,6 +475,7 @@ def run(
         train = materialize(train_raw, cfg.data.train_size)
         test = materialize(test_raw, cfg.data.test_size)
         variance = data_variance(as_float(train.tensors[0][:500]))
+    check_models(run, num_conds(cfg, train_raw))
 
     with run.stage("vqvae"):
         vqvae = train_vqvae(run, train, variance)

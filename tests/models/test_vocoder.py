@@ -110,3 +110,15 @@ def test_render_many_equals_each_alone():
     mels = [torch.randn(8, n, generator=torch.Generator().manual_seed(n)) for n in (20, 50, 30)]
     for m, w in zip(mels, gl.render_many(mels)):
         assert torch.equal(w, gl.render(m[None])[0])
+
+
+def test_griffinlim_shows_progress_over_rows_and_renders_the_same(capsys):
+    voc = griffinlim(sample_rate=8000, n_mels=40, mel_hop=64)
+    mel = torch.randn(11, 40, 12, generator=torch.Generator().manual_seed(0)) * 0.5 - 3
+    plain = voc.render(mel)
+    assert torch.equal(voc.render(mel, progress="vocoder"), plain)  # rendered GL_ROWS at a time
+    many = voc.render_many([mel[0], mel[1, :, :7]], progress="vocoder alone")
+    assert torch.equal(many[0], plain[0]) and many[1].shape == (7 * 64,)
+    err = capsys.readouterr().err
+    assert "vocoder:   0%" in err and "/11 " in err and "vocoder alone:   0%" in err and "/2 " in err
+

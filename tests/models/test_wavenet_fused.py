@@ -141,6 +141,18 @@ def test_fused_state_carries_across_kernel_calls(monkeypatch):
     assert (logits - ref_logits).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["vocoder", "prior"])  # with and without local conditioning
+def test_a_progress_bar_changes_no_sample(name, capsys):
+    net, kwargs = wavenet_and_inputs(build(name, 3), 2)
+    ref_fused, ref_torch = both(net, kwargs, 2, 1.0)
+    capsys.readouterr()
+    shown_fused, shown_torch = both(net, kwargs, 2, 1.0, progress="decode")
+    for (a, la), (b, lb) in ((ref_fused, shown_fused), (ref_torch, shown_torch)):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    err = capsys.readouterr().err
+    assert err.count(f"decode:   0%|          | 0/{N} ") == 2  # the fused and torch paths
+
+
 def test_fused_streams_in_parallel_chunks_match():
     """With 2 threads the 3 streams run in 2 chunks (numba caps it at its own thread count); each
     stream is what it would be alone."""

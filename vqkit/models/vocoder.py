@@ -23,12 +23,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from vqkit.audio import LogMel
 from vqkit.models.registry import register
 from vqkit.models.wavenet import WaveNet
 
 LOG_FLOOR = 1e-5  # what LogMel adds before the log
+GL_ROWS = 8  # rows Griffin-Lim renders at a time when it shows progress
 
 
 def _logmel(sample_rate: int, n_mels: int, mel_hop: int) -> LogMel:
@@ -75,9 +77,18 @@ class GriffinLimVocoder(nn.Module):
         )
 
     @torch.no_grad()
-    def render(self, logmel: Tensor, **_: object) -> Tensor:
-        """``(B, n_mels, F)`` log-mel -> ``(B, F * mel_hop)`` waveform (deterministic)."""
+    def render(self, logmel: Tensor, *, progress: str | None = None, **_: object) -> Tensor:
+        """``(B, n_mels, F)`` log-mel -> ``(B, F * mel_hop)`` waveform (deterministic: each row
+        renders as it would alone). ``progress``: a bar over the rows with this title, rendered
+        ``GL_ROWS`` at a time (the same waveforms)."""
         _check_mel(logmel, self.n_mels)
+        if progress is not None:
+            out = []
+            with tqdm(total=logmel.shape[0], desc=progress, unit="row", leave=False) as bar:
+                for rows in logmel.split(GL_ROWS):
+                    out.append(self.render(rows))
+                    bar.update(len(rows))
+            return torch.cat(out)
         mel = (logmel.float().exp() - LOG_FLOOR).clamp_min(0.0)  # (B, n_mels, F) power
         power = (mel.transpose(1, 2) @ self.pinv).clamp_min(0.0).transpose(1, 2)  # (B, bins, F)
         # The encoder drops the frame centred just past the end; give Griffin-Lim one more
@@ -86,10 +97,14 @@ class GriffinLimVocoder(nn.Module):
         wav = self.griffinlim(power)[..., : logmel.shape[-1] * self.mel_hop]
         return wav.clamp(-1.0, 1.0)
 
-    def render_many(self, mels: list[Tensor], **_: object) -> list[Tensor]:
+    def render_many(
+        self, mels: list[Tensor], *, progress: str | None = None, **_: object
+    ) -> list[Tensor]:
         """Log-mels ``(n_mels, F_i)`` of any lengths -> waveforms ``(F_i * mel_hop,)``, each
-        rendered alone (Griffin-Lim reads every frame, so padding would change the rest)."""
-        return [self.render(m[None])[0] for m in mels]
+        rendered alone (Griffin-Lim reads every frame, so padding would change the rest);
+        ``progress``: a bar over them with this title."""
+        bar = tqdm(mels, desc=progress, unit="row", disable=progress is None, leave=False)
+        return [self.render(m[None])[0] for m in bar]
 
 
 class MelUpsampler(nn.Module):
@@ -180,6 +195,7 @@ class WaveNetVocoder(nn.Module):
         seed: int | None = 0,
         generator: torch.Generator | None = None,
         cached: bool = True,
+        progress: str | None = None,
     ) -> Tensor:
         """``(B, n_mels, F)`` log-mel -> ``(B, F * mel_hop)`` waveform, one sample at a time.
 
@@ -188,10 +204,12 @@ class WaveNetVocoder(nn.Module):
             seed: seeds a generator on the model's device when ``generator`` is None.
             generator: for reproducible samples.
             cached: the cached sampler (False: the slow reference, same samples).
+            progress: title of a progress bar over the samples (None: none).
         """
         classes = self.generate(
-            logmel, temperature=temperature, seed=seed, generator=generator, cached=cached
-        )
+            logmel, temperature=temperature, seed=seed, generator=generator, cached=cached,
+            progress=progress,
+        )  # fmt: skip
         import torchaudio.functional as AF
 
         return AF.mu_law_decoding(classes, self.classes).float()
@@ -208,7 +226,9 @@ class WaveNetVocoder(nn.Module):
         return [w[: m.shape[-1] * self.mel_hop] for w, m in zip(wav, mels)]
 
     @torch.inference_mode()
-    def generate(self, logmel, *, temperature=1.0, seed=0, generator=None, cached=True) -> Tensor:
+    def generate(
+        self, logmel, *, temperature=1.0, seed=0, generator=None, cached=True, progress=None
+    ) -> Tensor:
         """As :meth:`render`, returning mu-law classes ``(B, F * mel_hop)``."""
         _check_mel(logmel, self.n_mels)
         device = self.upsampler.proj.weight.device
@@ -221,6 +241,7 @@ class WaveNetVocoder(nn.Module):
             temperature=temperature,
             generator=generator,
             cached=cached,
+            progress=progress,
         )
 
 

@@ -432,6 +432,7 @@ class AudioVQVAE(nn.Module):
         generator: torch.Generator | None = None,
         cached: bool = True,
         fused: bool | None = None,
+        progress: str | None = None,
     ) -> Tensor:
         """Generate audio from codes ``(B, T')``: mu-law classes ``(B, T' * hop)``.
 
@@ -447,6 +448,7 @@ class AudioVQVAE(nn.Module):
             cached: use the cached sampler.
             fused: with ``cached``, the fused CPU kernel (None: on the CPU when numba imports;
                 see :meth:`WaveNet.generate`).
+            progress: title of a progress bar over the samples (None: none).
         """
         if self.is_mel:
             raise ValueError(
@@ -461,6 +463,7 @@ class AudioVQVAE(nn.Module):
             generator=generator,
             cached=cached,
             fused=fused,
+            progress=progress,
         )
 
     @torch.no_grad()

@@ -33,10 +33,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from vqkit.models import wavenet_fused
 from vqkit.models.registry import register
 from vqkit.nn.causal import GatedLayerState, GatedResidualLayer
+
+PROGRESS_EVERY = 256  # samples between updates of generate()'s progress bar (torch path)
 
 
 def _check_int(name: str, value: object, low: int = 1) -> None:
@@ -391,6 +394,7 @@ class WaveNet(nn.Module):
         cached: bool = True,
         fused: bool | None = None,
         return_logits: bool = False,
+        progress: str | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Sample ``n_samples`` classes, one at a time.
 
@@ -413,6 +417,8 @@ class WaveNet(nn.Module):
                 (the reference, and the one used on CUDA). All draw the same samples from the same
                 uniforms.
             return_logits: Also return the logits each sample was drawn from.
+            progress: Show a progress bar over the samples with this title (None: none); it
+                changes nothing of what is drawn.
 
         Returns:
             Class ids (B, n) int64, and with ``return_logits`` the logits (B, out_classes, n),
@@ -428,10 +434,15 @@ class WaveNet(nn.Module):
             uniforms = torch.rand(n_samples, batch, generator=generator, device=first.device)
         if fused and not cached:
             raise ValueError("fused=True runs the cached sampler; it needs cached=True")
+        bar = tqdm(
+            total=n_samples, desc=progress, unit="sample", disable=progress is None, leave=False
+        )
         if cached and wavenet_fused.usable(self, fused):
-            samples, all_logits = wavenet_fused.generate(
-                self, n_samples, local, speaker, first, temperature, uniforms, return_logits
-            )
+            with bar:
+                samples, all_logits = wavenet_fused.generate(
+                    self, n_samples, local, speaker, first, temperature, uniforms, return_logits,
+                    bar=None if progress is None else bar,
+                )  # fmt: skip
             return (samples, all_logits) if return_logits else samples
         if cached:
             state = self.init_state(batch, speaker=speaker)
@@ -456,6 +467,9 @@ class WaveNet(nn.Module):
             inputs[:, t + 1] = sample_logits(logits, temperature, generator, u)
             if all_logits is not None:
                 all_logits[:, :, t] = logits
+            if (t + 1) % PROGRESS_EVERY == 0 or t + 1 == n_samples:
+                bar.update(t + 1 - bar.n)
+        bar.close()
         samples = inputs[:, 1:].contiguous()
         return (samples, all_logits) if return_logits else samples
 

@@ -144,6 +144,7 @@ class WaveNetDecoder(nn.Module):
         first: Tensor | int | None = None,
         cached: bool = True,
         fused: bool | None = None,
+        progress: str | None = None,
     ) -> Tensor:
         """Decode latents (B, D, T') into mu-law classes (B, T' * hop), one sample at a time.
 
@@ -160,6 +161,7 @@ class WaveNetDecoder(nn.Module):
             first=first,
             cached=cached,
             fused=fused,
+            progress=progress,
         )
 
 

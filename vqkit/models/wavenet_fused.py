@@ -267,11 +267,13 @@ def generate(
     temperature: float,
     uniforms: Tensor | None,
     return_logits: bool,
+    bar=None,
 ) -> tuple[Tensor, Tensor | None]:
     """Samples (B, n) int64 and, with ``return_logits``, logits (B, out_classes, n).
 
     Arguments as validated by ``WaveNet._prepare``; ``uniforms`` (n, B) in [0, 1) drawn by the
-    caller, None for the argmax.
+    caller, None for the argmax. ``bar``: a progress bar (tqdm) advanced by the samples of
+    each kernel call; with one, an unconditioned model runs in blocks too (same samples).
     """
     if model.out_classes > model.in_classes:  # the kernel does no bounds checks
         raise ValueError(
@@ -293,7 +295,9 @@ def generate(
     logits = np.empty(shape, np.float32)
     u = np.zeros((batch, 0), np.float32) if uniforms is None else _np(uniforms.t())
     temp = np.float32(temperature if temperature > 0 else 1.0)
-    block = n_samples if local is None else max(MIN_BLOCK, BLOCK_FLOATS // (batch * big_l * g))
+    block = max(MIN_BLOCK, BLOCK_FLOATS // (batch * big_l * g))
+    if local is None:  # nothing to project per block: one call, or about 100 for a bar
+        block = n_samples if bar is None else max(MIN_BLOCK, -(-n_samples // 100))
     threads = max(1, min(batch, torch.get_num_threads(), _max_threads()))
     run = kernel(parallel=threads > 1)
     starts = np.linspace(0, batch, threads + 1).round().astype(np.int64)
@@ -309,6 +313,8 @@ def generate(
                 starts, t0, n, x_prev, local_proj=proj, uniforms=u, temperature=temp,
                 samples=samples, logits_out=logits, **weights,
             )  # fmt: skip
+            if bar is not None:
+                bar.update(n)
     finally:
         if previous is not None:
             _set_threads(previous)
