@@ -235,13 +235,29 @@ BASELINES = {
 }
 
 
+def mfcc_rows(split: Utterances, hop: int, frame_hop: int, phases: int = 1) -> list[list]:
+    """The rows of the ``mfcc`` baseline before the speaker normalisation: for each phase ``p <
+    phases`` and each utterance a ``(ceil(T / hop), 78)`` array whose row i holds the 13 MFCCs
+    (every ``frame_hop`` samples) of the code window starting at frame ``p + i * hop //
+    frame_hop``, beside those of its neighbours. Phase 0 is the codes' own window (what the
+    baseline clusters); the others shift it by whole frames (pseudo-labels of crops that start
+    on any frame)."""
+    per = hop // frame_hop
+    out = [[] for _ in range(phases)]
+    for i, a in enumerate(split.audio):
+        n = max(1, -(-len(a) // hop))
+        mfcc = mfcc_frames(split.waveform(i).numpy(), split.sample_rate, hop=frame_hop)
+        for p in range(phases):
+            out[p].append(with_context(per_code(mfcc[min(p, len(mfcc) - 1) :], per, n)))
+    return out
+
+
 def baseline_features(vqvae, train: Utterances, test: Utterances, speakers, device) -> dict:
     """``{name: (train rows, test rows)}`` of :data:`BASELINES`: per utterance a
     ``(codes, D)`` float array, one row per code of the utterance (as many as
     :func:`encode_utterance` gives)."""
     hop = vqvae.hop
     frame_hop = vqvae.mel_hop or hop  # of the MFCCs
-    per = hop // frame_hop
     per_input = hop // (vqvae.mel_hop or 1)  # the encoder's frames (or samples) per code
 
     def encoder_rows(split: Utterances) -> list:
@@ -251,15 +267,7 @@ def baseline_features(vqvae, train: Utterances, test: Utterances, speakers, devi
             rows.append(per_code(x.t().double().cpu().numpy(), per_input, x.shape[-1] // per_input))
         return rows
 
-    def mfcc_rows(split: Utterances) -> list:
-        rows = []
-        for i, a in enumerate(split.audio):
-            n = max(1, -(-len(a) // hop))
-            mfcc = mfcc_frames(split.waveform(i).numpy(), split.sample_rate, hop=frame_hop)
-            rows.append(with_context(per_code(mfcc, per, n)))
-        return rows
-
-    mfcc_train, mfcc_test = mfcc_rows(train), mfcc_rows(test)
+    mfcc_train, mfcc_test = mfcc_rows(train, hop, frame_hop)[0], mfcc_rows(test, hop, frame_hop)[0]
     mfcc_test = speaker_normalise(
         mfcc_test, test.speakers, fit_feats=mfcc_train, fit_speakers=train.speakers
     )

@@ -12,10 +12,14 @@ in ``evaluate.py`` beside this file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
@@ -32,15 +36,19 @@ from vqkit.audio import (
     silence_class,
 )
 from vqkit.config import builder_kwargs, builder_section, ranged
-from vqkit.datasets import SequenceCrops
+from vqkit.datasets import FrameLabelCrops, SequenceCrops
 from vqkit.datasets.audio import skip_file
 from vqkit.datasets.utterances import Utterances, load_labelled, spread
 from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
+from vqkit.metrics.unit_baselines import kmeans_units, speaker_normalise
 from vqkit.models import griffinlim, vqvae_audio, wavenet_prior, wavenet_vocoder
+from vqkit.models.vqvae_audio import IGNORE
+from vqkit.nn.conv import strides_per_stage, total_factor
 from vqkit.pipeline import (
     Run,
+    cache_root,
     data_fingerprint,
     load_stages,
     model_section,
@@ -191,6 +199,68 @@ TRAIN_STAGES = ("vqvae_train", "prior_train", "vocoder_train")
 # --- stages ----------------------------------------------------------------------------------
 
 
+def _hops(v) -> tuple[int, int]:
+    """``(samples per code, samples per frame of the encoder's input)`` of a vqvae section."""
+    per = math.prod(total_factor(strides_per_stage(v.strides, 1)))
+    return (v.mel_hop * per, v.mel_hop) if v.features == "logmel" else (per, per)
+
+
+def pseudo_labels(cfg: AudioRecipeConfig, train: Utterances) -> tuple[list, dict]:
+    """HuBERT-style targets of the pseudo-label head (``vqvae.pseudo_label > 0``): k-means
+    (``vqvae.pseudo_label_codes`` clusters, seeded by ``vqvae_train.seed``) of the ``mfcc``
+    baseline's features (speaker-normalised MFCCs of each code window with one code of context
+    each side), fit on at most ``eval.baseline_fit_frames`` training rows (100,000 when that is 0,
+    all when None).
+
+    Returns per training utterance a ``(codes * frames per code,)`` int16 array, entry f the
+    cluster of the code window starting at frame f (every start frame, so crops may start on any
+    frame: :class:`~vqkit.datasets.FrameLabelCrops`), and what the metrics say of the fit. Kept
+    in ``cache_root()/pseudo_labels/<key>.npz`` (``key``: the settings and the training audio)
+    and reused by every run with the same."""
+    v = cfg.vqvae
+    hop, frame_hop = _hops(v)
+    per = hop // frame_hop
+    fit_frames = cfg.eval.baseline_fit_frames
+    fit_frames = 100_000 if fit_frames == 0 else fit_frames  # None: every frame
+    settings = {
+        "codes": v.pseudo_label_codes,
+        "seed": cfg.vqvae_train.seed,
+        "hop": hop,
+        "frame_hop": frame_hop,
+        "fit_frames": fit_frames,
+        "sample_rate": train.sample_rate,
+        "audio": data_fingerprint(train.audio),
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_root() / "pseudo_labels" / f"{key}.npz"
+    t0 = time.perf_counter()
+    if path.is_file():
+        with np.load(path) as stored:
+            labels = [stored[f"u{i}"] for i in range(len(train.audio))]
+        return labels, {"pseudo_label_cached": True, "pseudo_label_s": time.perf_counter() - t0}
+    phases = ev.mfcc_rows(train, hop, frame_hop, phases=per)
+    own = phases[0]
+    rows = [speaker_normalise(r, train.speakers, fit_feats=own, fit_speakers=train.speakers)
+            for r in phases]  # fmt: skip
+    codes, _ = kmeans_units(
+        rows[0],
+        [x for phase in rows for x in phase],
+        num_codes=v.pseudo_label_codes,
+        seed=cfg.vqvae_train.seed,
+        max_fit_frames=fit_frames,
+    )
+    n = len(train.audio)
+    labels = []
+    for i in range(n):  # entry p + per * k: phase p's code k
+        labels.append(np.stack([codes[p * n + i] for p in range(per)], 1).reshape(-1))
+        labels[-1] = labels[-1].astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **{f"u{i}": x for i, x in enumerate(labels)})
+    tmp.replace(path)
+    return labels, {"pseudo_label_cached": False, "pseudo_label_s": time.perf_counter() - t0}
+
+
 def vqvae_build(cfg: AudioRecipeConfig, speakers: list[str], train: Utterances | None = None):
     """The VQ-VAE's builder; with ``train``, a speaker-normalising model gets each training
     speaker's log-mel statistics (without: a model for reading shapes only)."""
@@ -222,10 +292,13 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
     v = run.cfg.vqvae
     spk = [speakers.index(s) for s in train.speakers]
     build = vqvae_build(run.cfg, speakers, train)
+    info = {}
+    if v.pseudo_label:
+        targets, info = pseudo_labels(run.cfg, train)
 
     def step(model, batch):
-        audio, _, speaker = batch
-        out = model(audio, generation.speaker_arg(model, speaker))
+        audio, _, speaker, *targets = batch
+        out = model(audio, generation.speaker_arg(model, speaker), *targets)
         logs = {
             "recon_loss": out.recon_loss,
             "bits_per_sample": out.recon_loss / LN2,
@@ -233,10 +306,22 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
         }
         if out.cycle_loss is not None:
             logs["cycle_loss"] = out.cycle_loss
+        if out.pseudo_label_loss is not None:
+            logs["pseudo_label_loss"] = out.pseudo_label_loss
         return out.loss, logs
 
-    crops = SequenceCrops(train.audio, spk, v.crop, pad_value=silence_class(v.classes))
-    return run.train("vqvae", build, step, crops)
+    pad = silence_class(v.classes)
+    if v.pseudo_label:
+        hop, frame_hop = _hops(v)
+        if v.crop % hop:
+            raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {hop}")
+        crops = FrameLabelCrops(
+            train.audio, spk, targets, v.crop, frame_hop=frame_hop, per=hop // frame_hop,
+            pad_value=pad, ignore=IGNORE,
+        )  # fmt: skip
+    else:
+        crops = SequenceCrops(train.audio, spk, v.crop, pad_value=pad)
+    return run.train("vqvae", build, step, crops), info
 
 
 def _mel(cfg: AudioRecipeConfig, vqvae) -> dict:
@@ -340,7 +425,7 @@ def run(
     check_models(run, speakers)
 
     with run.stage("vqvae"):
-        vqvae = train_vqvae(run, train, speakers)
+        vqvae, pseudo_label_info = train_vqvae(run, train, speakers)
     if run.main:  # once the model is built: nothing of a run is written before (Run.claim)
         write_json(run_dir / "speakers.json", speakers)
 
@@ -389,6 +474,7 @@ def run(
             "test_utterances": len(test.audio),
             "skipped_files": len(train.skipped) + len(test.skipped),  # unusable, left out
             **vocoder_metrics,
+            **pseudo_label_info,
         }
         metrics.update(ev.reconstruction_metrics(vqvae, test, speakers, result, device))
         metrics.update(ev.prior_metrics(prior, codes_train, codes_test, test, speakers, device))

@@ -11,6 +11,7 @@ import torch
 
 from vqkit.audio import AudioError, MuLawDecode, MuLawEncode, audio_info, load_audio, save_audio
 from vqkit.datasets.audio import VCTK, RandomCrop, SpeakerAudioFolder
+from vqkit.errors import InputError
 
 
 def _fsdd_root() -> Path:
@@ -296,3 +297,30 @@ def test_random_crop_pickles_after_use():
     assert torch.equal(
         clone(torch.arange(10.0)[None]), RandomCrop(3, seed=0)(torch.arange(10.0)[None])
     )
+
+
+def test_frame_label_crops_start_on_frames_and_carry_their_targets():
+    from vqkit.datasets.audio import FrameLabelCrops
+
+    # sample s holds s, frame f's target is f: a crop's first sample says where it starts
+    frame_hop, per, length = 4, 2, 24  # 3 steps of 8 samples
+    seqs = [torch.arange(100), torch.arange(10)]  # the second shorter than a crop
+    targets = [np.arange(100 // frame_hop), np.arange(10 // frame_hop + per)]
+    ds = FrameLabelCrops(seqs, [5, 7], targets, length, frame_hop=frame_hop, per=per,
+                         pad_value=-1, ignore=-100)  # fmt: skip
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(60):
+        crop, mask, label, t = ds[0]
+        start = int(crop[0])
+        assert start % frame_hop == 0 and label == 5 and mask.all()
+        assert torch.equal(crop, torch.arange(start, start + length))
+        assert t.tolist() == [start // frame_hop + per * j for j in range(3)]
+        starts.add(start)
+    assert min(starts) == 0 and max(starts) == 100 - length and len(starts) > 8
+    crop, mask, label, t = ds[1]
+    assert torch.equal(crop[:10], torch.arange(10)) and (crop[10:] == -1).all()
+    assert mask.tolist() == [True] * 10 + [False] * 14 and label == 7
+    assert t.tolist() == [0, 2, -100]  # samples 0-9 cover 2 steps; the third is padding
+    with pytest.raises(InputError, match="multiple"):
+        FrameLabelCrops(seqs, [5, 7], targets, 20, frame_hop=frame_hop, per=per)

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vqkit.models import AudioVQVAE, MelDecoder, build_model, vqvae_audio
+from vqkit.models.vqvae_audio import IGNORE
 
 TINY = dict(
     decoder="mel",
@@ -249,10 +251,137 @@ def test_mel_tilt_changes_gain_and_tilt_of_the_encoder_input_only_while_training
         hook.remove()
         return seen
 
-    plain, tilted = conv_inputs(0.0), conv_inputs(0.5)
-    torch.testing.assert_close(plain[0], plain[2])
-    torch.testing.assert_close(tilted[0], plain[0])  # off at eval
+    untilted, tilted = conv_inputs(0.0), conv_inputs(0.5)
+    torch.testing.assert_close(untilted[0], untilted[2])
+    torch.testing.assert_close(tilted[0], untilted[0])  # off at eval
     torch.testing.assert_close(tilted[0], tilted[1])
     assert not torch.allclose(tilted[0], tilted[2])  # on while training
     with pytest.raises(ValueError, match="mel_tilt"):
         tiny(mel_tilt=-0.1)
+
+
+# --- the pseudo-label head (HuBERT-style targets) -----------------------------------------------
+
+
+def plain(**kwargs) -> AudioVQVAE:
+    """:func:`tiny` seeded, its codebook a parameter learned by its loss term (no EMA, no
+    k-means start), so that a gradient into it would show."""
+    torch.manual_seed(0)
+    quantizer = {"ema": False, "kmeans_init": False, "restart_after": None}
+    return tiny(quantizer=quantizer, **kwargs)
+
+
+def pl_batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (2, 128), generator=g)  # 4 codes of 32 samples each
+    return x, torch.tensor([0, 2]), torch.randint(0, 5, (2, 4), generator=g)
+
+
+def test_off_is_todays_model_and_loss_bit_for_bit():
+    x, spk, targets = pl_batch()
+    today, off = plain(), plain(pseudo_label=0.0, pseudo_label_codes=5)
+    assert off.pseudo_label_head is None
+    a, b = today.state_dict(), off.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(3)
+    ref = today(x, spk)
+    torch.manual_seed(3)
+    out = off(x, spk, targets)  # targets are ignored without a head
+    assert out.pseudo_label_loss is None
+    assert torch.equal(out.loss, ref.loss) and torch.equal(out.mel, ref.mel)
+
+
+@pytest.mark.parametrize("where", ["latents", "quantized"])
+def test_head_loss_and_where_its_gradient_goes(where):
+    x, spk, targets = pl_batch()
+    model = plain(pseudo_label=0.7, pseudo_label_codes=5, pseudo_label_input=where)
+    out = model(x, spk, targets)
+    assert out.pseudo_label_loss is not None and out.pseudo_label_loss > 0
+    torch.testing.assert_close(
+        out.loss, out.recon_loss + out.quant.loss + 0.7 * out.pseudo_label_loss
+    )
+    model.zero_grad()
+    out.pseudo_label_loss.backward()
+    assert model.pseudo_label_head.weight.grad.abs().sum() > 0
+    assert all(p.grad.abs().sum() > 0 for p in model.encoder.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in model.decoder.parameters())
+    # the codebook: none, or exact zeros (the lookup writes its gradient of the codebook loss)
+    assert all(p.grad is None or not p.grad.any() for p in model.quantizer.parameters())
+
+
+@pytest.mark.parametrize("where", ["latents", "quantized"])
+def test_head_gradient_into_the_latents_is_exact(where):
+    # latents: d CE(head(z)) / dz; quantized: the same taken at the quantised vectors and passed
+    # straight through to z (the codebook gets none of it).
+    x, spk, targets = pl_batch()
+    model = plain(pseudo_label=1.0, pseudo_label_codes=5, pseudo_label_input=where)
+    z = torch.randn(2, 4, 4, requires_grad=True)
+    quant = model.quantizer(z)
+    model.pseudo_label_loss(z, quant.quantized, targets).backward()
+    at = (z if where == "latents" else quant.quantized).detach().requires_grad_(True)
+    head = model.pseudo_label_head
+    F.cross_entropy(F.conv1d(at, head.weight, head.bias), targets).backward()
+    torch.testing.assert_close(z.grad, at.grad, rtol=0, atol=1e-7)
+    grad = model.quantizer.codebook.grad
+    assert grad is None or not grad.any()
+
+
+def test_ignored_frames_are_left_out_and_all_ignored_gives_zero():
+    model = plain(pseudo_label=1.0, pseudo_label_codes=5)
+    z = torch.randn(2, 4, 4)
+    targets = torch.tensor([[1, 2, IGNORE, IGNORE], [0, IGNORE, 4, 3]])
+    logits = model.pseudo_label_head(z)
+    keep = targets != IGNORE
+    want = F.cross_entropy(logits.transpose(1, 2)[keep], targets[keep])
+    torch.testing.assert_close(model.pseudo_label_loss(z, z, targets), want)
+    none = torch.full((2, 4), IGNORE)
+    assert model.pseudo_label_loss(z, z, none).item() == 0.0
+    with pytest.raises(ValueError, match="targets"):
+        model.pseudo_label_loss(z, z, targets[:, :3])
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="pseudo_label must be >= 0"):
+        plain(pseudo_label=-1.0)
+    with pytest.raises(ValueError, match="pseudo_label_codes"):
+        plain(pseudo_label=1.0, pseudo_label_codes=1)
+    with pytest.raises(ValueError, match="pseudo_label_input"):
+        plain(pseudo_label=1.0, pseudo_label_input="codes")
+
+
+def test_span_mask_runs():
+    from vqkit.models.vqvae_audio import span_mask
+
+    torch.manual_seed(0)
+    m = span_mask((500, 40), 0.1, 3)
+    assert m.shape == (500, 40) and m.dtype == torch.bool
+    assert 0.2 < m.float().mean() < 0.3  # 1 - 0.9^3 = 0.271 of the steps
+    assert span_mask((2, 5), 1.0, 2).all() and not span_mask((2, 5), 0.0, 2).any()
+    # every masked run, but one cut by the end, is at least `span` long
+    for row in m:
+        runs = "".join("1" if v else "0" for v in row.tolist()).strip("0").split("0")
+        assert all(len(r) >= 3 for r in runs if r) or row[-1]
+
+
+def test_masked_prediction_reads_a_masked_pass_and_scores_masked_frames():
+    x, spk, targets = pl_batch()
+    model = plain(pseudo_label=1.0, pseudo_label_codes=5, pseudo_label_mask=1.0)
+    out = model(x, spk, targets)  # every frame masked: the second pass reads zeros
+    zeros = torch.zeros(2, 8, 8)  # (B, n_mels, frames): 2 frames per code
+    want = F.cross_entropy(model.pseudo_label_head(model.encoder.frames(zeros)), targets)
+    torch.testing.assert_close(out.pseudo_label_loss, want)
+    model.zero_grad()
+    out.pseudo_label_loss.backward()
+    # the encoder learns from it (its first weights not, reading zeros; their bias does)
+    assert model.encoder.frames.net[0].conv.bias.grad.abs().sum() > 0
+    assert model.encoder.frames.net[-1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+    model.eval()  # no mask out of training: the latents of the one pass
+    with torch.no_grad():
+        out = model(x, spk, targets)
+        z = model.encoder(model.to_float(x))
+        torch.testing.assert_close(out.pseudo_label_loss, model.pseudo_label_loss(z, z, targets))
+    with pytest.raises(ValueError, match="pseudo_label_input='latents'"):
+        plain(pseudo_label=1.0, pseudo_label_mask=0.5, pseudo_label_input="quantized")
+    with pytest.raises(ValueError, match="pseudo_label_mask must lie"):
+        plain(pseudo_label=1.0, pseudo_label_mask=1.5)

@@ -92,6 +92,20 @@ def test_nearest_code_matches_brute_force_and_chunking():
     assert torch.equal(nearest_code(rows, table, max_elements=37 * 7), brute)  # 143 chunks
 
 
+def test_nearest_code_chunks_hold_at_least_code_dim_rows(monkeypatch):
+    # A cap below K x C would give chunks of fewer rows than the codebook has columns, each
+    # re-reading the whole codebook: the chunk is floored at C rows, with the same codes.
+    gen = torch.Generator().manual_seed(2)
+    rows, table = torch.randn(100, 6, generator=gen), torch.randn(37, 6, generator=gen)
+    brute = torch.cdist(rows, table).argmin(1)
+    sizes, addmm = [], torch.addmm
+    monkeypatch.setattr(
+        torch, "addmm", lambda b, x, *a, **k: sizes.append(len(x)) or addmm(b, x, *a, **k)
+    )
+    assert torch.equal(nearest_code(rows, table, max_elements=37 * 2), brute)
+    assert sizes == [6] * 16 + [4]
+
+
 def test_ema_step_equals_hand_computation():
     # Tiny example: K=3 codes in 2-D, decay 0.5, eps 0.1.
     vq = VectorQuantizer(3, 2, ema=True, decay=0.5, eps=0.1)

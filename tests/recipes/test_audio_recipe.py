@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -324,10 +325,11 @@ def test_missing_festival_is_explained(tmp_path, monkeypatch, capsys):
     assert "apt-get install -y festival" in capsys.readouterr().err
 
 
-def test_units_preset_over_two_seeds(corpus, tmp_path, capsys):
+def test_units_preset_over_two_seeds(corpus, tmp_path, capsys, monkeypatch):
     # The units preset, tiny, at two seeds; `vqkit units` over both prints each run and their
     # mean and spread.
     torch.set_num_threads(1)
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))  # its pseudo-labels
     tiny = [*BUILTIN_TINY, "vqvae_train.steps=6", "prior_train.steps=1"]
     runs = []
     for seed in (0, 1):
@@ -338,6 +340,7 @@ def test_units_preset_over_two_seeds(corpus, tmp_path, capsys):
         )  # fmt: skip
         assert "features: logmel" in (out / "config.yaml").read_text()
         assert "unit_baseline_mfcc_pnmi" in metrics
+        assert metrics["pseudo_label_cached"] is False  # fit for each seed
         runs.append((out, metrics))
     capsys.readouterr()
     assert main(["units", *(str(o) for o, _ in runs), "--data", str(corpus), "--no-baselines"]) == 0
@@ -352,3 +355,43 @@ def test_units_preset_over_two_seeds(corpus, tmp_path, capsys):
             f"{max(accs):.4f}",
         )
     ]
+
+
+def test_pseudo_labels_are_seeded_cached_and_cover_every_start_frame(tmp_path, monkeypatch):
+    from recipes.audio.recipe import AudioRecipeConfig, pseudo_labels
+    from vqkit.datasets import Utterances
+
+    g = torch.Generator().manual_seed(0)
+    audio = [torch.randint(0, 256, (n,), generator=g).to(torch.uint8) for n in (800, 1000, 1130)]
+    train = Utterances(audio * 2, ["a"] * 3 + ["b"] * 3, [str(i) for i in range(6)], None, None,
+                       8000)  # fmt: skip
+    cfg = AudioRecipeConfig()
+    cfg.vqvae.features, cfg.vqvae.strides, cfg.vqvae.mel_hop = "logmel", [2], 80  # hop 160
+    cfg.vqvae.pseudo_label, cfg.vqvae.pseudo_label_codes = 1.0, 6
+    runs = []
+    for where in ("c1", "c1", "c2"):
+        monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / where))
+        runs.append(pseudo_labels(cfg, train))
+    (first, info1), (again, info2), (fresh, info3) = runs
+    assert (info1["pseudo_label_cached"], info2["pseudo_label_cached"]) == (False, True)
+    assert info3["pseudo_label_cached"] is False
+    for a, b, c, x in zip(first, again, fresh, audio * 2):
+        assert len(a) == 2 * -(-len(x) // 160)  # a label per start frame of every code
+        assert np.array_equal(a, b) and np.array_equal(a, c)  # the same fit for the same seed
+    assert set(np.concatenate(first).tolist()) <= set(range(6))
+    cfg.vqvae_train.seed = 1
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "c3"))
+    other, _ = pseudo_labels(cfg, train)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))  # another seed, another fit
+
+
+def test_run_with_the_pseudo_label_head(corpus, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
+    tiny = [*BUILTIN_TINY, "vqvae.pseudo_label=0.5", "vqvae.pseudo_label_codes=4"]
+    metrics = run_audio(tmp_path / "pl", "--data", str(corpus), *sets(tiny))
+    assert metrics["pseudo_label_cached"] is False and "unit_accuracy" in metrics
+    history = (tmp_path / "pl" / "vqvae" / "history.jsonl").read_text()
+    assert "pseudo_label_loss" in history
+    assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
+                 *sets([*tiny, "vqvae.pseudo_label=-1"])]) == 2  # fmt: skip

@@ -3,7 +3,7 @@
 Every set is map-style and returns a plain tuple, e.g. images ``(image (3, H, W) in [0, 1], label)``.
 """
 
-from vqkit.datasets.audio import VCTK, SequenceCrops, SpeakerAudioFolder
+from vqkit.datasets.audio import VCTK, FrameLabelCrops, SequenceCrops, SpeakerAudioFolder
 from vqkit.datasets.images import (
     CIFAR10,
     ImageError,
@@ -21,6 +21,7 @@ from vqkit.datasets.video import VideoError, VideoFolder, read_video, write_vide
 
 __all__ = [
     "VCTK",
+    "FrameLabelCrops",
     "SequenceCrops",
     "SpeakerAudioFolder",
     "SpeechCorpus",

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, get_worker_info
 from vqkit.audio import MAX_PEAK, AudioError, audio_info, load_audio
 from vqkit.errors import InputError
 
-__all__ = ["AudioItem", "SpeakerAudioFolder", "VCTK", "RandomCrop", "skip_file"]
+__all__ = ["AudioItem", "FrameLabelCrops", "SpeakerAudioFolder", "VCTK", "RandomCrop", "skip_file"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 LAYOUTS = ("auto", "vctk", "fsdd", "speaker_dirs")
@@ -142,6 +142,68 @@ class SequenceCrops(Dataset):
         mask = torch.zeros(self.crop.length, dtype=torch.bool)
         mask[: len(x)] = True
         return self.crop(x), mask, self.labels[i]
+
+
+class FrameLabelCrops(Dataset):
+    """Random crops of 1D sequences (mu-law audio classes) that start on a frame boundary, with
+    a label each and the per-step targets of the crop: ``(crop (length,), mask (length,) bool,
+    label, targets (length // (frame_hop * per),) int64)``.
+
+    ``frame_targets[i][f]`` is the target of the step (e.g. a code of ``per`` frames) that
+    starts at frame ``f`` (sample ``f * frame_hop``) of sequence i; a crop starting at frame o
+    gets ``frame_targets[i][o], [o + per], [o + 2 * per], ...``. Steps past the end of a
+    sequence shorter than the crop get ``ignore``.
+
+    Args:
+        sequences: one ``(T_i,)`` tensor per item.
+        labels: one int per item (a speaker id).
+        frame_targets: one ``(F_i,)`` int array per item, ``F_i >= T_i // frame_hop``.
+        length: crop length, a multiple of ``frame_hop * per``.
+        frame_hop: samples per frame (crops start on multiples of it).
+        per: frames per target step.
+        pad_value: what pads short sequences.
+        ignore: the target of padding.
+    """
+
+    def __init__(
+        self,
+        sequences: list[Tensor],
+        labels: list[int],
+        frame_targets: list,
+        length: int,
+        *,
+        frame_hop: int,
+        per: int = 1,
+        pad_value: int = 0,
+        ignore: int = -100,
+    ) -> None:
+        step = frame_hop * per
+        if length % step:
+            raise InputError(f"crop {length} must be a multiple of the target hop {step}")
+        if len(frame_targets) != len(sequences):
+            raise ValueError(f"{len(frame_targets)} target arrays for {len(sequences)} sequences")
+        self.sequences, self.labels = sequences, labels
+        self.targets = [torch.as_tensor(t, dtype=torch.long) for t in frame_targets]
+        self.length, self.frame_hop, self.per = length, frame_hop, per
+        self.pad_value, self.ignore = pad_value, ignore
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int, Tensor]:
+        x, t = self.sequences[i].long(), self.targets[i]
+        steps = self.length // (self.frame_hop * self.per)
+        mask = torch.zeros(self.length, dtype=torch.bool)
+        mask[: len(x)] = True
+        last = (len(x) - self.length) // self.frame_hop  # the latest start frame
+        start = int(torch.randint(0, last + 1, ())) if last > 0 else 0
+        crop = x[start * self.frame_hop : start * self.frame_hop + self.length]
+        crop = torch.nn.functional.pad(crop, (0, self.length - len(crop)), value=self.pad_value)
+        idx = start + self.per * torch.arange(steps)
+        have = -(-min(len(x), self.length) // (self.frame_hop * self.per))  # steps with audio
+        targets = torch.full((steps,), self.ignore, dtype=torch.long)
+        targets[:have] = t[idx[:have].clamp_max(len(t) - 1)]
+        return crop, mask, self.labels[i], targets
 
 
 def _hash_split(utterance: str, test_percent: int = 10) -> str:

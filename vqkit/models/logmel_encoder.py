@@ -134,17 +134,27 @@ class LogMelEncoder(nn.Module):
                 mel = torch.einsum("mn,bnf->bmf", self.smooth, mel)
             return mel
 
-    def encode_frames(self, mel: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def encode_frames(
+        self,
+        mel: Tensor,
+        stats: tuple[Tensor, Tensor] | None = None,
+        frame_mask: Tensor | None = None,
+    ) -> Tensor:
         """``(B, n_mels, F)`` log-mel -> ``(B, D, F / prod(strides))`` latents.
 
         ``stats``: ``(mean, std)``, each ``(B, n_mels)`` or ``(n_mels,)``: the speaker
-        statistics of ``norm="speaker"`` (required there, ignored otherwise).
+        statistics of ``norm="speaker"`` (required there, ignored otherwise). ``frame_mask``:
+        ``(B, F)`` bool, frames set to 0 (the normalised mean) before the conv stack (masked
+        prediction); None: none.
         """
         if self.training and self.warp > 0:
             mel = warp_mel(mel, self.warp)
         if self.training and self.tilt > 0:
             mel = tilt_mel(mel, self.tilt)
-        return self.frames(self.normalise(mel, stats).to(self.frames.net[-1].weight.dtype))
+        x = self.normalise(mel, stats)
+        if frame_mask is not None:
+            x = x.masked_fill(frame_mask.unsqueeze(1), 0.0)
+        return self.frames(x.to(self.frames.net[-1].weight.dtype))
 
     def normalise(self, mel: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``(B, n_mels, F)`` log-mel -> the same normalised as the conv stack reads it (``stats``

@@ -58,6 +58,7 @@ __all__ = [
     "LogMelEncoder",
     "SpeakerAdversary",
     "mel_stats",
+    "span_mask",
     "tilt_mel",
     "time_jitter",
     "vqvae_audio",
@@ -80,6 +81,8 @@ class AudioVQVAEOutput:
         target_mel: the true log-mel of the input it was compared with (mel decoder).
         adversary_loss: cross-entropy of the speaker adversary on the latents (when the model
             has one and speakers were given); ``loss`` includes ``adversary * adversary_loss``.
+        pseudo_label_loss: cross-entropy of the pseudo-label head (when the model has one and
+            ``targets`` were given); ``loss`` includes ``pseudo_label * pseudo_label_loss``.
         cycle_loss: the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`; while training,
             when the model has one and speakers were given); ``loss`` includes
             ``cycle * cycle_loss``.
@@ -92,12 +95,15 @@ class AudioVQVAEOutput:
     mel: Tensor | None = None
     target_mel: Tensor | None = None
     adversary_loss: Tensor | None = None
+    pseudo_label_loss: Tensor | None = None
     cycle_loss: Tensor | None = None
 
 
 FEATURES = ("waveform", "logmel")  # what the audio encoder reads
 DECODERS = ("wavenet", "mel")  # what it decodes to: mu-law samples, or log-mel frames
 MEL_LOSSES = ("l1", "l2")
+PSEUDO_LABEL_INPUTS = ("latents", "quantized")  # what the pseudo-label head reads
+IGNORE = -100  # a target frame with no pseudo-label (padding): left out of the head's loss
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -144,6 +150,13 @@ def time_jitter(z: Tensor, p: float) -> Tensor:
     return z.gather(2, idx.unsqueeze(1).expand(b, d, t))
 
 
+def span_mask(shape: tuple[int, int], p: float, span: int) -> Tensor:
+    """``(B, T)`` bool: each step starts, with probability ``p``, a run of ``span`` masked steps
+    (runs may overlap and are cut at the end), drawn from torch's global generator."""
+    starts = (torch.rand(shape) < p).float().unsqueeze(1)  # (B, 1, T)
+    return F.max_pool1d(F.pad(starts, (span - 1, 0)), span, stride=1)[:, 0] > 0
+
+
 class AudioVQVAE(nn.Module):
     """Encoder -> quantizer -> decoder: a :class:`~vqkit.models.wavenet_decoder.WaveNetDecoder`
     (mu-law samples) or a :class:`~vqkit.models.mel_decoder.MelDecoder` (log-mel frames).
@@ -161,6 +174,19 @@ class AudioVQVAE(nn.Module):
         adversary: weight of a :class:`SpeakerAdversary` on the encoder's latents (0: none;
             needs ``num_speakers``); it pushes speaker information out of the codes.
         num_speakers: speakers of the adversary (the decoder's own count when None).
+        pseudo_label: weight of a cross-entropy head predicting each code frame's pseudo-label
+            (HuBERT-style targets, e.g. k-means clusters of MFCCs; 0: no head). ``forward``
+            takes the targets as ``targets=``.
+        pseudo_label_codes: classes of the pseudo-labels (the head's outputs).
+        pseudo_label_input: what the head reads: ``"latents"`` (the encoder's output before
+            quantisation) or ``"quantized"`` (the straight-through quantised vectors); either
+            way its gradient reaches the encoder, neither the codebook nor the decoder.
+        pseudo_label_mask: masked prediction (HuBERT) while training: each code frame starts,
+            with this probability, a span of ``pseudo_label_span`` code frames whose input
+            frames are set to 0 (the normalised mean) in a second pass of the encoder, whose
+            latents the head reads; the loss covers the masked frames only (0: no mask, one
+            pass; needs the log-mel encoder and ``pseudo_label_input="latents"``).
+        pseudo_label_span: code frames per masked span.
         cycle: weight of the speaker-swap cycle term while training (:meth:`cycle_loss`; 0:
             none; needs the mel decoder with at least 2 speakers).
 
@@ -178,9 +204,35 @@ class AudioVQVAE(nn.Module):
         mel_loss: str = "l1",
         adversary: float = 0.0,
         num_speakers: int | None = None,
+        pseudo_label: float = 0.0,
+        pseudo_label_codes: int = 100,
+        pseudo_label_input: str = "latents",
+        pseudo_label_mask: float = 0.0,
+        pseudo_label_span: int = 3,
         cycle: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= pseudo_label_mask <= 1.0:
+            raise ValueError(f"pseudo_label_mask must lie in [0, 1], got {pseudo_label_mask}")
+        if pseudo_label_span < 1:
+            raise ValueError(f"pseudo_label_span must be >= 1, got {pseudo_label_span}")
+        if pseudo_label and pseudo_label_mask:
+            if not isinstance(encoder, LogMelEncoder):
+                raise ValueError("pseudo_label_mask needs the log-mel encoder (features='logmel')")
+            if pseudo_label_input != "latents":
+                raise ValueError(
+                    "pseudo_label_mask reads the latents of a masked pass: set "
+                    "pseudo_label_input='latents' (or pseudo_label_mask=0)"
+                )
+        if pseudo_label < 0:
+            raise ValueError(f"pseudo_label must be >= 0, got {pseudo_label}")
+        if pseudo_label and pseudo_label_codes < 2:
+            raise ValueError(f"pseudo_label_codes must be >= 2, got {pseudo_label_codes}")
+        if pseudo_label_input not in PSEUDO_LABEL_INPUTS:
+            raise ValueError(
+                f"pseudo_label_input must be one of {PSEUDO_LABEL_INPUTS}, got "
+                f"{pseudo_label_input!r}"
+            )
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"jitter must lie in [0, 1], got {jitter}")
         if not cycle >= 0.0:
@@ -217,6 +269,12 @@ class AudioVQVAE(nn.Module):
             if not num_speakers:
                 raise ValueError("a speaker adversary needs num_speakers")
             self.adversary = SpeakerAdversary(quantizer.dim, num_speakers)
+        self.pseudo_label_weight = float(pseudo_label)
+        self.pseudo_label_input = pseudo_label_input
+        self.pseudo_label_mask, self.pseudo_label_span = pseudo_label_mask, pseudo_label_span
+        self.pseudo_label_head = None  # no module at all when off: today's model exactly
+        if pseudo_label:
+            self.pseudo_label_head = nn.Conv1d(quantizer.dim, pseudo_label_codes, 1)
         self.config: dict | None = None
 
     @property
@@ -274,8 +332,12 @@ class AudioVQVAE(nn.Module):
         scale = 2.0 / (self.classes - 1)
         return (audio.to(self._dtype()) * scale - 1.0).unsqueeze(1)
 
-    def forward(self, audio: Tensor, speaker: Tensor | None = None) -> AudioVQVAEOutput:
-        """Teacher-forced pass: ``audio`` ``(B, T)`` classes, ``speaker`` ``(B,)`` ids or None."""
+    def forward(
+        self, audio: Tensor, speaker: Tensor | None = None, targets: Tensor | None = None
+    ) -> AudioVQVAEOutput:
+        """Teacher-forced pass: ``audio`` ``(B, T)`` classes, ``speaker`` ``(B,)`` ids or None,
+        ``targets`` ``(B, T / hop)`` pseudo-labels of the code frames (``IGNORE``: none) for the
+        pseudo-label head (ignored without one)."""
         self._check_audio(audio)
         if self.is_mel:
             target = self.encoder.logmel(self.to_float(audio))  # (B, n_mels, T / mel_hop)
@@ -288,6 +350,17 @@ class AudioVQVAE(nn.Module):
         if self.adversary is not None and speaker is not None:
             adv = self.adversary(z, speaker)
         extra = quant.loss if adv is None else quant.loss + self.adversary_weight * adv
+        pl = None
+        if self.pseudo_label_head is not None and targets is not None:
+            if self.training and self.pseudo_label_mask > 0:
+                masked = span_mask(targets.shape, self.pseudo_label_mask, self.pseudo_label_span)
+                frames = masked.to(z.device).repeat_interleave(self.hop // self.mel_hop, dim=1)
+                mel = target if self.is_mel else self.encoder.logmel(self.to_float(audio))
+                z_m = self.encoder.encode_frames(mel, self._stats(speaker, None), frames)
+                pl = self.pseudo_label_loss(z_m, z_m, targets.masked_fill(~masked, IGNORE))
+            else:
+                pl = self.pseudo_label_loss(z, quant.quantized, targets)
+            extra = extra + self.pseudo_label_weight * pl
         if self.is_mel:
             mel = self.decoder(z_q, speaker)  # (B, n_mels, T / mel_hop)
             diff = mel - target.to(mel.dtype)
@@ -297,11 +370,28 @@ class AudioVQVAE(nn.Module):
                 cyc = self.cycle_loss(quant.quantized, speaker)
                 extra = extra + self.cycle_weight * cyc
             return AudioVQVAEOutput(
-                None, quant, recon_loss, recon_loss + extra, mel, target, adv, cyc
+                None, quant, recon_loss, recon_loss + extra, mel, target, adv, pl, cyc
             )
         logits = self.decoder(z_q, speaker, audio)  # (B, classes, T)
         recon_loss = F.cross_entropy(logits, audio)
-        return AudioVQVAEOutput(logits, quant, recon_loss, recon_loss + extra, adversary_loss=adv)
+        return AudioVQVAEOutput(
+            logits, quant, recon_loss, recon_loss + extra, adversary_loss=adv, pseudo_label_loss=pl
+        )
+
+    def pseudo_label_loss(self, z: Tensor, z_q: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy (nats) of the pseudo-label head over the frames of ``targets``
+        ``(B, T')`` that are not ``IGNORE``, reading the latents ``z`` or the straight-through
+        quantised ``z_q`` (both ``(B, D, T')``) as ``pseudo_label_input`` says."""
+        if targets.shape != z.shape[:1] + z.shape[2:]:
+            raise ValueError(
+                f"pseudo-label targets {tuple(targets.shape)} must be (B, T') of the latents "
+                f"{tuple(z.shape)}"
+            )
+        h = z if self.pseudo_label_input == "latents" else z_q
+        logits = self.pseudo_label_head(h.to(self.pseudo_label_head.weight.dtype)).float()
+        if not bool((targets != IGNORE).any()):  # every frame padding: nothing to predict
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, targets.long(), ignore_index=IGNORE)
 
     def cycle_loss(self, z_q: Tensor, speaker: Tensor, other: Tensor | None = None) -> Tensor:
         """The speaker-swap cycle term: decode the quantized latents ``z_q`` ``(B, D, T')`` in
@@ -521,6 +611,11 @@ def vqvae_audio(
     mel_cepstra: int = 0,
     mel_tilt: float = 0.0,
     adversary: float = 0.0,
+    pseudo_label: float = 0.0,
+    pseudo_label_codes: int = 100,
+    pseudo_label_input: str = "latents",
+    pseudo_label_mask: float = 0.0,
+    pseudo_label_span: int = 3,
     cycle: float = 0.0,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: strided convs (or log-mel frames) -> codes -> a WaveNet decoder.
@@ -566,6 +661,10 @@ def vqvae_audio(
             ``[-mel_tilt, mel_tilt]`` nats (:class:`LogMelEncoder`; 0: off).
         adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
             (:class:`AudioVQVAE`; 0: none).
+        pseudo_label, pseudo_label_codes, pseudo_label_input, pseudo_label_mask,
+            pseudo_label_span: the pseudo-label head's weight (0: none), classes, input and
+            masked prediction (:class:`AudioVQVAE`); the audio recipe fits the labels, k-means
+            of speaker-normalised MFCCs, on the training split.
         cycle: weight of the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`: the codes
             decoded in another training speaker's voice must encode back to themselves; mel
             decoder only; 0: none).
@@ -634,6 +733,11 @@ def vqvae_audio(
             mel_loss=mel_loss,
             adversary=adversary,
             num_speakers=num_speakers,
+            pseudo_label=pseudo_label,
+            pseudo_label_codes=pseudo_label_codes,
+            pseudo_label_input=pseudo_label_input,
+            pseudo_label_mask=pseudo_label_mask,
+            pseudo_label_span=pseudo_label_span,
             cycle=cycle,
         )
     wavenet = wavenet_decoder(
@@ -662,5 +766,10 @@ def vqvae_audio(
         mel_loss=mel_loss,
         adversary=adversary,
         num_speakers=num_speakers,
+        pseudo_label=pseudo_label,
+        pseudo_label_codes=pseudo_label_codes,
+        pseudo_label_input=pseudo_label_input,
+        pseudo_label_mask=pseudo_label_mask,
+        pseudo_label_span=pseudo_label_span,
         cycle=cycle,
     )

@@ -40,12 +40,16 @@ def nearest_code(
 
     Uses ``argmin_k ||e_k||^2 - 2 <z, e_k>`` (``||z||^2`` does not change the argmin) computed
     by one fused ``addmm`` per chunk of rows, so no ``N x K`` one-hot is ever built and the
-    distance matrix held at once is at most ``max_elements`` entries.
+    distance matrix held at once is at most ``max(max_elements, K * C)`` entries: a chunk has
+    at least ``C`` rows, since each chunk reads the whole ``(K, C)`` codebook and with fewer
+    rows that read costs more than the distances themselves (at K = 65,536 and C = 64 the
+    default cap alone would give 8-row chunks, 1.65x slower: docs/results.md).
 
     Args:
         rows: ``(N, C)`` float vectors.
         codebook: ``(K, C)`` codebook.
-        max_elements: cap on ``chunk x K`` distance entries held at once.
+        max_elements: cap on ``chunk x K`` distance entries held at once, raised to ``K x C``
+            when smaller.
 
     Returns:
         ``(N,)`` int64 code indices.
@@ -57,7 +61,7 @@ def nearest_code(
     num_codes = codebook.shape[0]
     sq_norms = codebook.pow(2).sum(1)  # (K,)
     codebook_t = codebook.t()
-    chunk = max(1, max_elements // num_codes)
+    chunk = max(1, codebook.shape[1], max_elements // num_codes)
     if rows.shape[0] <= chunk:
         return torch.addmm(sq_norms, rows, codebook_t, alpha=-2.0).argmin(1)
     out = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
