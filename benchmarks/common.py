@@ -49,19 +49,26 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds."""
+    fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1, cpu: bool = False
+) -> dict[str, float] | tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per call of each function, timed in interleaved rounds; ``cpu=True`` also
+    returns the medians of the process's CPU seconds per call (less moved by other jobs on a
+    shared machine than the wall time)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu_times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            cpu_times[name].append(time.process_time() - start_cpu)
+    wall = {name: statistics.median(ts) for name, ts in times.items()}
+    if not cpu:
+        return wall
+    return wall, {name: statistics.median(ts) for name, ts in cpu_times.items()}
 
 
 # ---------------------------------------------------------------- peak memory

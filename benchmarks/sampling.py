@@ -20,7 +20,9 @@ timed end to end against the cached PixelCNN in the same run, at two sizes: the 
 image preset's (8x8 codes, K=256, 10 classes, batch 16, the preset's PixelCNN: the builder's 64
 channels, 6 layers). MaskGIT has the builder's default size and steps unless
 ``--maskgit-dim/--maskgit-layers/--maskgit-steps`` say otherwise, and is timed with a token per
-code (patch 1, the default) and per 2x2 and 4x4 patch of codes (``--maskgit-patches``).
+code (patch 1, the default) and per 2x2 and 4x4 patch of codes (``--maskgit-patches``). Beside
+the wall-time ratio it prints the ratio of the process CPU seconds of the same calls, which
+other jobs on a shared machine move less.
 
 Run: ``uv run python benchmarks/sampling.py [--threads N] [--repeats N] [--only pixelcnn|video|maskgit]``
 """
@@ -93,9 +95,10 @@ def video(args) -> tuple[str, float, float, int]:
     return label, per_code * new_codes, cached_s, b
 
 
-def maskgit_rows(args) -> list[tuple[str, float, float]]:
-    """(label, cached PixelCNN s, MaskGIT s) at the PixelCNN row's size and the preset's, for
-    each patch in ``--maskgit-patches`` that divides the grid."""
+def maskgit_rows(args) -> list[tuple[str, float, float, float]]:
+    """(label, cached PixelCNN s, MaskGIT s, PixelCNN / MaskGIT CPU seconds) at the PixelCNN
+    row's size and the preset's, for each patch in ``--maskgit-patches`` that divides the
+    grid."""
     sizes = [  # K, H = W, classes, PixelCNN channels, layers
         (512, args.pixelcnn_size, None, args.pixelcnn_channels, args.pixelcnn_layers),
         (256, args.preset_size, 10, 64, 6),
@@ -127,7 +130,7 @@ def maskgit_rows(args) -> list[tuple[str, float, float]]:
                     num_codes=k, grid=(size, size), num_classes=classes, patch=p, **overrides
                 ).eval()
                 fns[p] = functools.partial(models[p].sample, shape, y=y, generator=gen)
-        times = interleaved_medians(fns, repeats=max(1, args.repeats // 3))
+        times, cpu = interleaved_medians(fns, repeats=max(1, args.repeats // 3), cpu=True)
         for p, mg in models.items():
             cfg = mg.config["kwargs"]
             label = (
@@ -135,7 +138,7 @@ def maskgit_rows(args) -> list[tuple[str, float, float]]:
                 f" vs PixelCNN {channels} ch x {layers}, K={k}, {size}x{size}, "
                 f"{'class-cond., ' if classes else ''}batch {n}"
             )
-            rows.append((label, times["pixelcnn"], times[p]))
+            rows.append((label, times["pixelcnn"], times[p], cpu["pixelcnn"] / cpu[p]))
     return rows
 
 
@@ -166,9 +169,13 @@ def main() -> None:
     if args.only in (None, "pixelcnn"):
         print("target: PixelCNN cached >= 100x naive at 32x32, K=512, batch 16")
     if args.only in (None, "maskgit"):
-        print(f"{'model':<108} {'PixelCNN s':>10} {'MaskGIT s':>10} {'faster by':>9}")
-        for label, pcnn_s, mg_s in maskgit_rows(args):
-            print(f"{label:<108} {pcnn_s:10.3f} {mg_s:10.3f} {pcnn_s / mg_s:8.1f}x")
+        print(
+            f"{'model':<108} {'PixelCNN s':>10} {'MaskGIT s':>10} {'faster by':>9} {'by CPU s':>8}"
+        )
+        for label, pcnn_s, mg_s, cpu_ratio in maskgit_rows(args):
+            print(
+                f"{label:<108} {pcnn_s:10.3f} {mg_s:10.3f} {pcnn_s / mg_s:8.1f}x {cpu_ratio:7.1f}x"
+            )
         print("target: MaskGIT >= 20x faster than the cached PixelCNN at 32x32, K=512, batch 16")
 
 

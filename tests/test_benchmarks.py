@@ -75,6 +75,8 @@ def test_sampling_benchmark_compares_cached_and_naive():
     # Patches 1, 2 and 4 at 4x4; patch 1 only at 3x3 (the others do not divide it).
     rows = [line for line in text.splitlines() if line.startswith("MaskGIT")]
     assert len(rows) == 4 and all(line.rstrip().endswith("x") for line in rows)
+    # by wall time and by CPU time
+    assert all(len(re.findall(r" \d+\.\dx", line)) == 2 for line in rows)
     assert all("K=512, 4x4" in row for row in rows[:3])
     assert (
         "patch 4x4" in rows[2] and "patch 1x1" in rows[3] and "K=256, 3x3, class-cond." in rows[3]

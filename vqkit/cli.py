@@ -24,6 +24,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -182,6 +183,15 @@ def _sample(args: argparse.Namespace) -> int:
                 "prior has none: drop --steps"
             )
         steps = {"steps": args.steps}
+    if args.guidance is not None:
+        if not math.isfinite(args.guidance) or args.guidance < 0:
+            raise InputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+        if "guidance" not in inspect.signature(recipe.sample).parameters:
+            raise InputError(
+                f"--guidance sets classifier-free guidance of a class-conditional prior; the "
+                f"{cfg.modality} recipe's prior has none: drop --guidance"
+            )
+        steps["guidance"] = args.guidance
     out = recipe.sample(
         cfg,
         path,
@@ -512,6 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MaskGIT priors: sampling passes; None: the run's sample.steps, else maskgit.steps "
         "(a Gated PixelCNN draws one code at a time and refuses it)",
+    )
+    sample.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="image priors: classifier-free guidance scale (1: plain conditional, 0: "
+        "unconditional, > 1: follows the class more; other than 1 needs a prior trained with "
+        "class_dropout > 0); None: the run's sample.guidance",
     )
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sample.set_defaults(func=_sample)

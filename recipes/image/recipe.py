@@ -25,6 +25,7 @@ from vqkit.errors import InputError
 from vqkit.metrics import LN2, data_variance, psnr
 from vqkit.metrics.samples import quality_caption, sample_quality, train_image_classifier
 from vqkit.models import gated_pixelcnn, maskgit, to_data, to_model, vqvae_image
+from vqkit.models.guidance import check_guidance
 from vqkit.pipeline import (
     Run,
     codebook_metrics,
@@ -94,6 +95,9 @@ class SampleConfig:
     temperature: float = ranged(1.0, ge=0)  # 0: the most likely code at every step
     seed: int = 0
     steps: int | None = ranged(None, ge=1)  # MaskGIT passes (None: prior.maskgit.steps)
+    # Classifier-free guidance scale: logits uncond + s * (cond - uncond); 1: the plain
+    # conditional prior; other values need the prior's class_dropout > 0 (its null class).
+    guidance: float = ranged(1.0, ge=0)
 
 
 @dataclass
@@ -132,6 +136,16 @@ class ImageRecipeConfig:
                 f"config key 'sample.steps' sets MaskGIT's sampling passes, but prior.kind is "
                 f"{self.prior.kind!r} (one code at a time): drop it or --set prior.kind=maskgit"
             )
+        # Classifier-free guidance needs the null class that class_dropout trains (the range of
+        # class_dropout itself is the builder's check, run before any stage: Run.trial_build).
+        maskgit_prior = self.prior.kind == "maskgit"
+        dropout = (self.prior.maskgit if maskgit_prior else self.prior).class_dropout
+        key = "prior.maskgit.class_dropout" if maskgit_prior else "prior.class_dropout"
+        classes = 2 if self.prior.class_conditional else None  # any number: the data decides
+        try:
+            check_guidance(self.sample.guidance, num_classes=classes, has_null=dropout > 0)
+        except ValueError as e:
+            raise ConfigError(f"config key 'sample.guidance': {e} (here {key}={dropout})") from e
 
 
 CONFIG = ImageRecipeConfig
@@ -270,12 +284,16 @@ def draw_samples(
     count: int | None = None,
     batch_size: int = 256,
     steps: int | None = None,
+    guidance: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Decoded prior samples in [0, 1] (decoded ``batch_size`` at a time), the class each was
     drawn for (None: unconditional prior) and the number per row (one row per class).
-    ``per_class``, ``count`` and ``steps`` (MaskGIT's passes) default to ``cfg``'s."""
+    ``per_class``, ``count``, ``steps`` (MaskGIT's passes) and ``guidance`` default to
+    ``cfg``'s."""
     temp, gen = sampling(cfg, temperature, seed, device)
-    opts = dict(temperature=temp, generator=gen, device=device, **passes(prior, cfg, steps))
+    opts = dict(
+        temperature=temp, generator=gen, device=device, **options(prior, cfg, steps, guidance)
+    )
     y = None
     if prior.num_classes:
         per_row = per_class or cfg.per_class
@@ -288,27 +306,36 @@ def draw_samples(
     return images, None if y is None else y.cpu(), per_row
 
 
-def passes(prior, cfg: SampleConfig, steps: int | None) -> dict:
-    """``sample()``'s ``steps`` for a MaskGIT prior (the command's, else ``sample.steps``, else
-    the prior's own); nothing for the Gated PixelCNN, which refuses a number of steps."""
+def options(prior, cfg: SampleConfig, steps: int | None, guidance: float | None) -> dict:
+    """``sample()``'s ``guidance`` (the command's, else ``sample.guidance``) and, for a MaskGIT
+    prior, ``steps`` (the command's, else ``sample.steps``, else the prior's own); the Gated
+    PixelCNN refuses a number of steps."""
     steps = cfg.steps if steps is None else steps
+    guidance = cfg.guidance if guidance is None else guidance
+    try:
+        check_guidance(guidance, num_classes=prior.num_classes, has_null=prior.class_dropout > 0)
+    except ValueError as e:
+        raise InputError(f"--guidance: {e}") from e
+    opts = {"guidance": guidance}
     if prior.has_likelihood:  # autoregressive: one code at a time
         if steps is not None:
             raise InputError(
                 "--steps sets MaskGIT's sampling passes; this run's prior is a Gated PixelCNN, "
                 "which draws one code at a time: drop --steps"
             )
-        return {}
-    return {} if steps is None else {"steps": steps}
+        return opts
+    return opts if steps is None else {**opts, "steps": steps}
 
 
 @torch.no_grad()
 def sampling_seconds(prior, cfg: SampleConfig, latent, device, count: int = 16) -> float:
-    """Seconds to sample ``count`` code grids (class 0 for a class-conditional prior)."""
+    """Seconds to sample ``count`` code grids (class 0 for a class-conditional prior), with the
+    run's guidance."""
     y = torch.zeros(count, dtype=torch.long, device=device) if prior.num_classes else None
     gen = torch.Generator(device=device).manual_seed(0)
     t = time.perf_counter()
-    prior.sample((count, *latent), y=y, generator=gen, device=device, **passes(prior, cfg, None))
+    opts = options(prior, cfg, None, None)
+    prior.sample((count, *latent), y=y, generator=gen, device=device, **opts)
     return time.perf_counter() - t
 
 
@@ -448,6 +475,7 @@ def run(
         )
         timing = {
             "prior_kind": cfg.prior.kind,
+            "sample_guidance": cfg.sample.guidance,
             "sample_grid_s": grid_s,
             "sample_grid_count": len(grid),
             "sample_16_s": sampling_seconds(prior, cfg.sample, latent, device),
@@ -504,15 +532,18 @@ def sample(
     seed: int | None,
     device: str,
     steps: int | None = None,
+    guidance: float | None = None,
 ) -> Path:
     """Draw new prior samples from a finished run and save them as a grid (``steps``: MaskGIT's
-    sampling passes; refused for the Gated PixelCNN)."""
+    sampling passes, refused for the Gated PixelCNN; ``guidance``: the classifier-free guidance
+    scale, None: the run's ``sample.guidance``)."""
     dev, (vqvae, prior) = load_stages(run_dir, device, "vqvae", "prior")
     side = cfg.data.image_size
     latent = tuple(side // f for f in vqvae.factor)
     images, _, per_row = draw_samples(
-        vqvae, prior, cfg.sample, latent, dev, temperature=temperature, seed=seed, steps=steps
-    )
+        vqvae, prior, cfg.sample, latent, dev, temperature=temperature, seed=seed, steps=steps,
+        guidance=guidance,
+    )  # fmt: skip
     out = out or run_dir / "samples_new.png"
     save_image(upscale(images), out, nrow=per_row, padding=2)
     return out

@@ -91,10 +91,12 @@ VQVAEConfig = model_section(
 PRIOR_KINDS = ("transformer", "maskgit")
 # prior.maskgit: MaskGIT's arguments; half the training items are the recipe's task (continue
 # the first code steps), the rest plain masked modelling.
+# The video priors take no class labels (classes, like actions, are per-frame conditions), so
+# MaskGIT's class_dropout (classifier-free guidance over labels) has no place here.
 MaskGITPriorConfig = builder_section(
     "MaskGITPriorConfig",
     maskgit,
-    skip=("num_codes", "grid", "num_classes", "num_conds", "cond_per_step"),
+    skip=("num_codes", "grid", "num_classes", "class_dropout", "num_conds", "cond_per_step"),
     defaults={"prefix_share": 0.5},
 )
 TransformerPriorConfig = model_section(

@@ -9,17 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from vqkit.models import GatedPixelCNN, MaskGIT, VideoPrior, build_model, mask_schedule, maskgit
+from vqkit.models.guidance import Guided
+from vqkit.models.wavenet import sample_logits
 
 K = 6
 GRIDS = [(4, 4), (2, 3, 3)]  # a 2D map and a 3D volume: one code path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 def tiny(grid=(4, 4), **kw) -> MaskGIT:
@@ -152,7 +149,9 @@ def remaining_after(steps: int, n: int) -> list[int]:
 def test_sampler_fills_every_position_in_exactly_n_steps_and_keeps_its_codes(grid, patch):
     model = tiny(grid, patch=patch)
     passes = []
-    hook = model.encoder.register_forward_hook(lambda *a: passes.append(1))
+    hook = model.encoder.norm.register_forward_hook(  # once per pass
+        lambda *a: passes.append(1)
+    )
     steps = 6
     codes, trace = model.sample(
         3, temperature=1.0, generator=gen(0), steps=steps, return_trace=True
@@ -174,7 +173,9 @@ def test_sampler_fills_every_position_in_exactly_n_steps_and_keeps_its_codes(gri
 def test_the_default_steps_are_the_models():
     model = tiny((4, 4), steps=3)
     passes = []
-    hook = model.encoder.register_forward_hook(lambda *a: passes.append(1))
+    hook = model.encoder.norm.register_forward_hook(  # once per pass
+        lambda *a: passes.append(1)
+    )
     model.sample(2, generator=gen(0))
     hook.remove()
     assert len(passes) == 3
@@ -229,6 +230,142 @@ def test_the_class_and_the_conditions_change_the_samples():
         one.sample(1, cond=steps, generator=gen(0)),
         one.sample(1, cond=steps[..., None], generator=gen(0)),
     )
+
+
+def reference_sample(
+    model,
+    n,
+    *,
+    y=None,
+    cond=None,
+    temperature=1.0,
+    generator=None,
+    steps=None,
+    known=None,
+    known_mask=None,
+    guidance=1.0,
+):
+    """The sampler as first written, the oracle of the fast one: every pass computes the logits
+    of every position (guided: both sets, combined) and keeps the masked ones, log p comes from
+    a logsumexp, and the ranks from two argsorts."""
+    g = Guided(y, guidance, model.num_classes)
+    steps = model.steps if steps is None else steps
+    tokens = torch.full((n, model.length), K)
+    if known is not None:
+        tokens = torch.where(known_mask.reshape(n, -1), known.reshape(n, -1), tokens)
+    tokens = tokens[:, model.order]  # the sampler's token order
+    masked = tokens == K
+    total = masked.sum(1)
+    for s in range(1, steps + 1):
+        logits = g.combine(model._network(g.expand(tokens), g.labels, g.expand(cond)))[masked]
+        scaled = logits / temperature if temperature not in (0, 1) else logits
+        picked = sample_logits(scaled, 1.0 if temperature > 0 else 0, generator)
+        confidence = scaled.gather(1, picked[:, None]).squeeze(1) - scaled.logsumexp(-1)
+        anneal = model.noise * temperature * (1 - s / steps)
+        if anneal > 0:
+            u = torch.rand(confidence.shape, generator=generator)
+            confidence = confidence + anneal * -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+        conf = torch.full(tokens.shape, math.inf)
+        conf[masked] = confidence
+        tokens = tokens.clone()
+        tokens[masked] = picked
+        still = torch.zeros_like(total)
+        if s < steps:
+            still = torch.floor(mask_schedule(s / steps) * total.double()).long()
+            still = torch.minimum(still, masked.sum(1) - 1).clamp(min=0)
+        masked = conf.argsort(dim=1, stable=True).argsort(dim=1) < still[:, None]
+        tokens = tokens.masked_fill(masked, K)
+    return tokens[:, model.inverse].view(n, *model.grid)
+
+
+@pytest.mark.parametrize(
+    "grid, patch, kw",
+    [
+        ((4, 4), 1, {}),
+        ((4, 4), 4, {}),  # one token of 16 codes: offsets with no masked code left
+        ((4, 4), 2, {"num_classes": 3}),
+        ((4, 4), (1, 2), {"num_classes": 3}),
+        ((2, 4, 4), (1, 2, 2), {"num_conds": 3}),
+    ],
+)
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_the_fast_sampler_draws_what_the_reference_draws(grid, patch, kw, temperature):
+    """Per-offset head on the masked codes, log p off the softmax, one pass for samples whose
+    inputs are alike, one argsort: the same codes as the plain sampler, bit for bit."""
+    model = tiny(grid, patch=patch, **kw)
+    n = 5
+    inputs = {}
+    if "num_classes" in kw:
+        inputs["y"] = torch.tensor([0, 2, 2, 1, 0])
+    if "num_conds" in kw:
+        inputs["cond"] = torch.randint(0, 3, (n, grid[0], 1), generator=gen(3))
+    cases = [inputs]
+    if "num_classes" in kw:  # one class for all: the first pass is shared
+        cases.append({"y": torch.full((n,), 1)})
+    for case in cases:
+        for seed in range(3):
+            fast = model.sample(n, temperature=temperature, generator=gen(seed), **case)
+            slow = reference_sample(model, n, temperature=temperature, generator=gen(seed), **case)
+            assert torch.equal(fast, slow)
+    known = torch.randint(0, K, (n, *grid), generator=gen(4))
+    known_mask = torch.rand(n, *grid, generator=gen(5)) < 0.3
+    fast = model.sample(
+        n, known=known, known_mask=known_mask, temperature=temperature, generator=gen(6), **inputs
+    )
+    slow = reference_sample(
+        model,
+        n,
+        known=known,
+        known_mask=known_mask,
+        temperature=temperature,
+        generator=gen(6),
+        **inputs,
+    )
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+@pytest.mark.parametrize("guidance", [0.0, 2.5])
+def test_the_fast_sampler_draws_what_the_reference_draws_with_guidance(patch, guidance):
+    model = tiny((4, 4), patch=patch, num_classes=3, class_dropout=0.2)
+    for y in (torch.tensor([0, 2, 2, 1]), torch.full((4,), 2)):  # mixed, and one class for all
+        for temperature in (1.0, 0.0):
+            args = dict(y=y, temperature=temperature, guidance=guidance)
+            fast = model.sample(4, generator=gen(1), **args)
+            assert torch.equal(fast, reference_sample(model, 4, generator=gen(1), **args))
+
+
+@pytest.mark.parametrize("grid, patch", [((4, 4), 1), ((2, 4, 4), (1, 2, 2))])
+def test_the_sampling_encoder_equals_the_transformer_module(grid, patch):
+    """Without autograd the layers run with scaled_dot_product_attention: the module's output
+    to float rounding, and the module itself whenever gradients flow."""
+    model = tiny(grid, patch=patch, dropout=0.1)
+    h = torch.randn(3, model.tokens, 16)
+    with torch.no_grad():
+        module = model.encoder(h)
+        fast = model._encode(h)
+    assert fast.shape == module.shape and torch.allclose(fast, module, atol=1e-5)
+    assert not torch.equal(fast, module) or model.tokens == 1  # it is the other path
+    with torch.inference_mode():
+        assert torch.equal(model._encode(h), fast)
+    assert torch.equal(model._encode(h), model.encoder(h))  # autograd: the module
+    model.train()
+    torch.manual_seed(1)
+    dropped = model._encode(h)
+    torch.manual_seed(1)
+    assert torch.equal(dropped, model.encoder(h))  # training, with its dropout
+
+
+def test_samples_with_alike_inputs_share_one_network_pass():
+    model = tiny((4, 4), patch=2, num_classes=3, steps=3)
+    rows = []
+    hook = model.encoder.norm.register_forward_hook(  # once per pass
+        lambda m, args, out: rows.append(out.shape[0])
+    )
+    model.sample(4, y=1, generator=gen(0))
+    model.sample(4, y=torch.tensor([0, 1, 1, 2]), generator=gen(0))
+    hook.remove()
+    assert rows == [1, 4, 4, 4, 4, 4]  # the first pass of one class: all four alike
 
 
 @pytest.mark.parametrize("patch", [1, 2])

@@ -10,13 +10,7 @@ from vqkit.models.registry import build_model
 K = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread start-up costs more than it saves, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 def tiny(**kwargs) -> GatedPixelCNN:
@@ -268,6 +262,7 @@ def test_builder_config_rebuilds_the_model():
             "num_layers": 3,
             "kernel_size": 5,
             "num_classes": 2,
+            "class_dropout": 0.0,
         },
     }
     rebuilt = build_model(model.config)
@@ -275,3 +270,8 @@ def test_builder_config_rebuilds_the_model():
     rebuilt.load_state_dict(model.state_dict())
     codes, y = torch.randint(0, K, (2, 4, 4)), torch.tensor([0, 1])
     assert torch.equal(rebuilt(codes, y), model(codes, y))
+    # A model with a null class (classifier-free guidance) rebuilds with it.
+    guided = gated_pixelcnn(num_codes=K, channels=8, num_layers=2, num_classes=2, class_dropout=0.1)
+    rebuilt = build_model(guided.config)
+    rebuilt.load_state_dict(guided.state_dict())
+    assert rebuilt.class_dropout == 0.1 and rebuilt.layers[0].class_bias.num_embeddings == 3

@@ -12,12 +12,7 @@ SHAPE = (3, 2, 2)  # (T', H', W'): 12 positions, small enough for all-pairs chec
 N = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 def tiny_prior(**kw) -> VideoPrior:

@@ -196,6 +196,32 @@ def test_sample_logits_inverse_cdf_and_argmax():
     assert torch.equal(g.get_state(), state)  # argmax draws nothing
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.0])
+def test_sample_logits_log_prob_and_several_draws_per_row(temperature):
+    torch.manual_seed(0)
+    logits = torch.randn(50, 7) * 3
+    logits[0, 3] = -torch.inf  # a class that can never be drawn
+    u = torch.rand(50, 4)
+    if temperature:
+        one = [sample_logits(logits, temperature, None, u[:, j]) for j in range(4)]
+        several, log_p = sample_logits(logits, temperature, None, u, log_prob=True)
+        assert several.shape == log_p.shape == (50, 4)
+        assert torch.equal(several, torch.stack(one, 1))  # one softmax, the same draws
+        single, single_log_p = sample_logits(logits, temperature, None, u[:, 0], log_prob=True)
+        assert torch.equal(single, one[0]) and torch.equal(single_log_p, log_p[:, 0])
+    else:
+        several, log_p = sample_logits(logits, 0, None, log_prob=True)
+        assert torch.equal(several, logits.argmax(-1))
+        several, log_p = several[:, None], log_p[:, None]
+    for shape in ((0,), (0, 3)):  # no rows: nothing drawn
+        none, none_log_p = sample_logits(logits[:0], 1.0, None, torch.rand(shape), log_prob=True)
+        assert none.shape == none_log_p.shape == shape
+    # log p of each draw under softmax(logits / T) (the argmax's under T = 1 when T = 0)
+    scaled = logits / (temperature or 1.0)
+    expect = torch.log_softmax(scaled, -1).gather(1, several)
+    assert torch.allclose(log_p, expect, atol=1e-5) and bool(torch.isfinite(log_p).all())
+
+
 # ---------------------------------------------------------------- conditioning and fitting
 
 

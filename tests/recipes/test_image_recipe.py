@@ -6,6 +6,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,67 @@ def test_sample_steps_set_maskgit_passes_and_are_refused_for_pixelcnn(maskgit_ru
     # The run's own sample.steps is refused for a PixelCNN before anything is written.
     assert run_cli("run", "image", "--out", str(tmp_path / "x"), "--set", "sample.steps=4") == 2
     assert "prior.kind" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+GUIDED_TINY = [*BUILTIN_TINY, "prior.class_dropout=0.3", "sample.guidance=2.5"]
+
+
+def test_classifier_free_guidance_from_the_config_and_the_sample_command(tiny_run, tmp_path,
+                                                                         capsys):
+    from vqkit.bundle import load_model
+
+    out = finished_run(tmp_path / "guided", GUIDED_TINY)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sample_guidance"] == 2.5 and 0 <= metrics["classifier_sample_accuracy"] <= 1
+    prior = load_model(out / "prior" / "ckpt")
+    assert prior.class_dropout == 0.3 and prior.layers[0].class_bias.num_embeddings == 11
+    grids = {}
+    for scale in ("1", "2.5", "0"):
+        png = tmp_path / f"g{scale}.png"
+        assert run_cli("sample", str(out), "--out", str(png), "--guidance", scale,
+                       "--device", "cpu") == 0
+        grids[scale] = np.asarray(Image.open(png))
+    assert not np.array_equal(grids["1"], grids["2.5"]) and not np.array_equal(grids["1"], grids["0"])
+    # Without --guidance the run's sample.guidance applies: the grid of --guidance 2.5.
+    png = tmp_path / "default.png"
+    assert run_cli("sample", str(out), "--out", str(png), "--device", "cpu") == 0
+    assert np.array_equal(np.asarray(Image.open(png)), grids["2.5"])
+    capsys.readouterr()
+    # A prior trained without class_dropout has no null class: one-line refusals.
+    assert run_cli("sample", str(tiny_run), "--out", str(tmp_path / "no.png"), "--guidance", "2",
+                   "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "--guidance" in err and "class_dropout > 0" in err and len(err.strip().splitlines()) == 1
+    assert run_cli("sample", str(out), "--out", str(tmp_path / "no.png"), "--guidance", "-1") == 2
+    assert "--guidance must be a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "no.png").exists()
+    # benchmarks/guidance.py rescores the run's own samples: its row at the run's scale repeats
+    # metrics.json (same samples, the classifier retrained with the same seed).
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "guidance.py"
+    done = subprocess.run([sys.executable, str(bench), str(out), "--guidance", "1", "2.5",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout[done.stdout.index("\n["):])
+    assert [r["guidance"] for r in rows] == [1.0, 2.5]
+    for key in ("classifier_sample_accuracy", "classifier_frechet", "classifier_recon_accuracy"):
+        assert rows[1][key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("values, shown", [
+    (["sample.guidance=2"], "sample.guidance"),
+    (["prior.class_dropout=1.5"], "'prior.class_dropout' must be a number in [0, 1)"),
+    (["prior.class_dropout=0.1", "prior.class_conditional=false"], "unconditional"),
+    (["prior.kind=maskgit", "prior.class_dropout=0.1", "sample.guidance=2"],
+     "prior.maskgit.class_dropout"),
+    (["prior.kind=maskgit", "prior.maskgit.class_dropout=-0.5"],
+     "'prior.maskgit.class_dropout' must be a number"),
+    (["prior.class_dropout=0.1", "sample.guidance=-1"], "sample.guidance"),
+])
+def test_guidance_settings_are_checked_before_any_stage(values, shown, tmp_path, capsys):
+    assert run_cli("run", "image", "--out", str(tmp_path / "x"), *sets(values)) == 2
+    err = capsys.readouterr().err
+    assert shown in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
 
 
 def test_sample_grid_has_one_row_per_class(tiny_run):

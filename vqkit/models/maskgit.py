@@ -38,6 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.models.guidance import (
+    Guided,
+    check_class_dropout,
+    check_guidance,
+    class_table_size,
+    drop_labels,
+)
 from vqkit.models.registry import register
 from vqkit.models.wavenet import check_generator, sample_logits
 
@@ -72,6 +79,10 @@ class MaskGIT(nn.Module):
             fixed).
         num_classes: Classes for class conditioning (an embedding added to every position);
             0 or None: unconditional.
+        class_dropout: Classifier-free guidance (:mod:`vqkit.models.guidance`): while training
+            (:meth:`loss` in train mode), each label is replaced by a learned null class with
+            this probability, so that :meth:`sample` can take a ``guidance`` scale. 0: no null
+            class, training exactly as without guidance.
         num_conds: If set, every call takes ``cond`` ``(B, grid[0], S)`` (or ``(B, grid[0])``
             when S = 1) in ``[0, num_conds)``: conditions per index of the leading axis, e.g.
             one action per time step of a code volume, added to the positions of that index.
@@ -98,6 +109,7 @@ class MaskGIT(nn.Module):
         grid: Sequence[int],
         *,
         num_classes: int | None = 0,
+        class_dropout: float = 0.0,
         num_conds: int | None = None,
         cond_per_step: int = 1,
         dim: int = 128,
@@ -160,6 +172,7 @@ class MaskGIT(nn.Module):
         self.patch_size = math.prod(patch)  # P, codes per token
         self.tokens = self.length // self.patch_size  # T, transformer positions
         self.num_classes = num_classes
+        self.class_dropout = check_class_dropout(class_dropout, num_classes)
         self.num_conds = num_conds
         self.cond_per_step = cond_per_step
         self.prefix_share = float(prefix_share)
@@ -169,7 +182,11 @@ class MaskGIT(nn.Module):
         # One table of K + 1 entries ([MASK] last) per offset in the patch.
         self.tok = nn.Embedding(self.patch_size * (num_codes + 1), dim)
         self.pos = nn.Embedding(self.tokens, dim)
-        self.cls = nn.Embedding(num_classes, dim) if num_classes else None
+        self.cls = (
+            nn.Embedding(class_table_size(num_classes, self.class_dropout), dim)
+            if num_classes
+            else None
+        )
         self.cond = nn.Embedding(cond_per_step * num_conds, dim) if num_conds else None
         layer = nn.TransformerEncoderLayer(
             dim,
@@ -285,6 +302,10 @@ class MaskGIT(nn.Module):
     def _network(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
         """:meth:`_logits` with codes in token order (``order``) on both sides, which spares
         the sampler two gathers per step."""
+        return self.head(self._hidden(tokens, y, cond)).view(-1, self.length, self.num_codes)
+
+    def _hidden(self, tokens: Tensor, y: Tensor | None, cond: Tensor | None) -> Tensor:
+        """The transformer's output ``(B, T, dim)`` for codes in token order, before the head."""
         b = tokens.shape[0]
         x = tokens.view(b, self.tokens, self.patch_size)
         h = self.tok(x + self.offsets).sum(2) + self.pos.weight  # (B, T, dim)
@@ -295,7 +316,83 @@ class MaskGIT(nn.Module):
             per_index = self.cond(cond + offsets).sum(dim=2)  # (B, grid[0], dim)
             per_token = per_index.view(b, -1, self.patch[0], per_index.shape[-1]).sum(2)
             h = h + per_token[:, self.lead_of]
-        return self.head(self.encoder(h)).view(b, self.length, self.num_codes)
+        return self._encode(h)
+
+    def _encode(self, h: Tensor) -> Tensor:
+        """``self.encoder(h)``. Without autograd (sampling) the layers run here, attention
+        through ``F.scaled_dot_product_attention``: torch's inference fast path for
+        ``nn.TransformerEncoderLayer`` writes out the ``(B, heads, T, T)`` scores, which at
+        1,024 tokens made a layer 2x slower on CPU. Equal to the module's output to float
+        rounding; training (autograd) runs the module itself."""
+        if torch.is_grad_enabled() or self.training:
+            return self.encoder(h)
+        b, t, d = h.shape
+        for layer in self.encoder.layers:  # pre-norm: x + attn(norm1(x)), x + mlp(norm2(x))
+            attn = layer.self_attn
+            qkv = F.linear(layer.norm1(h), attn.in_proj_weight, attn.in_proj_bias)
+            q, k, v = qkv.view(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+            h = h + attn.out_proj(a)
+            h = h + layer.linear2(layer.activation(layer.linear1(layer.norm2(h))))
+        return self.encoder.norm(h)
+
+    def _draw(self, tokens: Tensor, masked: Tensor, guided, cond, temperature: float, generator):
+        """One code and its log-probability for every masked position: ``sample_logits(
+        logits[masked], temperature, generator, log_prob=True)`` with ``logits =
+        g.combine(_network(g.expand(tokens), g.labels, g.expand(cond)))``, ``g = guided`` (the
+        ``(M,)`` draws in the order of ``tokens[masked]``, codes in token order), the same
+        draws from the same uniforms, without the work on what the sampler throws away.
+
+        The head runs on the masked codes alone: a token's logits for each offset in its patch
+        are a slice of the head, so each offset's slice runs on the tokens whose code at that
+        offset is still masked, and its draws are made there, from their own uniforms. The
+        later passes see ever fewer masked codes, and no ``(M, K)`` block is gathered out of
+        ``(B, N, K)``. Samples whose inputs are all alike (the first pass, with nothing known
+        and one class or none) share one network pass and one softmax per position.
+        """
+        batch = tokens.shape[0]
+        y = None if guided.labels is None else guided.labels[:batch]  # the conditional rows
+        shared = (
+            batch > 1
+            and bool((tokens == tokens[:1]).all())
+            and (y is None or bool((y == y[:1]).all()))
+            and (cond is None or bool((cond == cond[:1]).all()))
+        )
+        copies = batch if shared else 1  # samples per computed row
+        if shared:
+            tokens, masked = tokens[:1], masked[:1]
+            cond = None if cond is None else cond[:1]
+            guided = Guided(y[:1] if y is not None else None, guided.guidance, self.num_classes)
+        g = guided
+        h = self._hidden(g.expand(tokens), g.labels, g.expand(cond))  # (copies x B or 1, T, dim)
+        count = int(masked.sum())  # masked codes of the rows computed
+        uniforms = None
+        if temperature > 0:  # what sample_logits would draw from the generator, drawn up front
+            uniforms = torch.rand(copies * count, generator=generator, device=h.device)
+            uniforms = uniforms.view(copies, count).t().contiguous()  # (count, copies)
+
+        def draw(logits: Tensor, rows) -> tuple[Tensor, Tensor]:  # -> (rows, copies) each
+            u = None if uniforms is None else uniforms[rows]
+            picked, log_p = sample_logits(logits, temperature, None, u, log_prob=True)
+            if u is None:  # the argmax: the same for every copy
+                picked, log_p = (x[:, None].expand(-1, copies) for x in (picked, log_p))
+            return picked, log_p
+
+        if self.patch_size == 1:
+            picked, log_p = draw(g.combine(self.head(h[g.expand(masked)])), slice(None))
+        else:
+            per_offset = masked.view(masked.shape[0], self.tokens, self.patch_size)
+            row = (masked.view(-1).cumsum(0) - 1).view(per_offset.shape)  # each code's row
+            weight = self.head.weight.view(self.patch_size, self.num_codes, -1)
+            bias = self.head.bias.view(self.patch_size, self.num_codes)
+            picked = torch.empty(count, copies, dtype=torch.long, device=h.device)
+            log_p = torch.empty(count, copies, device=h.device)
+            for o in range(self.patch_size):
+                here = per_offset[:, :, o]
+                rows = row[:, :, o][here]
+                logits = g.combine(F.linear(h[g.expand(here)], weight[o], bias[o]))
+                picked[rows], log_p[rows] = draw(logits, rows)
+        return picked.t().reshape(-1), log_p.t().reshape(-1)
 
     def forward(self, tokens: Tensor, y: Tensor | None = None, cond: Tensor | None = None):
         """Logits of every position given the visible ones.
@@ -340,6 +437,8 @@ class MaskGIT(nn.Module):
         hidden = torch.ceil(ratio * eligible).long().clamp(min=1)  # (B,)
         ranks = scores.argsort(1).argsort(1)
         mask = ranks < hidden[:, None]  # (B, N): a uniformly random set of `hidden` positions
+        if self.training:  # classifier-free guidance: some labels become the null class
+            y = drop_labels(y, self.class_dropout, self.num_classes)
         logits = self._logits(flat.masked_fill(mask, self.mask_token), y, cond)
         return F.cross_entropy(logits[mask], flat[mask])
 
@@ -359,6 +458,7 @@ class MaskGIT(nn.Module):
         known: Tensor | None = None,
         known_mask: Tensor | None = None,
         return_trace: bool = False,
+        guidance: float = 1.0,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Draw code grids in ``steps`` parallel passes.
 
@@ -374,6 +474,10 @@ class MaskGIT(nn.Module):
             known_mask: Bool ``(n, *grid)`` or ``grid``, True at the known positions.
             return_trace: Also return the tokens after each step, ``(steps, n, *grid)``, with
                 ``num_codes`` at the positions still masked.
+            guidance: Classifier-free guidance scale s >= 0: each pass's logits are ``uncond +
+                s * (cond - uncond)`` (:mod:`vqkit.models.guidance`); 1 (the default) is the
+                plain conditional prior, other values need ``class_dropout > 0``. Above 1, each
+                pass runs the network on two rows per sample.
 
         Returns:
             Codes ``(n, *grid)`` int64 in ``[0, K)`` (and the trace).
@@ -389,6 +493,9 @@ class MaskGIT(nn.Module):
             y = torch.full((n,), y, dtype=torch.long, device=device)
         self._check_labels(y, n)
         cond = self._check_cond(cond, n)
+        guidance = check_guidance(
+            guidance, num_classes=self.num_classes, has_null=self.class_dropout > 0
+        )
         y = y.to(device) if y is not None else None
         cond = cond.to(device) if cond is not None else None
 
@@ -408,10 +515,11 @@ class MaskGIT(nn.Module):
         masked = tokens == self.mask_token  # (n, N)
         total = masked.sum(1)  # codes to draw per item
         trace = []
+        guided = Guided(y, guidance, self.num_classes)
         for s in range(1, steps + 1):
             if masked.any():
                 tokens, masked = self._step(
-                    tokens, masked, total, s, steps, y, cond, temperature, generator
+                    tokens, masked, total, s, steps, guided, cond, temperature, generator
                 )
             if return_trace:
                 trace.append((tokens[:, self.inverse] if patched else tokens).view(n, *self.grid))
@@ -419,13 +527,16 @@ class MaskGIT(nn.Module):
         # Clones made outside inference mode are ordinary tensors, usable with autograd.
         return (codes.clone(), torch.stack(trace).clone()) if return_trace else codes.clone()
 
-    def _step(self, tokens, masked, total, s, steps, y, cond, temperature, generator):
-        """One pass: draw every masked position, keep the most confident, re-mask the rest."""
-        logits = self._network(tokens, y, cond)[masked].float()  # (M, K): the masked positions
-        scaled = logits / temperature if temperature not in (0, 1) else logits
-        picked = sample_logits(scaled, 1.0 if temperature > 0 else 0, generator)  # (M,)
-        # log p of each draw, without writing out the (M, K) log-probabilities
-        confidence = scaled.gather(1, picked[:, None]).squeeze(1) - scaled.logsumexp(-1)
+    def _step(self, tokens, masked, total, s, steps, guided, cond, temperature, generator):
+        """One pass: draw every masked position, keep the most confident, re-mask the rest
+        (``guided``: a :class:`Guided` over the labels)."""
+        # (M,) draws at the masked positions and their log p at this temperature (when T = 0,
+        # the argmax's log p under T = 1)
+        picked, confidence = self._draw(tokens, masked, guided, cond, temperature, generator)
+        drawn = tokens.clone()
+        drawn[masked] = picked
+        if s == steps:  # the last pass keeps every draw (and its noise scale is 0: no draws)
+            return drawn, torch.zeros_like(masked)
         anneal = self.noise * temperature * (1 - s / steps)
         if anneal > 0:
             u = torch.rand(confidence.shape, generator=generator, device=confidence.device)
@@ -433,16 +544,13 @@ class MaskGIT(nn.Module):
         # Kept and known positions never return to [MASK]: they rank above every draw.
         conf = torch.full(tokens.shape, math.inf, device=tokens.device)
         conf[masked] = confidence
-        drawn = tokens.clone()
-        drawn[masked] = picked
-        if s < steps:
-            # The share still masked follows the schedule, and each step keeps at least one.
-            still = torch.floor(mask_schedule(s / steps) * total.double()).long()
-            still = torch.minimum(still, masked.sum(1) - 1).clamp(min=0)
-        else:
-            still = torch.zeros_like(total)
-        ranks = conf.argsort(dim=1, stable=True).argsort(dim=1)
-        remask = ranks < still[:, None]  # the `still` least confident draws
+        # The share still masked follows the schedule, and each step keeps at least one.
+        still = torch.floor(mask_schedule(s / steps) * total.double()).long()
+        still = torch.minimum(still, masked.sum(1) - 1).clamp(min=0)
+        # Re-mask the `still` least confident draws: the first `still` in ascending order.
+        order = conf.argsort(dim=1, stable=True)
+        first = torch.arange(tokens.shape[1], device=tokens.device) < still[:, None]
+        remask = torch.zeros_like(masked).scatter_(1, order, first)
         return drawn.masked_fill(remask, self.mask_token), remask
 
     def _sample_batch(self, shape) -> int:
@@ -479,6 +587,7 @@ def maskgit(
     num_codes: int,
     grid: Sequence[int],
     num_classes: int | None = 0,
+    class_dropout: float = 0.0,
     num_conds: int | None = None,
     cond_per_step: int = 1,
     dim: int = 128,
@@ -503,6 +612,7 @@ def maskgit(
         num_codes,
         grid,
         num_classes=num_classes,
+        class_dropout=class_dropout,
         num_conds=num_conds,
         cond_per_step=cond_per_step,
         dim=dim,

@@ -27,6 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.models.guidance import (
+    Guided,
+    check_class_dropout,
+    check_guidance,
+    class_table_size,
+    drop_labels,
+)
 from vqkit.models.registry import register
 from vqkit.models.wavenet import check_generator
 
@@ -45,7 +52,8 @@ class GatedLayer(nn.Module):
         kernel_size: Odd kernel width k >= 3; the vertical stack looks k // 2 rows up.
         mask_a: First layer: the horizontal stack excludes the current pixel and has no residual,
             because its input is the embedding of the very code being predicted.
-        num_classes: If set, a learned per-class bias is added to both stacks' gate pre-activations.
+        num_classes: If set, a learned per-class bias is added to both stacks' gate pre-activations
+            (this many rows: the classes, and the null class of classifier-free guidance if any).
     """
 
     def __init__(
@@ -113,7 +121,12 @@ class GatedPixelCNN(nn.Module):
             covered (every earlier code reaches every later logit) once
             `num_layers * (kernel_size // 2) >= max(W - 1, H - 2)`.
         kernel_size: Odd kernel width >= 3.
-        num_classes: If set, the model is class-conditional and every call needs labels y (B,).
+        num_classes: If set, the model is class-conditional and every call needs labels y (B,):
+            every gated layer adds a learned per-class bias to both stacks.
+        class_dropout: Classifier-free guidance (:mod:`vqkit.models.guidance`): while training
+            (:meth:`loss` in train mode), each label is replaced by a learned null class with
+            this probability, so that :meth:`sample` can take a ``guidance`` scale. 0: no null
+            class, training exactly as without guidance.
     """
 
     has_likelihood = True  # exact: nll_bits
@@ -126,6 +139,7 @@ class GatedPixelCNN(nn.Module):
         num_layers: int = 12,
         kernel_size: int = 3,
         num_classes: int | None = None,
+        class_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value, low in (("num_codes", num_codes, 2), ("channels", channels, 1)):
@@ -142,10 +156,12 @@ class GatedPixelCNN(nn.Module):
         self.num_layers = num_layers
         self.kernel_size = kernel_size
         self.num_classes = num_classes
+        self.class_dropout = check_class_dropout(class_dropout, num_classes)
+        rows = class_table_size(num_classes, self.class_dropout) if num_classes else None
 
         self.embedding = nn.Embedding(num_codes, channels)
         self.layers = nn.ModuleList(
-            GatedLayer(channels, kernel_size, mask_a=(i == 0), num_classes=num_classes)
+            GatedLayer(channels, kernel_size, mask_a=(i == 0), num_classes=rows)
             for i in range(num_layers)
         )
         # ELU (as in PixelCNN++) rather than ReLU: its gradient is never exactly zero.
@@ -202,6 +218,13 @@ class GatedPixelCNN(nn.Module):
                 f"emb must have shape (B, {self.channels}, H, W), got {tuple(emb.shape)}"
             )
         self._check_labels(y, emb.shape[0])
+        return self._run(emb, y)
+
+    def _embed(self, codes: Tensor) -> Tensor:
+        return self.embedding(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
+
+    def _run(self, emb: Tensor, y: Tensor | None) -> Tensor:
+        """Logits (B, K, H, W) from embeddings; y unchecked (it may hold the null class)."""
         v = h = emb
         for layer in self.layers:
             v, h = layer(v, h, layer.cond(y))
@@ -218,12 +241,16 @@ class GatedPixelCNN(nn.Module):
             Logits (B, K, H, W).
         """
         self._check_codes(codes)
-        emb = self.embedding(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
-        return self.forward_embeddings(emb, y)
+        return self.forward_embeddings(self._embed(codes), y)
 
     def loss(self, codes: Tensor, y: Tensor | None = None) -> Tensor:
-        """Mean cross-entropy over all codes, in nats (scalar)."""
-        return F.cross_entropy(self(codes, y), codes)
+        """Mean cross-entropy over all codes, in nats (scalar); in train mode each label is
+        replaced by the null class with probability ``class_dropout``."""
+        self._check_codes(codes)
+        self._check_labels(y, codes.shape[0])
+        if self.training:
+            y = drop_labels(y, self.class_dropout, self.num_classes)
+        return F.cross_entropy(self._run(self._embed(codes), y), codes)
 
     def nll_bits(self, codes: Tensor, y: Tensor | None = None) -> Tensor:
         """Mean negative log-likelihood in bits per code for each example, (B,)."""
@@ -242,6 +269,7 @@ class GatedPixelCNN(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         cached: bool = True,
+        guidance: float = 1.0,
     ) -> Tensor:
         """Draw code maps in raster order.
 
@@ -254,6 +282,10 @@ class GatedPixelCNN(nn.Module):
             device: Where to sample; defaults to the model's device.
             cached: Use the incremental sampler (O(layers) work per code) instead of a full
                 forward pass per code. Both give the same samples for the same generator state.
+            guidance: Classifier-free guidance scale s >= 0: logits ``uncond + s * (cond -
+                uncond)`` (:mod:`vqkit.models.guidance`); 1 (the default) is the plain
+                conditional prior, other values need a model trained with ``class_dropout > 0``.
+                Above 1, each code costs two network rows.
 
         Returns:
             Codes (n, H, W) int64 in [0, K).
@@ -270,9 +302,12 @@ class GatedPixelCNN(nn.Module):
         elif isinstance(y, Tensor):
             y = y.to(device)
         self._check_labels(y, n)
+        guidance = check_guidance(
+            guidance, num_classes=self.num_classes, has_null=self.class_dropout > 0
+        )
         run = self._sample_cached if cached else self._sample_naive
         with torch.inference_mode():
-            codes, _ = run(n, height, width, y, temperature, generator, device)
+            codes, _ = run(n, height, width, y, temperature, generator, device, guidance)
         # A clone made outside inference mode is an ordinary tensor, so samples can be fed back
         # into a forward pass that autograd records (e.g. to train on them).
         return codes.clone()
@@ -301,28 +336,38 @@ class GatedPixelCNN(nn.Module):
         probs = F.softmax(logits.float() / temperature, dim=1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-    def _sample_naive(self, n, height, width, y, temperature, generator, device):
-        """Reference sampler: one full forward pass per code. Returns (codes, logits)."""
+    def _sample_naive(self, n, height, width, y, temperature, generator, device, guidance=1.0):
+        """Reference sampler: one full forward pass per code. Returns (codes, logits), the
+        logits after guidance."""
+        g = Guided(y, guidance, self.num_classes)
         codes = torch.zeros(n, height, width, dtype=torch.long, device=device)
         logits = torch.zeros(n, self.num_codes, height, width, device=device)
         for i in range(height):
             for j in range(width):
-                logits[:, :, i, j] = self(codes, y)[:, :, i, j]
+                full = self._run(self._embed(g.expand(codes)), g.labels)
+                logits[:, :, i, j] = g.combine(full[:, :, i, j])
                 codes[:, i, j] = self._pick(logits[:, :, i, j], temperature, generator)
         return codes, logits
 
-    def _sample_cached(self, n, height, width, y, temperature, generator, device):
+    def _sample_cached(self, n, height, width, y, temperature, generator, device, guidance=1.0):
         """Incremental sampler: per code, each layer computes one horizontal pixel; per finished
-        row, each layer computes one vertical row. Returns (codes, logits)."""
+        row, each layer computes one vertical row. Returns (codes, logits), the logits after
+        guidance; the caches hold the guided pass's rows (2n when it mixes two)."""
         c, half, dtype = self.channels, self.kernel_size // 2, self.embedding.weight.dtype
-        conds = [layer.cond(y) for layer in self.layers]
+        g = Guided(y, guidance, self.num_classes)
+        conds = [layer.cond(g.labels) for layer in self.layers]
+        rows = n * g.copies
         # Vertical inputs of each layer for the last half + 1 rows; zeros stand for the padding
         # above the map, exactly as in the full pass.
-        v_in = [torch.zeros(n, c, half + 1, width, device=device, dtype=dtype) for _ in self.layers]
+        v_in = [
+            torch.zeros(rows, c, half + 1, width, device=device, dtype=dtype) for _ in self.layers
+        ]
         # Vertical pre-activations one row up (the down-shifted rows feeding the horizontal stack).
-        v_above = [torch.zeros(n, 2 * c, 1, width, device=device, dtype=dtype) for _ in self.layers]
+        v_above = [
+            torch.zeros(rows, 2 * c, 1, width, device=device, dtype=dtype) for _ in self.layers
+        ]
         # Horizontal inputs of each layer for the current row.
-        h_in = [torch.zeros(n, c, 1, width, device=device, dtype=dtype) for _ in self.layers]
+        h_in = [torch.zeros(rows, c, 1, width, device=device, dtype=dtype) for _ in self.layers]
         codes = torch.zeros(n, height, width, dtype=torch.long, device=device)
         logits = torch.zeros(n, self.num_codes, height, width, device=device)
 
@@ -337,16 +382,16 @@ class GatedPixelCNN(nn.Module):
                         h_in[layer_idx][:, :, :, cols],
                         v_above[layer_idx][:, :, :, j : j + 1],
                         conds[layer_idx],
-                    )[..., -1]  # (n, C, 1)
+                    )[..., -1]  # (rows, C, 1)
                     if layer_idx + 1 < len(self.layers):
                         h_in[layer_idx + 1][:, :, :, j] = out
-                logits[:, :, i, j] = self.head(out[..., None])[:, :, 0, 0]
+                logits[:, :, i, j] = g.combine(self.head(out[..., None])[:, :, 0, 0])
                 codes[:, i, j] = self._pick(logits[:, :, i, j], temperature, generator)
-                emb = self.embedding(codes[:, i, j])  # (n, C)
+                emb = self.embedding(g.expand(codes[:, i, j]))  # (rows, C)
                 h_in[0][:, :, 0, j] = emb
                 v_in[0][:, :, -1, j] = emb
             for layer_idx, layer in enumerate(self.layers):  # the row is done: advance vertically
-                v_pre = layer.vertical_pre(v_in[layer_idx])[:, :, -1:]  # (n, 2C, 1, W)
+                v_pre = layer.vertical_pre(v_in[layer_idx])[:, :, -1:]  # (rows, 2C, 1, W)
                 v_above[layer_idx] = v_pre
                 if layer_idx + 1 < len(self.layers):
                     v_in[layer_idx + 1][:, :, -1:] = _gate(v_pre + conds[layer_idx])
@@ -361,6 +406,7 @@ def gated_pixelcnn(
     num_layers: int = 8,
     kernel_size: int = 3,
     num_classes: int | None = None,
+    class_dropout: float = 0.0,
 ) -> GatedPixelCNN:
     """Build a GatedPixelCNN; `register` records every argument in `model.config`.
 
@@ -378,4 +424,5 @@ def gated_pixelcnn(
         num_layers=num_layers,
         kernel_size=kernel_size,
         num_classes=num_classes,
+        class_dropout=class_dropout,
     )

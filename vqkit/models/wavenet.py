@@ -78,25 +78,44 @@ def sample_logits(
     temperature: float,
     generator: torch.Generator | None,
     uniforms: Tensor | None = None,
-) -> Tensor:
+    *,
+    log_prob: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """One class per row of ``logits`` (B, K) -> (B,) int64.
 
     Inverts the CDF of ``softmax(logits / temperature)`` at one uniform per row: ``uniforms``
     (B,) when given (the samplers draw all of them beforehand), else drawn from ``generator``;
     none when ``temperature == 0``, which takes the argmax. Two samplers that use the same
-    uniforms draw the same classes.
+    uniforms draw the same classes. ``uniforms`` ``(B, n)`` draws n classes per row from one
+    softmax (returned as ``(B, n)``): rows that several samples share are computed once.
+
+    ``log_prob=True`` also returns the log-probability (B,) of each draw under that softmax
+    (the argmax's under ``softmax(logits)``), read off the probabilities the draw was made from
+    rather than from a second pass over the logits.
     """
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        idx = logits.argmax(dim=-1)
+        if not log_prob:
+            return idx
+        top = logits.float().gather(1, idx[:, None]).squeeze(1)
+        return idx, top - logits.float().logsumexp(-1)
     scaled = logits.float() if temperature == 1 else logits.float() / temperature  # x / 1 == x
-    cdf = torch.softmax(scaled, dim=-1).cumsum(dim=-1)  # (B, K)
+    probs = torch.softmax(scaled, dim=-1)
+    cdf = probs.cumsum(dim=-1)  # (B, K)
     if uniforms is None:
         uniforms = torch.rand(logits.shape[0], generator=generator, device=logits.device)
-    u = uniforms.reshape(-1, 1)
+    per_row = uniforms.dim() == 2
+    u = uniforms if per_row else uniforms.reshape(-1, 1)
     # right=True: the first class whose CDF exceeds u * total, so zero-probability classes are
     # never picked; the clamp guards u * total rounding up to the last entry.
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-    return idx.clamp_(max=logits.shape[-1] - 1).squeeze(-1)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=logits.shape[-1] - 1)
+    out = idx if per_row else idx.squeeze(1)
+    if not log_prob:
+        return out
+    # The clamp can land on a class whose probability underflowed to 0: the floor keeps it finite.
+    picked = probs.gather(1, idx)
+    picked = picked.clamp_(min=torch.finfo(picked.dtype).tiny).log_()
+    return out, picked if per_row else picked.squeeze(1)
 
 
 @dataclass
