@@ -304,6 +304,8 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
             "bits_per_sample": out.recon_loss / LN2,
             **quantizer_logs(out.quant),
         }
+        if out.cycle_loss is not None:
+            logs["cycle_loss"] = out.cycle_loss
         if out.pseudo_label_loss is not None:
             logs["pseudo_label_loss"] = out.pseudo_label_loss
         return out.loss, logs

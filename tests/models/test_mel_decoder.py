@@ -163,6 +163,103 @@ def test_mel_cepstra_keeps_the_envelope_for_encoder_and_target():
         tiny(mel_cepstra=9)
 
 
+def test_cycle_term_decodes_in_another_voice_and_reencodes_to_the_codes():
+    torch.manual_seed(0)
+    model = tiny(cycle=0.5, mel_norm="speaker")
+    model.set_speaker_stats([torch.randint(0, 256, (96,)) for _ in range(3)], [0, 1, 2])
+    audio, spk = torch.randint(0, 256, (4, 64)), torch.tensor([0, 1, 2, 0])
+    out = model(audio, spk)
+    assert out.cycle_loss is not None and out.cycle_loss > 0
+    torch.testing.assert_close(out.loss, out.recon_loss + out.quant.loss + 0.5 * out.cycle_loss)
+    # by hand: the decoder in the other voice, then the encoder with that voice's statistics
+    z_q, other = out.quant.quantized.detach(), torch.tensor([1, 2, 0, 2])
+    stats = (model.encoder.speaker_mean[other], model.encoder.speaker_std[other])
+    want = (model.encoder.encode_frames(model.decoder(z_q, other), stats) - z_q).square().mean()
+    torch.testing.assert_close(model.cycle_loss(z_q, spk, other), want)
+    # the other speaker drawn at random is never the source's own, and all others occur
+    seen = []
+    hook = model.decoder.speaker_embed.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    for _ in range(20):
+        model.cycle_loss(z_q, spk)
+    hook.remove()
+    drawn = torch.stack(seen)  # (20, B)
+    assert (drawn != spk).all()
+    assert {int(s) for s in drawn[:, 0]} == {1, 2}
+    # off at eval and without speakers; the plain loss is unchanged there
+    model.eval()
+    assert model(audio, spk).cycle_loss is None
+    out = model(audio, spk)
+    torch.testing.assert_close(out.loss, out.recon_loss + out.quant.loss)
+
+
+def test_cycle_gradient_reaches_decoder_and_encoder_never_the_codebook():
+    torch.manual_seed(0)
+    model = tiny(cycle=1.0)  # codebook learned by its own loss term: it could get a gradient
+    for film in model.decoder.films:
+        torch.nn.init.normal_(film.weight)
+    z_q = model.quantizer.decode(torch.randint(0, 8, (2, 4))).requires_grad_(True)
+    model.cycle_loss(z_q, torch.tensor([0, 1]), torch.tensor([2, 2])).backward()
+    assert z_q.grad is None  # a fixed input and target
+    assert model.quantizer.codebook.grad is None or model.quantizer.codebook.grad.abs().sum() == 0
+    assert model.encoder.frames.net[0].conv.weight.grad.abs().sum() > 0
+    assert model.decoder.layers[0].weight.grad.abs().sum() > 0
+    grad = model.decoder.speaker_embed.weight.grad.abs().sum(1)
+    assert grad[2] > 0 and grad[0] == 0 and grad[1] == 0  # only the voice it decoded in
+
+
+def test_cycle_needs_the_mel_decoder_and_two_speakers():
+    with pytest.raises(ValueError, match="cycle must be >= 0"):
+        tiny(cycle=-1.0)
+    with pytest.raises(ValueError, match="cycle needs the mel decoder"):
+        tiny(cycle=1.0, num_speakers=1)
+    with pytest.raises(ValueError, match="cycle needs the mel decoder"):
+        tiny(cycle=1.0, decoder="wavenet", features="waveform", layers_per_stack=2)
+
+
+def test_mel_tilt_changes_gain_and_tilt_of_the_encoder_input_only_while_training():
+    from vqkit.models.vqvae_audio import tilt_mel
+
+    torch.manual_seed(0)
+    mel = torch.randn(3, 8, 10)
+    mel[:, :, 7:] = torch.log(torch.tensor(1e-5))  # padding: digital silence
+    got = tilt_mel(mel, 0.5)
+    assert got.shape == mel.shape
+    torch.testing.assert_close(got[:, :, 7:], mel[:, :, 7:])  # silence stays at the floor
+    delta = got[:, :, :7] - mel[:, :, :7]  # (B, n_mels, F): one line across the bands per item
+    torch.testing.assert_close(delta, delta[:, :, :1].expand_as(delta))  # the same every frame
+    line = delta[:, :, 0]
+    torch.testing.assert_close(
+        line[:, 2:] - 2 * line[:, 1:-1] + line[:, :-2], torch.zeros(3, 6), atol=1e-5, rtol=0
+    )  # linear in the band
+    gain, slope = line.mean(1), (line[:, -1] - line[:, 0]) / 2
+    assert (gain.abs() <= 0.5).all() and (slope.abs() <= 0.5).all()
+    assert not torch.allclose(line[0], line[1])  # drawn per utterance
+    # in the model: the encoder's input only, while training; the target stays true
+    audio, spk = torch.randint(0, 256, (2, 64)), torch.tensor([0, 1])
+
+    def conv_inputs(tilt):  # what the conv stack reads: eval, eval, train
+        model = tiny(mel_tilt=tilt, mel_norm="speaker")  # no batch statistics to differ
+        out = model(audio, spk)
+        torch.testing.assert_close(out.target_mel, model.logmel(audio))  # the target is true
+        seen = []
+        hook = model.encoder.frames.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        model.eval()
+        model(audio, spk)
+        model(audio, spk)
+        model.train()
+        model(audio, spk)
+        hook.remove()
+        return seen
+
+    untilted, tilted = conv_inputs(0.0), conv_inputs(0.5)
+    torch.testing.assert_close(untilted[0], untilted[2])
+    torch.testing.assert_close(tilted[0], untilted[0])  # off at eval
+    torch.testing.assert_close(tilted[0], tilted[1])
+    assert not torch.allclose(tilted[0], tilted[2])  # on while training
+    with pytest.raises(ValueError, match="mel_tilt"):
+        tiny(mel_tilt=-0.1)
+
+
 # --- the pseudo-label head (HuBERT-style targets) -----------------------------------------------
 
 

@@ -302,6 +302,21 @@ def test_fsdd_run_scores_digits_and_speakers(tmp_path, capsys):
     assert "words" in capsys.readouterr().out
 
 
+def test_fsdd_cycle_and_tilt_are_trained_logged_and_checked(tmp_path, capsys):
+    torch.set_num_threads(1)
+    tiny = [*TINY, "vqvae.strides=[2]", "data.max_files=24"]
+    base = ["--preset", "fsdd", "--data", str(FSDD)]
+    for bad, key in (("vqvae.cycle=-1", "vqvae.cycle"), ("vqvae.mel_tilt=-0.5", "vqvae.mel_tilt")):
+        code = main(["run", "audio", "--out", str(tmp_path / "bad"), "--device", "cpu",
+                     "--no-progress", *base, *sets([*tiny, bad])])
+        assert code == 2 and f"config key '{key}'" in capsys.readouterr().err, bad
+    out = tmp_path / "cycle"
+    run_audio(out, *base, *sets([*tiny, "vqvae.cycle=0.5", "vqvae.mel_tilt=0.3"]))
+    history = [json.loads(line) for line in (out / "vqvae/history.jsonl").read_text().splitlines()]
+    logged = [h for h in history if "loss" in h]
+    assert logged and all(h["cycle_loss"] > 0 for h in logged)
+
+
 def test_missing_festival_is_explained(tmp_path, monkeypatch, capsys):
     from vqkit.datasets import speech_corpus
 

@@ -55,6 +55,9 @@ class LogMelEncoder(nn.Module):
         warp: while training, stretch the mel axis of the encoder's input by a random factor in
             ``[1 - warp, 1 + warp]`` per utterance (vocal-tract-length perturbation on the mel
             bins; 0: off). The decoder's target is never warped.
+        tilt: while training, add a random spectral tilt and gain to the encoder's input, each
+            drawn per utterance in ``[-tilt, tilt]`` nats (:func:`tilt_mel`; a change of voice
+            colour and loudness, not of content; 0: off). The decoder's target stays as it is.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class LogMelEncoder(nn.Module):
         warp: float = 0.0,
         num_speakers: int | None = None,
         cepstra: int = 0,
+        tilt: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(mel_hop, int) or mel_hop < 1:
@@ -84,7 +88,9 @@ class LogMelEncoder(nn.Module):
         self.mel = LogMel(
             sample_rate, n_mels=n_mels, hop_ms=1000.0 * mel_hop / sample_rate, pad_mode="constant"
         )
-        self.mel_hop, self.n_mels, self.warp = mel_hop, n_mels, warp
+        if not tilt >= 0.0:
+            raise ValueError(f"mel_tilt must be >= 0 (nats; 0: off), got {tilt}")
+        self.mel_hop, self.n_mels, self.warp, self.tilt = mel_hop, n_mels, warp, float(tilt)
         if not 0 <= cepstra <= n_mels:
             raise ValueError(f"mel_cepstra must lie in [0, n_mels={n_mels}], got {cepstra}")
         self.cepstra = cepstra
@@ -143,6 +149,8 @@ class LogMelEncoder(nn.Module):
         """
         if self.training and self.warp > 0:
             mel = warp_mel(mel, self.warp)
+        if self.training and self.tilt > 0:
+            mel = tilt_mel(mel, self.tilt)
         x = self.normalise(mel, stats)
         if frame_mask is not None:
             x = x.masked_fill(frame_mask.unsqueeze(1), 0.0)
@@ -202,3 +210,14 @@ def warp_mel(mel: Tensor, warp: float) -> Tensor:
     frac = (pos - lo).unsqueeze(-1)  # (B, n, 1)
     gather = lambda idx: mel.gather(1, idx.unsqueeze(-1).expand_as(mel))  # noqa: E731
     return gather(lo) * (1.0 - frac) + gather(hi) * frac
+
+
+def tilt_mel(mel: Tensor, tilt: float, floor: float = math.log(1e-5)) -> Tensor:
+    """Add to ``(B, n_mels, F)`` log-mel a random gain and a random spectral tilt per item, each
+    in ``[-tilt, tilt]`` nats (the tilt a line across the bands, from ``-a`` at the lowest to
+    ``+a`` at the highest), on every frame but digital silence (padding stays at the floor)."""
+    b, n, _ = mel.shape
+    gain, slope = ((torch.rand(2, b, 1, 1, device=mel.device) * 2.0 - 1.0) * tilt).to(mel.dtype)
+    line = torch.linspace(-1.0, 1.0, n, device=mel.device, dtype=mel.dtype)[None, :, None]
+    keep = (mel.amax(1, keepdim=True) > floor + 1.0).to(mel.dtype)  # (B, 1, F)
+    return mel + (gain + slope * line) * keep

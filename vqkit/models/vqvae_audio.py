@@ -39,6 +39,7 @@ from vqkit.models.logmel_encoder import (
     InstanceMelNorm,
     LogMelEncoder,
     mel_stats,
+    tilt_mel,
     warp_mel,
 )
 from vqkit.models.mel_decoder import MelDecoder
@@ -58,6 +59,7 @@ __all__ = [
     "SpeakerAdversary",
     "mel_stats",
     "span_mask",
+    "tilt_mel",
     "time_jitter",
     "vqvae_audio",
     "warp_mel",
@@ -81,6 +83,9 @@ class AudioVQVAEOutput:
             has one and speakers were given); ``loss`` includes ``adversary * adversary_loss``.
         pseudo_label_loss: cross-entropy of the pseudo-label head (when the model has one and
             ``targets`` were given); ``loss`` includes ``pseudo_label * pseudo_label_loss``.
+        cycle_loss: the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`; while training,
+            when the model has one and speakers were given); ``loss`` includes
+            ``cycle * cycle_loss``.
     """
 
     logits: Tensor | None
@@ -91,6 +96,7 @@ class AudioVQVAEOutput:
     target_mel: Tensor | None = None
     adversary_loss: Tensor | None = None
     pseudo_label_loss: Tensor | None = None
+    cycle_loss: Tensor | None = None
 
 
 FEATURES = ("waveform", "logmel")  # what the audio encoder reads
@@ -181,6 +187,8 @@ class AudioVQVAE(nn.Module):
             latents the head reads; the loss covers the masked frames only (0: no mask, one
             pass; needs the log-mel encoder and ``pseudo_label_input="latents"``).
         pseudo_label_span: code frames per masked span.
+        cycle: weight of the speaker-swap cycle term while training (:meth:`cycle_loss`; 0:
+            none; needs the mel decoder with at least 2 speakers).
 
     Attributes:
         config: the dict :func:`vqkit.models.build_model` takes, when built by a builder.
@@ -201,6 +209,7 @@ class AudioVQVAE(nn.Module):
         pseudo_label_input: str = "latents",
         pseudo_label_mask: float = 0.0,
         pseudo_label_span: int = 3,
+        cycle: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= pseudo_label_mask <= 1.0:
@@ -226,6 +235,8 @@ class AudioVQVAE(nn.Module):
             )
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"jitter must lie in [0, 1], got {jitter}")
+        if not cycle >= 0.0:
+            raise ValueError(f"cycle must be >= 0 (0: off), got {cycle}")
         if mel_loss not in MEL_LOSSES:
             raise ValueError(f"mel_loss must be one of {MEL_LOSSES}, got {mel_loss!r}")
         self.jitter, self.mel_loss = jitter, mel_loss
@@ -245,6 +256,12 @@ class AudioVQVAE(nn.Module):
             )
         self._hop = hop
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.cycle_weight = float(cycle)
+        if cycle and (not self.is_mel or (self.num_speakers or 0) < 2):
+            raise ValueError(
+                f"cycle needs the mel decoder (decoder='mel') with at least 2 speakers, got "
+                f"{type(decoder).__name__} with num_speakers={self.num_speakers}; set cycle=0"
+            )
         self.adversary_weight = float(adversary)
         self.adversary = None
         if adversary:
@@ -348,8 +365,12 @@ class AudioVQVAE(nn.Module):
             mel = self.decoder(z_q, speaker)  # (B, n_mels, T / mel_hop)
             diff = mel - target.to(mel.dtype)
             recon_loss = diff.abs().mean() if self.mel_loss == "l1" else diff.square().mean()
+            cyc = None
+            if self.cycle_weight and self.training and speaker is not None:
+                cyc = self.cycle_loss(quant.quantized, speaker)
+                extra = extra + self.cycle_weight * cyc
             return AudioVQVAEOutput(
-                None, quant, recon_loss, recon_loss + extra, mel, target, adv, pl
+                None, quant, recon_loss, recon_loss + extra, mel, target, adv, pl, cyc
             )
         logits = self.decoder(z_q, speaker, audio)  # (B, classes, T)
         recon_loss = F.cross_entropy(logits, audio)
@@ -371,6 +392,28 @@ class AudioVQVAE(nn.Module):
         if not bool((targets != IGNORE).any()):  # every frame padding: nothing to predict
             return logits.sum() * 0.0
         return F.cross_entropy(logits, targets.long(), ignore_index=IGNORE)
+
+    def cycle_loss(self, z_q: Tensor, speaker: Tensor, other: Tensor | None = None) -> Tensor:
+        """The speaker-swap cycle term: decode the quantized latents ``z_q`` ``(B, D, T')`` in
+        another speaker's voice, encode that log-mel again (with the other speaker's
+        statistics under ``mel_norm="speaker"``), and return the mean squared distance of its
+        pre-quantisation latents to ``z_q``, the codes conversion must keep (scalar).
+
+        ``other``: ``(B,)`` speaker ids, each different from ``speaker`` (default: drawn at
+        random among the others). ``z_q`` is a fixed input and target: the gradient reaches the
+        mel decoder (its output in the other voice must carry the same codes) and the encoder
+        (it must read them from another voice), never the codebook.
+        """
+        n = self.num_speakers or 0
+        if not self.is_mel or n < 2:
+            raise ValueError("cycle_loss() needs the mel decoder with at least 2 speakers")
+        if other is None:
+            shift = torch.randint(1, n, speaker.shape, device=speaker.device)
+            other = (speaker + shift) % n
+        z_q = z_q.detach()
+        mel = self.decoder(z_q, other)  # (B, n_mels, T / mel_hop) in the other voice
+        z = self.encoder.encode_frames(mel, self._stats(other, None))
+        return F.mse_loss(z.to(z_q.dtype), z_q)
 
     @torch.no_grad()
     def logmel(self, audio: Tensor) -> Tensor:
@@ -566,12 +609,14 @@ def vqvae_audio(
     mel_norm: str = "batch",
     mel_warp: float = 0.0,
     mel_cepstra: int = 0,
+    mel_tilt: float = 0.0,
     adversary: float = 0.0,
     pseudo_label: float = 0.0,
     pseudo_label_codes: int = 100,
     pseudo_label_input: str = "latents",
     pseudo_label_mask: float = 0.0,
     pseudo_label_span: int = 3,
+    cycle: float = 0.0,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: strided convs (or log-mel frames) -> codes -> a WaveNet decoder.
 
@@ -612,12 +657,17 @@ def vqvae_audio(
             ``[1 - mel_warp, 1 + mel_warp]`` (:class:`LogMelEncoder`; 0: off).
         mel_cepstra: log-mel frames smoothed to this many cepstral coefficients, for the encoder
             and the mel decoder's target (:class:`LogMelEncoder`; 0: off).
+        mel_tilt: random spectral tilt and gain of the encoder's input while training, each in
+            ``[-mel_tilt, mel_tilt]`` nats (:class:`LogMelEncoder`; 0: off).
         adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
             (:class:`AudioVQVAE`; 0: none).
         pseudo_label, pseudo_label_codes, pseudo_label_input, pseudo_label_mask,
             pseudo_label_span: the pseudo-label head's weight (0: none), classes, input and
             masked prediction (:class:`AudioVQVAE`); the audio recipe fits the labels, k-means
             of speaker-normalised MFCCs, on the training split.
+        cycle: weight of the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`: the codes
+            decoded in another training speaker's voice must encode back to themselves; mel
+            decoder only; 0: none).
 
     Examples:
         >>> model = vqvae_audio(num_speakers=4)
@@ -650,6 +700,7 @@ def vqvae_audio(
             norm=mel_norm,
             warp=mel_warp,
             cepstra=mel_cepstra,
+            tilt=mel_tilt,
             num_speakers=num_speakers,
         )
     else:
@@ -687,6 +738,7 @@ def vqvae_audio(
             pseudo_label_input=pseudo_label_input,
             pseudo_label_mask=pseudo_label_mask,
             pseudo_label_span=pseudo_label_span,
+            cycle=cycle,
         )
     wavenet = wavenet_decoder(
         code_dim=code_dim,
@@ -719,4 +771,5 @@ def vqvae_audio(
         pseudo_label_input=pseudo_label_input,
         pseudo_label_mask=pseudo_label_mask,
         pseudo_label_span=pseudo_label_span,
+        cycle=cycle,
     )
