@@ -145,7 +145,12 @@ class ImageRecipeConfig:
         try:
             check_guidance(self.sample.guidance, num_classes=classes, has_null=dropout > 0)
         except ValueError as e:
-            raise ConfigError(f"config key 'sample.guidance': {e} (here {key}={dropout})") from e
+            fix = "--set sample.guidance=1" + (
+                f" --set {key}=0" if dropout > 0 and not classes else ""
+            )
+            raise ConfigError(
+                f"config key 'sample.guidance': {e} (here {key}={dropout}); for this prior: {fix}"
+            ) from e
 
 
 CONFIG = ImageRecipeConfig

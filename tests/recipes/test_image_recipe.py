@@ -27,6 +27,7 @@ TINY = [
     "prior_train.steps=4", "prior_train.batch_size=8", "prior_train.log_every=2",
     "sample.per_class=2", "eval_batch_size=64", "eval.classifier_steps=3",
     "eval.classifier_channels=4", "eval.samples=20",
+    "prior.class_dropout=0", "sample.guidance=1",  # unguided here; GUIDED_TINY tests guidance
 ]
 BUILTIN_TINY = [*TINY, "data.train_size=64", "data.test_size=16"]
 
