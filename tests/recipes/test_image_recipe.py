@@ -218,12 +218,12 @@ def test_classifier_free_guidance_from_the_config_and_the_sample_command(tiny_ru
 
 
 @pytest.mark.parametrize("values, shown", [
-    (["sample.guidance=2"], "sample.guidance"),
+    (["prior.class_dropout=0", "sample.guidance=2"], "sample.guidance"),  # no null class
     (["prior.class_dropout=1.5"], "'prior.class_dropout' must be a number in [0, 1)"),
     (["prior.class_dropout=0.1", "prior.class_conditional=false"], "unconditional"),
-    (["prior.kind=maskgit", "prior.class_dropout=0.1", "sample.guidance=2"],
+    (["prior.kind=maskgit", "prior.maskgit.class_dropout=0", "sample.guidance=2"],
      "prior.maskgit.class_dropout"),
-    (["prior.kind=maskgit", "prior.maskgit.class_dropout=-0.5"],
+    (["prior.kind=maskgit", "prior.maskgit.class_dropout=-0.5", "sample.guidance=1"],
      "'prior.maskgit.class_dropout' must be a number"),
     (["prior.class_dropout=0.1", "sample.guidance=-1"], "sample.guidance"),
 ])
