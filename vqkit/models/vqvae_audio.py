@@ -470,8 +470,7 @@ class AudioVQVAE(nn.Module):
         speaker) are needed by ``mel_norm="speaker"`` only.
         """
         self._check_audio(audio)
-        if isinstance(speaker, int):
-            speaker = torch.full((audio.shape[0],), speaker, dtype=torch.long)
+        speaker = _speaker_ids(speaker, audio.shape[0])
         norm_stats = self._stats(speaker, stats)
         if norm_stats is None:
             return self.quantizer.encode(self.encoder(self.to_float(audio)))
@@ -490,8 +489,7 @@ class AudioVQVAE(nn.Module):
         log-mel ``(B, n_mels, T / mel_hop)`` of the log-mel encoder (``speaker``/``stats`` as in
         :meth:`encode`), or the companded waveform ``(B, 1, T)``."""
         self._check_audio(audio)
-        if isinstance(speaker, int):
-            speaker = torch.full((audio.shape[0],), speaker, dtype=torch.long)
+        speaker = _speaker_ids(speaker, audio.shape[0])
         x = self.to_float(audio)
         if self.mel_hop is None:
             return x
@@ -563,8 +561,7 @@ class AudioVQVAE(nn.Module):
         Mel decoder only; a vocoder's ``render`` turns the frames into a waveform."""
         if not self.is_mel:
             raise ValueError("decode_mel() needs the mel decoder (vqvae_audio(decoder='mel'))")
-        if isinstance(speaker, int):
-            speaker = torch.full((codes.shape[0],), speaker, dtype=torch.long)
+        speaker = _speaker_ids(speaker, codes.shape[0])
         if speaker is not None:
             speaker = speaker.to(codes.device)
         return self.decoder(self.latents(codes), speaker)
@@ -573,6 +570,13 @@ class AudioVQVAE(nn.Module):
         if self.is_mel:
             return self.decoder.layers[0].weight.dtype
         return self.decoder.wavenet.embed.weight.dtype
+
+
+def _speaker_ids(speaker: Tensor | int | None, batch: int) -> Tensor | None:
+    """One int speaker as ``(batch,)`` ids; ids or None unchanged."""
+    if isinstance(speaker, int):
+        return torch.full((batch,), speaker, dtype=torch.long)
+    return speaker
 
 
 @register("vqvae_audio")
