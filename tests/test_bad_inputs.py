@@ -360,3 +360,36 @@ def test_cli_a_builder_refusing_a_config_value_names_the_section(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "vqkit: error: config key 'vqvae.num_codes' must be >= 2" in err
     assert "--set vqvae.num_codes=" in err
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "ok"),
+    [(1, 1, True), (0, 0, True), (8, 8, True), (0, 1, False), (7, 8, False), (True, 0, False),
+     (2.0, 1, False), ("3", 1, False), (None, 0, False)],
+)
+def test_check_int_accepts_only_ints_at_or_above_low_and_names_the_argument(value, low, ok):
+    from vqkit.errors import InputError, check_int
+
+    if ok:
+        check_int("frames", value, low)
+        return
+    with pytest.raises(ValueError, match=rf"^frames must be an int >= {low}, got {value!r}$"):
+        check_int("frames", value, low)
+    with pytest.raises(InputError):
+        check_int("frames", value, low, InputError)
+
+
+def test_dataset_and_layer_sizes_are_refused_through_the_one_check():
+    from vqkit.datasets.synthetic_images import SyntheticShapes
+    from vqkit.errors import InputError
+    from vqkit.models.wavenet import WaveNet
+    from vqkit.nn.causal import CausalConv1d
+
+    with pytest.raises(InputError, match="image_size must be an int >= 8, got 4"):
+        SyntheticShapes(split="train", size=4, image_size=4)
+    with pytest.raises(InputError, match="seed must be an int >= 0, got -1"):
+        SyntheticShapes(split="train", size=4, seed=-1)
+    with pytest.raises(ValueError, match="dilation must be an int >= 1, got 0"):
+        CausalConv1d(2, 2, 2, dilation=0)
+    with pytest.raises(ValueError, match="must be an int >= 1, got True"):
+        WaveNet(residual_channels=True)

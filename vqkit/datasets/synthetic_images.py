@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vqkit.errors import InputError
+from vqkit.errors import InputError, check_int
 
 CLASSES: tuple[str, ...] = (
     "disc",  # filled circle
@@ -143,12 +143,12 @@ class SyntheticShapes(Dataset):
             raise InputError(f"split must be one of {_SPLITS}, got {split!r}")
         if size is None:
             size = _DEFAULT_SIZE[split]
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InputError(f"size must be a positive int (number of items), got {size!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-            raise InputError(f"image_size must be an int >= 8, got {image_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise InputError(f"seed must be a non-negative int, got {seed!r}")
+        for name, value, low in (
+            ("size", size, 1),
+            ("image_size", image_size, 8),
+            ("seed", seed, 0),
+        ):
+            check_int(name, value, low, InputError)
         self.root = root
         self.split = split
         self.size = size

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqkit.datasets.synthetic_images import _shape_coverage
-from vqkit.errors import InputError
+from vqkit.errors import InputError, check_int
 
 ACTIONS: tuple[str, ...] = ("none", "up", "down", "left", "right")
 # (dy, dx) per action; y grows downwards as in image coordinates.
@@ -182,8 +182,7 @@ class SyntheticVideo(Dataset):
             ("num_sprites", num_sprites, 0),
             ("seed", seed, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InputError(f"{name} must be an int >= {low}, got {value!r}")
+            check_int(name, value, low, InputError)
         self.root = root
         self.split = split
         self.size = size

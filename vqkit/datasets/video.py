@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqkit.datasets.images import resize_center_crop
-from vqkit.errors import InputError
+from vqkit.errors import InputError, check_int
 
 log = logging.getLogger("vqkit.datasets")
 
@@ -258,12 +258,13 @@ class VideoFolder(Dataset):
         on_error: str = "raise",
         transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        for name, value in (("clip_length", clip_length), ("size", size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive int, got {value!r}")
         step = clip_length if frames_between_clips is None else frames_between_clips
-        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise InputError(f"frames_between_clips must be a positive int, got {step!r}")
+        for name, value in (
+            ("clip_length", clip_length),
+            ("size", size),
+            ("frames_between_clips", step),
+        ):
+            check_int(name, value, 1, InputError)
         if on_error not in ("raise", "skip"):
             raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if split not in (None, "train", "test"):

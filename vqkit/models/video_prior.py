@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.errors import check_int
 from vqkit.models.likelihood import to_data, to_model
 from vqkit.models.maskgit import MaskGIT
 from vqkit.models.registry import register
@@ -159,8 +160,7 @@ class VideoPrior(nn.Module):
             ("mlp_ratio", mlp_ratio, 1),
             ("cond_per_step", cond_per_step, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            check_int(name, value, low)
         if dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
         if num_conds is not None and (not isinstance(num_conds, int) or num_conds < 1):

@@ -35,16 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vqkit.errors import check_int
 from vqkit.models import wavenet_fused
 from vqkit.models.registry import register
 from vqkit.nn.causal import GatedLayerState, GatedResidualLayer
 
 PROGRESS_EVERY = 256  # samples between updates of generate()'s progress bar (torch path)
-
-
-def _check_int(name: str, value: object, low: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def _check_ids(name: str, ids: object, shape: tuple[int, ...], high: int) -> None:
@@ -194,7 +190,7 @@ class WaveNet(nn.Module):
             ("global_channels", global_channels, 1),
         ):
             if value is not None or not name.startswith(("local", "global")):  # those are optional
-                _check_int(name, value, low)
+                check_int(name, value, low)
         if gate_channels % 2:
             raise ValueError(
                 f"gate_channels must be even (filter, gate halves), got {gate_channels}"
@@ -370,7 +366,7 @@ class WaveNet(nn.Module):
 
     def _prepare(self, n_samples, local, speaker, batch, temperature, generator, first):
         """Validate generation arguments; returns (batch, local, speaker, first (B,))."""
-        _check_int("n_samples", n_samples)
+        check_int("n_samples", n_samples)
         if not isinstance(temperature, int | float) or not 0 <= temperature < math.inf:
             raise ValueError(
                 f"temperature must be a finite number >= 0 (0: argmax), got {temperature!r}"
@@ -379,7 +375,7 @@ class WaveNet(nn.Module):
         check_generator(generator, device)
         sizes = {}
         if batch is not None:
-            _check_int("batch", batch)
+            check_int("batch", batch)
             sizes["batch"] = batch
         for name, value in (("local", local), ("speaker", speaker), ("first", first)):
             if isinstance(value, Tensor) and value.dim() > 0:

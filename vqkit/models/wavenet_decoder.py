@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.errors import check_int
 from vqkit.models.registry import register
 from vqkit.models.wavenet import WaveNet
 
@@ -56,8 +57,7 @@ class CodeUpsampler(nn.Module):
             ("out_channels", out_channels),
             ("hop", hop),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, value)
         if mode not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsampling mode {mode!r}; choose one of {UPSAMPLE_MODES}")
         self.in_channels, self.out_channels, self.hop, self.mode = (

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.errors import check_int
+
 SQRT_HALF = math.sqrt(0.5)  # keeps the variance of the residual stream ~ constant with depth
 
 
@@ -82,8 +84,7 @@ class CausalConv1d(nn.Conv1d):
             ("kernel_size", kernel_size),
             ("dilation", dilation),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, value)
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias)
 
     @property

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from vqkit.errors import check_int
 from vqkit.nn.blocks import Downsample, ResStack, Upsample
 from vqkit.nn.conv import Stride, check_dims, conv_nd, strides_per_stage, total_factor
 
@@ -20,8 +21,7 @@ from vqkit.nn.conv import Stride, check_dims, conv_nd, strides_per_stage, total_
 def check_sizes(**sizes: int) -> None:
     """Raise ValueError naming the first size below 1 (a zero-channel conv fails deep in torch)."""
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(name, value)
 
 
 def _stage_channels(hidden: int, num_stages: int) -> list[int]:
