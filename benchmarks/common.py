@@ -144,13 +144,12 @@ class SeedVectorQuantizer(nn.Module):
         codebook_loss = F.mse_loss(quantized, flat.detach())
         commitment_loss = F.mse_loss(flat, quantized.detach())
         straight = flat + (quantized - flat).detach()
-        perplexity, usage = code_stats(ids, self.num_codes)
+        stats = code_stats(ids, self.num_codes)
         return QuantizerOutput(
             quantized=straight.reshape(shape).movedim(-1, 1),
             codes=ids.reshape(shape[:-1]),
             loss=codebook_loss + self.beta * commitment_loss,
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
-            perplexity=perplexity,
-            usage=usage,
+            **stats._asdict(),
         )

@@ -453,12 +453,16 @@ class Run:
 
 
 def quantizer_logs(quant: QuantizerOutput) -> dict[str, Tensor]:
-    """What a training step logs of its quantizer: the loss, and the batch's perplexity and code
-    usage (of every level of a residual VQ as well)."""
+    """What a training step logs of its quantizer: the loss, and the batch's perplexity, code
+    usage and reachable usage (of every level of a residual VQ as well)."""
     logs = {"vq_loss": quant.loss, "perplexity": quant.perplexity, "usage": quant.usage}
+    if quant.reachable_usage is not None:
+        logs["reachable_usage"] = quant.reachable_usage
     if quant.level_perplexity is not None:
         for i, (p, u) in enumerate(zip(quant.level_perplexity, quant.level_usage)):
             logs[f"perplexity_level{i}"], logs[f"usage_level{i}"] = p, u
+            if quant.level_reachable_usage is not None:
+                logs[f"reachable_usage_level{i}"] = quant.level_reachable_usage[i]
     return logs
 
 

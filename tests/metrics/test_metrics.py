@@ -130,10 +130,14 @@ def test_perplexity_agrees_with_quantizer_code_stats():
     from vqkit.quantize.base import code_stats
 
     codes = torch.randint(0, 16, (4, 8, 8), generator=torch.Generator().manual_seed(0)) // 3
-    ppl, used = code_stats(codes, 16)
+    ppl, used, reachable = code_stats(codes, 16)
     hist = code_histogram(codes, 16)
     assert float(perplexity(hist)) == pytest.approx(float(ppl), rel=1e-5)
     assert float(usage(hist)) == pytest.approx(float(used))
+    assert float(reachable) == float(used)  # 256 lookups can reach all 16 codes
+    # 3 lookups reach at most 3 of 16 codes: 2 distinct of them is 2/3, not 2/16
+    small = code_stats(torch.tensor([5, 5, 9]), 16)
+    assert float(small.usage) == 2 / 16 and float(small.reachable_usage) == pytest.approx(2 / 3)
 
 
 def test_usage_is_fraction_of_codes_seen():

@@ -273,6 +273,60 @@ def test_real_quantizer_collapse_is_reported_and_restarts_avoid_it(tmp_path, cap
     assert _collapse_messages(caplog) == []
 
 
+class BigVQ(nn.Module):
+    """A linear encoder into a 4,096-code VectorQuantizer: spread (random codes, each batch row
+    near its own) or collapsed (every code far away but one)."""
+
+    def __init__(self, collapsed: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = nn.Linear(3, 4)
+        self.vq = VectorQuantizer(4096, 4)
+        if collapsed:
+            with torch.no_grad():
+                self.vq.codebook.fill_(100.0)
+                self.vq.codebook[0].zero_()
+
+
+def _logged_vq_step(model, batch):
+    from vqkit.pipeline import quantizer_logs
+
+    out = model.vq(model.enc(batch[0])[:, :, None])
+    return out.loss + out.quantized.pow(2).mean(), quantizer_logs(out)
+
+
+@pytest.mark.parametrize("collapsed", [False, True])
+def test_a_codebook_larger_than_the_batch_warns_only_when_it_collapses(
+    tmp_path, caplog, collapsed
+):
+    # 23 lookups a batch reach at most 23 of 4,096 codes (usage <= 0.56%, far below the 5%
+    # threshold): only the reachable usage tells a spread codebook from a collapsed one (1/23).
+    cfg = replace(CFG, steps=6, batch_size=23, ckpt_every=100, log_every=2, collapse_warmup=2)
+    with caplog.at_level(logging.WARNING, logger="vqkit.train"):
+        result = fit(
+            BigVQ(collapsed), _logged_vq_step, _data(), cfg=cfg, run_dir=tmp_path, name="big",
+            progress=False,
+        )
+    assert result.final_logs["usage"] < 0.05
+    messages = _collapse_messages(caplog)
+    if collapsed:
+        assert result.final_logs["reachable_usage"] == pytest.approx(1 / 23)
+        (message,) = messages
+        assert "reachable_usage=0.0435" in message and "usage=0.000244" not in message
+    else:
+        assert result.final_logs["reachable_usage"] > 0.2  # 8 or more distinct codes of 23
+        assert messages == []
+
+
+def test_usage_alone_is_checked_where_no_reachable_usage_is_logged(tmp_path, caplog):
+    # A step that logs only "usage" (as _vq_step does) keeps today's check on it.
+    cfg = replace(CFG, steps=6, batch_size=23, ckpt_every=100, log_every=2, collapse_warmup=2)
+    with caplog.at_level(logging.WARNING, logger="vqkit.train"):
+        fit(BigVQ(False), _vq_step, _data(), cfg=cfg, run_dir=tmp_path, name="big", progress=False)
+    (message,) = _collapse_messages(caplog)
+    assert "usage=" in message and "reachable" not in message
+
+
 # ------------------------------------------------------------------------ a full disk
 
 

@@ -8,6 +8,7 @@ quantized vectors, so that ``decode(encode(z))`` equals ``forward(z).quantized``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from einops import pack, rearrange, unpack
@@ -28,8 +29,11 @@ class QuantizerOutput:
         perplexity: ``exp(entropy)`` of the batch's code histogram (residual VQ: the mean over
             its levels).
         usage: fraction of the codebook used in the batch (residual VQ: the mean over levels).
-        level_perplexity, level_usage: ``(levels,)`` the same for each level of a residual VQ;
-            None for a single codebook.
+        reachable_usage: distinct codes used over the most a batch can use, ``min(K, lookups)``:
+            a batch of 2,048 positions uses at most 2,048 of 65,536 codes, so ``usage`` alone
+            would call that codebook collapsed (residual VQ: the mean over levels).
+        level_perplexity, level_usage, level_reachable_usage: ``(levels,)`` the same for each
+            level of a residual VQ; None for a single codebook.
         entropy_loss: LFQ's entropy term (per-sample entropy minus ``gamma`` times the entropy
             of the mean code distribution), already counted in ``loss``; None for quantizers
             without one.
@@ -45,8 +49,10 @@ class QuantizerOutput:
     commitment_loss: Tensor
     perplexity: Tensor
     usage: Tensor
+    reachable_usage: Tensor | None = None
     level_perplexity: Tensor | None = None
     level_usage: Tensor | None = None
+    level_reachable_usage: Tensor | None = None
     entropy_loss: Tensor | None = None
 
 
@@ -98,9 +104,20 @@ def pointwise(layer: nn.Module, x: Tensor) -> Tensor:
     return out if layer.bias is None else out + layer.bias.unsqueeze(1)
 
 
-def code_stats(codes: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:
-    """Perplexity and fraction of codes used, from a tensor of integer codes."""
+class CodeStats(NamedTuple):
+    """A batch's codebook health (:func:`code_stats`), named as in :class:`QuantizerOutput`."""
+
+    perplexity: Tensor
+    usage: Tensor
+    reachable_usage: Tensor
+
+
+def code_stats(codes: Tensor, num_codes: int) -> CodeStats:
+    """Perplexity, fraction of codes used and fraction of the codes the batch could reach
+    (``min(num_codes, codes.numel())`` of them) that it used, from a tensor of integer codes."""
     counts = torch.bincount(codes.reshape(-1), minlength=num_codes).float()
     probs = counts / counts.sum().clamp_min(1.0)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
-    return entropy.exp(), (counts > 0).float().mean()
+    used = (counts > 0).float().sum()
+    reachable = max(1, min(num_codes, codes.numel()))
+    return CodeStats(entropy.exp(), used / num_codes, used / reachable)

@@ -120,7 +120,7 @@ class FSQ(Quantizer):
             q = (rounded + (bounded - bounded.detach())) / self._half_width[:, None]
             ids = self._ids(rounded)
             out = pointwise(self.project_out, q).view(z.shape).to(z.dtype)
-            perplexity, usage = code_stats(ids, self.num_codes)
+            stats = code_stats(ids, self.num_codes)
             zero = x.new_zeros(())
         return QuantizerOutput(
             quantized=out,
@@ -128,8 +128,7 @@ class FSQ(Quantizer):
             loss=zero,
             codebook_loss=zero,
             commitment_loss=zero,
-            perplexity=perplexity,
-            usage=usage,
+            **stats._asdict(),
         )
 
     @torch.no_grad()

@@ -182,15 +182,14 @@ class LFQ(Quantizer):
             per_sample, codebook_entropy = self.entropy_terms(rows)
             entropy_loss = per_sample - self.diversity_gamma * codebook_entropy
             out = restore(self.project_out(straight), ps).to(z.dtype)
-            perplexity, usage = code_stats(ids, self.num_codes)
+            stats = code_stats(ids, self.num_codes)
         return QuantizerOutput(
             quantized=out,
             codes=restore(ids.unsqueeze(1), ps)[:, 0],
             loss=self.beta * commitment_loss + self.entropy_weight * entropy_loss,
             codebook_loss=rows.new_zeros(()),
             commitment_loss=commitment_loss,
-            perplexity=perplexity,
-            usage=usage,
+            **stats._asdict(),
             entropy_loss=entropy_loss,
         )
 

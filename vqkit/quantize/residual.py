@@ -50,8 +50,7 @@ class ResidualVQ(Quantizer):
             outs.append(out)
         codes = torch.stack([o.codes for o in outs], dim=1)
         stats = [code_stats(codes[:, i], self.num_codes) for i in range(len(self.levels))]
-        level_perplexity = torch.stack([p for p, _ in stats])  # (levels,)
-        level_usage = torch.stack([u for _, u in stats])
+        level_perplexity, level_usage, level_reachable = (torch.stack(s) for s in zip(*stats))
         return QuantizerOutput(
             quantized=total.detach() + (z - z.detach()),
             codes=codes,
@@ -60,8 +59,10 @@ class ResidualVQ(Quantizer):
             commitment_loss=sum(o.commitment_loss for o in outs),
             perplexity=level_perplexity.mean(),
             usage=level_usage.mean(),
+            reachable_usage=level_reachable.mean(),
             level_perplexity=level_perplexity,
             level_usage=level_usage,
+            level_reachable_usage=level_reachable,
         )
 
     @torch.no_grad()

@@ -89,15 +89,14 @@ class SimVQ(Quantizer):
             straight, codebook_loss, commitment_loss = _LookupWithLosses.apply(
                 rows, table, ids, self.rotation
             )
-            perplexity, usage = code_stats(ids, self.num_codes)
+            stats = code_stats(ids, self.num_codes)
         return QuantizerOutput(
             quantized=restore(straight, ps).to(z.dtype),
             codes=restore(ids.unsqueeze(1), ps)[:, 0],
             loss=self.codebook_weight * codebook_loss + self.beta * commitment_loss,
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
-            perplexity=perplexity,
-            usage=usage,
+            **stats._asdict(),
         )
 
     @torch.no_grad()

@@ -245,15 +245,14 @@ class VectorQuantizer(Quantizer):
                 self._update_state(rows.detach(), ids)
             out = self._to_output_space(straight, ps, z.dtype)
             codes = self._codes_out(ids, ps)
-            perplexity, usage = code_stats(ids, self.num_codes)
+            stats = code_stats(ids, self.num_codes)
         return QuantizerOutput(
             quantized=out,
             codes=codes,
             loss=self.codebook_weight * codebook_loss + self.beta * commitment_loss,
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
-            perplexity=perplexity,
-            usage=usage,
+            **stats._asdict(),
         )
 
     @torch.no_grad()
