@@ -385,3 +385,89 @@ def test_masked_prediction_reads_a_masked_pass_and_scores_masked_frames():
         plain(pseudo_label=1.0, pseudo_label_mask=0.5, pseudo_label_input="quantized")
     with pytest.raises(ValueError, match="pseudo_label_mask must lie"):
         plain(pseudo_label=1.0, pseudo_label_mask=1.5)
+
+
+# ------------------------------------------------------------------ speaker in the last layers
+
+
+def _films_on(model):
+    torch.manual_seed(1)
+    for film in model.decoder.films:  # zero at initialisation: give them something
+        torch.nn.init.normal_(film.weight)
+
+
+def test_speaker_layers_film_only_the_last_layers_and_the_first_read_the_codes_alone():
+    model = tiny(decoder_speaker_layers=1)
+    everywhere = tiny()
+    assert len(everywhere.decoder.films) == 3 and len(model.decoder.films) == 1
+    assert model.decoder.film_at == everywhere.decoder.film_at[-1:]
+    _films_on(model)
+    z = torch.randn(2, 4, 5)
+    seen = {}
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o, k=k: seen.setdefault(k, []).append(o))
+        for k, layer in enumerate(model.decoder.layers)
+    ]
+    a, b = model.decoder(z, torch.tensor([0, 0])), model.decoder(z, torch.tensor([1, 1]))
+    for h in hooks:
+        h.remove()
+    assert not torch.allclose(a, b)  # the speaker still changes the output
+    first_filmed = model.decoder.film_at[0]
+    for k, (x, y) in seen.items():  # every layer up to the filmed one: the same for both voices
+        if k <= first_filmed:
+            torch.testing.assert_close(x, y)
+        else:
+            assert not torch.allclose(x, y)
+
+
+@pytest.mark.parametrize("bad", [0, 4, -1])
+def test_speaker_layers_out_of_range_are_refused_with_the_range(bad):
+    with pytest.raises(ValueError, match=r"speaker_layers must lie in \[1, 3\]"):
+        tiny(decoder_speaker_layers=bad)
+
+
+# ------------------------------------------------------------------ speaker de-normalised output
+
+
+def _denorm_model(**kwargs):
+    torch.manual_seed(0)
+    model = tiny(mel_norm="speaker", mel_denorm=True, **kwargs)
+    utts = [torch.randint(0, 256, (96,)) * (k + 1) // 3 for k in range(6)]
+    model.set_speaker_stats(utts, [0, 0, 1, 1, 2, 2])
+    return model
+
+
+def test_mel_denorm_decodes_in_the_target_speakers_statistics():
+    model = _denorm_model()
+    _films_on(model)
+    audio, spk = torch.randint(0, 256, (2, 64)), torch.tensor([0, 2])
+    codes = model.encode(audio, spk)
+    z_q = model.latents(codes)
+    for target in (0, 1, 2):
+        ids = torch.full((2,), target)
+        mean, std = model.encoder.speaker_mean[target], model.encoder.speaker_std[target]
+        want = model.decoder(z_q, ids) * std[:, None] + mean[:, None]
+        torch.testing.assert_close(model.decode_mel(codes, target), want)
+    # the training loss compares the de-normalised frames with the true log-mel
+    out = model(audio, spk)
+    torch.testing.assert_close(out.mel, model.mel_frames(out.quant.quantized, spk))
+    torch.testing.assert_close(out.recon_loss, (out.mel - out.target_mel).abs().mean())
+
+
+def test_mel_denorm_trains_the_decoder_never_the_statistics():
+    model = _denorm_model()
+    before = model.encoder.speaker_mean.clone(), model.encoder.speaker_std.clone()
+    out = model(torch.randint(0, 256, (2, 64)), torch.tensor([0, 1]))
+    out.recon_loss.backward()
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+    assert model.encoder.speaker_mean.grad is None  # statistics are buffers: never trained
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    torch.testing.assert_close((model.encoder.speaker_mean, model.encoder.speaker_std), before)
+
+
+def test_mel_denorm_needs_speaker_statistics_and_the_mel_decoder():
+    with pytest.raises(ValueError, match="mel_norm='speaker'"):
+        tiny(mel_denorm=True)
+    with pytest.raises(ValueError, match="settings of the mel decoder"):
+        vqvae_audio(num_speakers=2, strides=[2, 2], hidden=8, res_hidden=4, num_codes=8,
+                    code_dim=4, residual_channels=8, layers_per_stack=2, mel_denorm=True)

@@ -48,6 +48,8 @@ class MelDecoder(nn.Module):
         hidden, res_hidden, num_res_blocks: the :class:`vqkit.nn.Decoder`.
         num_speakers: speakers of the embedding (None: no speaker input).
         speaker_channels: width of the speaker embedding (default ``hidden``).
+        speaker_layers: FiLM the speaker into only the last this many conv-like layers (None:
+            every layer but the output one), so the first layers read the codes alone.
 
     Shape:
         ``forward(z_q (B, D, T'), speaker (B,) or None) -> (B, n_mels, T' * factor)``.
@@ -64,6 +66,7 @@ class MelDecoder(nn.Module):
         num_res_blocks: int = 4,
         num_speakers: int | None = None,
         speaker_channels: int | None = None,
+        speaker_layers: int | None = None,
     ) -> None:
         super().__init__()
         self.code_dim, self.n_mels, self.num_speakers = code_dim, n_mels, num_speakers
@@ -83,6 +86,13 @@ class MelDecoder(nn.Module):
         widths = [_width(m) for m in self.layers]
         last = max(i for i, w in enumerate(widths) if w is not None)  # the output layer: no FiLM
         self.film_at = [i for i, w in enumerate(widths) if w is not None and i != last]
+        if speaker_layers is not None:
+            if not 1 <= speaker_layers <= len(self.film_at):
+                raise ValueError(
+                    f"speaker_layers must lie in [1, {len(self.film_at)}] (the layers this "
+                    f"decoder can condition; None: all), got {speaker_layers}"
+                )
+            self.film_at = self.film_at[-speaker_layers:]
         self.speaker_embed = None
         self.films = nn.ModuleList()
         if num_speakers is not None:

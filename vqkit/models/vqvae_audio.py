@@ -189,6 +189,9 @@ class AudioVQVAE(nn.Module):
         pseudo_label_span: code frames per masked span.
         cycle: weight of the speaker-swap cycle term while training (:meth:`cycle_loss`; 0:
             none; needs the mel decoder with at least 2 speakers).
+        mel_denorm: the mel decoder predicts speaker-normalised log-mel, which the target
+            speaker's statistics (those ``mel_norm="speaker"`` normalises the input with) turn
+            back into log-mel: ``decoder(z_q, s) * std[s] + mean[s]`` (:meth:`mel_frames`).
 
     Attributes:
         config: the dict :func:`vqkit.models.build_model` takes, when built by a builder.
@@ -210,6 +213,7 @@ class AudioVQVAE(nn.Module):
         pseudo_label_mask: float = 0.0,
         pseudo_label_span: int = 3,
         cycle: float = 0.0,
+        mel_denorm: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= pseudo_label_mask <= 1.0:
@@ -257,6 +261,13 @@ class AudioVQVAE(nn.Module):
         self._hop = hop
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
         self.cycle_weight = float(cycle)
+        self.mel_denorm = bool(mel_denorm)
+        if mel_denorm and not (self.is_mel and self.speaker_norm and self.num_speakers):
+            raise ValueError(
+                "mel_denorm de-normalises the mel decoder's output with the speaker statistics "
+                "of mel_norm='speaker': it needs decoder='mel', mel_norm='speaker' and speakers; "
+                "set mel_denorm=false"
+            )
         if cycle and (not self.is_mel or (self.num_speakers or 0) < 2):
             raise ValueError(
                 f"cycle needs the mel decoder (decoder='mel') with at least 2 speakers, got "
@@ -362,7 +373,7 @@ class AudioVQVAE(nn.Module):
                 pl = self.pseudo_label_loss(z, quant.quantized, targets)
             extra = extra + self.pseudo_label_weight * pl
         if self.is_mel:
-            mel = self.decoder(z_q, speaker)  # (B, n_mels, T / mel_hop)
+            mel = self.mel_frames(z_q, speaker)  # (B, n_mels, T / mel_hop)
             diff = mel - target.to(mel.dtype)
             recon_loss = diff.abs().mean() if self.mel_loss == "l1" else diff.square().mean()
             cyc = None
@@ -411,7 +422,7 @@ class AudioVQVAE(nn.Module):
             shift = torch.randint(1, n, speaker.shape, device=speaker.device)
             other = (speaker + shift) % n
         z_q = z_q.detach()
-        mel = self.decoder(z_q, other)  # (B, n_mels, T / mel_hop) in the other voice
+        mel = self.mel_frames(z_q, other)  # (B, n_mels, T / mel_hop) in the other voice
         z = self.encoder.encode_frames(mel, self._stats(other, None))
         return F.mse_loss(z.to(z_q.dtype), z_q)
 
@@ -564,7 +575,19 @@ class AudioVQVAE(nn.Module):
         speaker = _speaker_ids(speaker, codes.shape[0])
         if speaker is not None:
             speaker = speaker.to(codes.device)
-        return self.decoder(self.latents(codes), speaker)
+        return self.mel_frames(self.latents(codes), speaker)
+
+    def mel_frames(self, z_q: Tensor, speaker: Tensor | None) -> Tensor:
+        """The mel decoder's log-mel ``(B, n_mels, T' * frames per code)`` of quantized latents
+        ``(B, D, T')`` in the voice of ``speaker`` ``(B,)``; under ``mel_denorm`` the decoder's
+        output is speaker-normalised and the speaker's statistics de-normalise it."""
+        mel = self.decoder(z_q, speaker)
+        if not self.mel_denorm:
+            return mel
+        if speaker is None:
+            raise ValueError("mel_denorm decodes in a speaker's statistics: pass speaker ids")
+        mean, std = self.encoder.speaker_mean[speaker], self.encoder.speaker_std[speaker]
+        return mel * std.unsqueeze(-1).to(mel.dtype) + mean.unsqueeze(-1).to(mel.dtype)
 
     def _dtype(self) -> torch.dtype:
         if self.is_mel:
@@ -621,6 +644,8 @@ def vqvae_audio(
     pseudo_label_mask: float = 0.0,
     pseudo_label_span: int = 3,
     cycle: float = 0.0,
+    mel_denorm: bool = False,
+    decoder_speaker_layers: int | None = None,
 ) -> AudioVQVAE:
     """The audio VQ-VAE: strided convs (or log-mel frames) -> codes -> a WaveNet decoder.
 
@@ -672,6 +697,10 @@ def vqvae_audio(
         cycle: weight of the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`: the codes
             decoded in another training speaker's voice must encode back to themselves; mel
             decoder only; 0: none).
+        mel_denorm: the mel decoder predicts speaker-normalised log-mel that the target
+            speaker's ``mel_norm="speaker"`` statistics de-normalise (:class:`AudioVQVAE`).
+        decoder_speaker_layers: the mel decoder FiLMs the speaker into only its last this many
+            layers (:class:`~vqkit.models.mel_decoder.MelDecoder`; None: every layer).
 
     Examples:
         >>> model = vqvae_audio(num_speakers=4)
@@ -728,6 +757,7 @@ def vqvae_audio(
             num_res_blocks=decoder_res_blocks,
             num_speakers=num_speakers,
             speaker_channels=speaker_channels,
+            speaker_layers=decoder_speaker_layers,
         )
         return AudioVQVAE(
             encoder,
@@ -743,6 +773,12 @@ def vqvae_audio(
             pseudo_label_mask=pseudo_label_mask,
             pseudo_label_span=pseudo_label_span,
             cycle=cycle,
+            mel_denorm=mel_denorm,
+        )
+    if mel_denorm or decoder_speaker_layers is not None:
+        raise ValueError(
+            "mel_denorm and decoder_speaker_layers are settings of the mel decoder "
+            "(decoder='mel'); leave them unset for the WaveNet decoder"
         )
     wavenet = wavenet_decoder(
         code_dim=code_dim,
