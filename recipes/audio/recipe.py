@@ -99,6 +99,10 @@ VQVAEConfig = model_section(
     extra={
         "speaker_conditioning": (bool, True),  # a speaker embedding in the decoder
         "crop": (int, ranged(2048, ge=1)),  # training crop in samples
+        # > 0: before step 0 the codebook is set to k-means centres of this many latent rows
+        # of the training split, encoded by the untrained encoder (init_codebook_from); 0: the
+        # quantizer's own init (kmeans_init: the first training batch)
+        "kmeans_init_rows": (int, ranged(0, ge=0)),
     },
 )
 PriorConfig = model_section(
@@ -276,9 +280,59 @@ def vqvae_build(cfg: AudioRecipeConfig, speakers: list[str], train: Utterances |
             raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {model.hop}")
         if train is not None and model.speaker_norm:  # each training speaker's statistics
             model.set_speaker_stats(train.audio, [speakers.index(s) for s in train.speakers])
+        if train is not None and v.kmeans_init_rows:
+            per_step = cfg.vqvae_train.batch_size * (v.crop // model.hop)  # rows of one batch
+            init_codebook_from(
+                model, train, [speakers.index(s) for s in train.speakers], v.kmeans_init_rows,
+                seed=cfg.vqvae_train.seed, counts_total=per_step,
+            )  # fmt: skip
         return model
 
     return build
+
+
+@torch.no_grad()
+def init_codebook_from(
+    model, train: Utterances, speaker_ids: list[int], rows: int, *, seed: int, counts_total: float
+) -> None:
+    """``vqvae.kmeans_init_rows``: the codebook of ``model`` set to k-means centres
+    (:meth:`~vqkit.quantize.VectorQuantizer.init_codebook`) of ``rows`` latent rows of the
+    training split, encoded by ``model`` as it is (untrained) in eval mode: whole utterances in
+    an order seeded by ``seed`` until ``rows`` are reached (all of them if fewer), then ``rows``
+    drawn from those uniformly. The EMA counts start at ``counts_total`` in all (one batch's
+    rows), as after the first-batch init."""
+    quantizer = model.quantizer
+    if not hasattr(quantizer, "init_codebook"):
+        raise InputError(
+            f"vqvae.kmeans_init_rows={rows} needs the vq quantizer, not "
+            f"{type(quantizer).__name__} (set vqvae.kmeans_init_rows=0)"
+        )
+    if rows < quantizer.num_codes:
+        raise InputError(
+            f"vqvae.kmeans_init_rows={rows} must be >= the codebook size "
+            f"{quantizer.num_codes} (or 0: off)"
+        )
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    latents, total = [], 0
+    for i in np.random.default_rng(seed).permutation(len(train.audio)):
+        z = model.encode_latents(ev._padded(model, train.audio[i], device), speaker_ids[i])
+        latents.append(z[0].t().float())  # (T', D)
+        total += latents[-1].shape[0]
+        if total >= rows:
+            break
+    model.train(was_training)
+    data = torch.cat(latents)
+    if data.shape[0] > rows:
+        gen = torch.Generator().manual_seed(seed)
+        data = data[torch.randperm(data.shape[0], generator=gen)[:rows].to(data.device)]
+    if data.shape[0] < quantizer.num_codes:
+        raise InputError(
+            f"vqvae.kmeans_init_rows: the training split has only {data.shape[0]} latent rows, "
+            f"fewer than the codebook size {quantizer.num_codes}"
+        )
+    quantizer.init_codebook(data, counts_total=counts_total)
 
 
 def check_models(run: Run, speakers: list[str]) -> None:

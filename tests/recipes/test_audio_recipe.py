@@ -395,3 +395,70 @@ def test_run_with_the_pseudo_label_head(corpus, tmp_path, monkeypatch):
     assert "pseudo_label_loss" in history
     assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
                  *sets([*tiny, "vqvae.pseudo_label=-1"])]) == 2  # fmt: skip
+
+
+def _tiny_logmel_split(n_utts: int = 6):
+    from vqkit.datasets import Utterances
+
+    g = torch.Generator().manual_seed(0)
+    audio = [torch.randint(0, 256, (n,), generator=g).to(torch.uint8)
+             for n in (800, 1000, 1130)[:3] * (n_utts // 3)]  # fmt: skip
+    speakers = ["a"] * (n_utts // 2) + ["b"] * (n_utts - n_utts // 2)
+    return Utterances(audio, speakers, [str(i) for i in range(n_utts)], None, None, 8000)
+
+
+def _tiny_logmel_cfg(*overrides: str):
+    from recipes.audio.recipe import AudioRecipeConfig
+    from vqkit.config import load_config
+
+    tiny = [*BUILTIN_TINY, "vqvae.features=logmel", "vqvae.decoder=mel", "vqvae.mel_norm=speaker",
+            "vqvae.mel_hop=80", "vqvae.n_mels=8", "vqvae.crop=640", *overrides]  # fmt: skip
+    return load_config(AudioRecipeConfig, overrides=tiny)
+
+
+def test_kmeans_init_rows_sets_the_codebook_from_many_latents():
+    from recipes.audio.evaluate import _padded
+    from recipes.audio.recipe import vqvae_build
+    from vqkit.pipeline import seed_everything
+
+    train = _tiny_logmel_split()
+    built = {}
+    for rows in (None, 0, 30, 10_000):  # None: the key left at its default
+        cfg = _tiny_logmel_cfg(*([] if rows is None else [f"vqvae.kmeans_init_rows={rows}"]))
+        seed_everything(0)
+        built[rows] = vqvae_build(cfg, ["a", "b"], train)()
+    off, zero = built[None].state_dict(), built[0].state_dict()
+    assert all(torch.equal(off[k], zero[k]) for k in off)  # 0: today's model bit for bit
+    assert not bool(built[0].quantizer.initialized)  # still the first-batch init
+    # the encoder's own latents of every training utterance (40 rows < 10,000: all of them)
+    model = built[10_000]
+    latents = torch.cat([model.encode_latents(_padded(model, a, "cpu"), int(s == "b"))[0].t()
+                         for a, s in zip(train.audio, train.speakers)])  # fmt: skip
+    enc = {k: v for k, v in model.state_dict().items() if not k.startswith("quantizer.")}
+    assert all(torch.equal(v, off[k]) for k, v in enc.items())  # only the codebook differs
+    q = model.quantizer
+    assert bool(q.initialized) and len(latents) == 40
+    rows_ids = q._rows(latents.unsqueeze(-1))[0]
+    codes = torch.cdist(rows_ids, q.codebook).argmin(1)
+    # every centre is the mean of the latents nearest to it (a fixed point of Lloyd's k-means)
+    for k in codes.unique():
+        assert torch.allclose(q.codebook[k], rows_ids[codes == k].mean(0), atol=1e-4)
+    # the EMA counts: one batch's rows in all (batch_size 4 x crop 640 / hop 160 = 16), each at
+    # least 1 as after the first-batch init, not the 40 rows' counts; the EMA state consistent
+    assert 16.0 - 1e-4 <= float(q.cluster_size.sum()) < 32.0 and float(q.cluster_size.min()) >= 1
+    assert torch.allclose(q.embed_sum / q.cluster_size.unsqueeze(1), q.codebook, atol=1e-5)
+    assert not torch.equal(q.codebook, built[30].quantizer.codebook)  # 30 of the 40 rows
+
+
+def test_kmeans_init_rows_refuses_bad_values(corpus, tmp_path):
+    from recipes.audio.recipe import vqvae_build
+    from vqkit.errors import InputError
+
+    train = _tiny_logmel_split()
+    with pytest.raises(InputError, match=r"vqvae.kmeans_init_rows=8 must be >= the codebook size 16"):
+        vqvae_build(_tiny_logmel_cfg("vqvae.kmeans_init_rows=8"), ["a", "b"], train)()
+    fsq = _tiny_logmel_cfg("vqvae.kmeans_init_rows=100", 'vqvae.quantizer={"kind": "fsq", "levels": [4, 4]}')
+    with pytest.raises(InputError, match="needs the vq quantizer"):
+        vqvae_build(fsq, ["a", "b"], train)()
+    assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
+                 *sets([*BUILTIN_TINY, "vqvae.kmeans_init_rows=-1"])]) == 2  # fmt: skip
