@@ -462,3 +462,39 @@ def test_kmeans_init_rows_refuses_bad_values(corpus, tmp_path):
         vqvae_build(fsq, ["a", "b"], train)()
     assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
                  *sets([*BUILTIN_TINY, "vqvae.kmeans_init_rows=-1"])]) == 2  # fmt: skip
+
+
+def test_second_iteration_labels_come_from_a_cached_teacher(corpus, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    tiny = [*BUILTIN_TINY, "vqvae.pseudo_label=0.5", "vqvae.pseudo_label_codes=4",
+            "vqvae.pseudo_label_source=latents", "eval.baseline_fit_frames=0"]  # fmt: skip
+
+    def labels(where: str, name: str, *more: str) -> tuple[dict, dict]:
+        monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / where))
+        metrics = run_audio(tmp_path / name, "--data", str(corpus), *sets([*tiny, *more]))
+        found = {}
+        for f in sorted((tmp_path / where / "pseudo_labels").glob("*.npz")):
+            with np.load(f) as stored:
+                found[f.name] = {k: stored[k] for k in stored.files}
+        return metrics, found
+
+    first, c1 = labels("c1", "r1")
+    # the teacher (mfcc labels, then trained) and the student's labels from its latents: two files
+    assert first["pseudo_label_cached"] is False and first["teacher_cached"] is False
+    assert first["teacher_steps"] == 4 and len(c1) == 2
+    assert (tmp_path / "c1" / "teacher").is_dir() and not (tmp_path / "r1" / "teacher").exists()
+    again, _ = labels("c1", "r2")
+    assert again["pseudo_label_cached"] is True and "teacher_cached" not in again  # not retrained
+    fresh, c2 = labels("c2", "r3")  # another cache: the teacher retrained, the same labels
+    assert fresh["teacher_cached"] is False and c1.keys() == c2.keys()
+    for name in c1:
+        assert all(np.array_equal(c1[name][k], c2[name][k]) for k in c1[name])
+    plain, c3 = labels("c3", "r4", "vqvae.pseudo_label_source=mfcc")  # first iteration only
+    assert "teacher_cached" not in plain and len(c3) == 1 and set(c3) < set(c1)
+    (student,) = (c1[n] for n in c1 if n not in c3)  # the teacher's labels are the mfcc ones
+    assert all(x.dtype == np.int16 and 0 <= x.min() and x.max() < 4 for x in student.values())
+    assert not all(np.array_equal(student[k], c3[next(iter(c3))][k]) for k in student)
+    _, c4 = labels("c4", "r5", "vqvae_train.seed=1")  # another seed: another teacher and fit
+    assert c4.keys().isdisjoint(c1.keys())
+    assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
+                 *sets([*tiny, "vqvae.pseudo_label_source=hubert"])]) == 2  # fmt: skip
