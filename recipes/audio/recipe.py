@@ -108,6 +108,8 @@ VQVAEConfig = model_section(
         # "latents", HuBERT's second iteration: the latents of a teacher, this very model
         # trained first with the mfcc labels (cached), as the student's targets
         "pseudo_label_source": (str, "mfcc"),
+        # latents: the codes of context each side of a row (the mfcc rows have 1)
+        "pseudo_label_context": (int, ranged(1, ge=0)),
     },
 )
 PSEUDO_LABEL_SOURCES = ("mfcc", "latents")
@@ -260,6 +262,7 @@ def pseudo_labels(
             raise ValueError("pseudo_label_source='latents' needs the training speakers")
         teacher_cfg = teacher_config(cfg)
         settings["source"] = "latents"
+        settings["context"] = v.pseudo_label_context
         settings["teacher"] = teacher_settings(teacher_cfg, train, speakers)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root() / "pseudo_labels" / f"{key}.npz"
@@ -274,7 +277,7 @@ def pseudo_labels(
             raise ValueError("pseudo_label_source='latents' needs the run to train the teacher in")
         teacher, info = train_teacher(run, teacher_cfg, train, speakers, settings["teacher"])
         t0 = time.perf_counter()  # pseudo_label_s: the labels' own time, the teacher's apart
-        phases = latent_rows(teacher, train, speakers, phases=per)
+        phases = latent_rows(teacher, train, speakers, phases=per, context=v.pseudo_label_context)
     else:
         phases = ev.mfcc_rows(train, hop, frame_hop, phases=per)
     own = phases[0]
@@ -308,6 +311,7 @@ def teacher_config(cfg: AudioRecipeConfig) -> AudioRecipeConfig:
     pseudo-labels."""
     out = copy.deepcopy(cfg)
     out.vqvae.pseudo_label_source = "mfcc"
+    out.vqvae.pseudo_label_context = 1  # the student's alone: no other teacher for it
     return out
 
 
@@ -350,11 +354,14 @@ def train_teacher(run: Run, teacher_cfg: AudioRecipeConfig, train, speakers, set
 
 
 @torch.no_grad()
-def latent_rows(model, train: Utterances, speakers: list[str], phases: int) -> list[list]:
+def latent_rows(
+    model, train: Utterances, speakers: list[str], phases: int, context: int = 1
+) -> list[list]:
     """The rows of ``pseudo_label_source=latents``, laid out as :func:`evaluate.mfcc_rows`'s: for
-    each phase ``p`` and each utterance a ``(ceil(T / hop), 3 D)`` array, row i the encoder
-    latents of the code window starting at input frame ``p + i * frames per code`` (the audio
-    shifted by ``p`` frames, its tail padded with silence) beside those of its neighbours."""
+    each phase ``p`` and each utterance a ``(ceil(T / hop), (2 context + 1) D)`` array, row i the
+    encoder latents of the code window starting at input frame ``p + i * frames per code`` (the
+    audio shifted by ``p`` frames, its tail padded with silence) beside those of its ``context``
+    neighbours each side."""
     device = next(model.parameters()).device
     hop, frame_hop = model.hop, model.mel_hop or model.hop
     pad = silence_class(model.classes)
@@ -365,7 +372,8 @@ def latent_rows(model, train: Utterances, speakers: list[str], phases: int) -> l
             x = a.long()[p * frame_hop :].to(device)
             x = F.pad(x, (0, n * hop - len(x)), value=pad)[None]
             z = model.encode_latents(x, speakers.index(s))[0].t()  # (n, D)
-            out[p].append(with_context(z.double().cpu().numpy()))
+            z = z.double().cpu().numpy()
+            out[p].append(with_context(z, context) if context else z)
     return out
 
 

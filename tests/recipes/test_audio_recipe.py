@@ -485,6 +485,8 @@ def test_second_iteration_labels_come_from_a_cached_teacher(corpus, tmp_path, mo
     assert (tmp_path / "c1" / "teacher").is_dir() and not (tmp_path / "r1" / "teacher").exists()
     again, _ = labels("c1", "r2")
     assert again["pseudo_label_cached"] is True and "teacher_cached" not in again  # not retrained
+    no_context, c1b = labels("c1", "r2b", "vqvae.pseudo_label_context=0")  # the student's alone:
+    assert no_context["teacher_cached"] is True and len(c1b) == 3  # the same teacher, new labels
     fresh, c2 = labels("c2", "r3")  # another cache: the teacher retrained, the same labels
     assert fresh["teacher_cached"] is False and c1.keys() == c2.keys()
     for name in c1:
