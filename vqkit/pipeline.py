@@ -349,8 +349,15 @@ class Run:
         dataset: Dataset,
         *,
         settings: Mapping[str, Any],
+        train_cfg: TrainConfig | None = None,
+        section: str | None = None,
+        keep_copy: bool = True,
     ) -> tuple[nn.Module, dict[str, Any]]:
         """Stage ``name`` trained once for ``settings`` and reused by every run with the same.
+
+        ``train_cfg``: its training settings (default ``cfg.<name>_train``); ``section``: the
+        config key of its builder's arguments (as in :meth:`train`); ``keep_copy=False``: the run
+        keeps no copy of the weights (a stage only an earlier stage of the run needs).
 
         ``settings`` (JSON data) must hold everything that decides the weights: the model's and
         ``cfg.<name>_train``'s settings and the data (e.g. :func:`data_fingerprint`). The stage
@@ -400,8 +407,8 @@ class Run:
             if self.main:
                 where.mkdir(parents=True, exist_ok=True)
                 write_json(stored_file, settings)
-            train_cfg = getattr(self.cfg, f"{name}_train")
-            model = self._build(name, build, train_cfg.seed)
+            train_cfg = train_cfg or getattr(self.cfg, f"{name}_train")
+            model = self._build(name, build, train_cfg.seed, section)
             result = fit(
                 model,
                 step,
@@ -418,7 +425,7 @@ class Run:
             if self.main:
                 write_json(done_file, {"steps": result.step, "train_s": result.wall_time})
         self.claim()
-        if self.main:  # the run's own copy of the final weights, as run.train would leave them
+        if self.main and keep_copy:  # the run's own copy of the final weights (as run.train)
             final = latest_checkpoint(where / "ckpt")
             root = self.dir / name / "ckpt"
             shutil.copytree(

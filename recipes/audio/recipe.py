@@ -11,6 +11,7 @@ in ``evaluate.py`` beside this file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -42,7 +43,7 @@ from vqkit.datasets.utterances import Utterances, load_labelled, spread
 from vqkit.errors import InputError
 from vqkit.io import write_json
 from vqkit.metrics import LN2, code_histogram
-from vqkit.metrics.unit_baselines import kmeans_units, speaker_normalise
+from vqkit.metrics.unit_baselines import kmeans_units, speaker_normalise, with_context
 from vqkit.models import griffinlim, vqvae_audio, wavenet_prior, wavenet_vocoder
 from vqkit.models.vqvae_audio import IGNORE
 from vqkit.nn.conv import strides_per_stage, total_factor
@@ -99,8 +100,19 @@ VQVAEConfig = model_section(
     extra={
         "speaker_conditioning": (bool, True),  # a speaker embedding in the decoder
         "crop": (int, ranged(2048, ge=1)),  # training crop in samples
+        # > 0: before step 0 the codebook is set to k-means centres of this many latent rows
+        # of the training split, encoded by the untrained encoder (init_codebook_from); 0: the
+        # quantizer's own init (kmeans_init: the first training batch)
+        "kmeans_init_rows": (int, ranged(0, ge=0)),
+        # what the pseudo-labels cluster (PSEUDO_LABEL_SOURCES; pseudo_labels): "mfcc", or
+        # "latents", HuBERT's second iteration: the latents of a teacher, this very model
+        # trained first with the mfcc labels (cached), as the student's targets
+        "pseudo_label_source": (str, "mfcc"),
+        # latents: the codes of context each side of a row (the mfcc rows have 1)
+        "pseudo_label_context": (int, ranged(1, ge=0)),
     },
 )
+PSEUDO_LABEL_SOURCES = ("mfcc", "latents")
 PriorConfig = model_section(
     "PriorConfig",
     wavenet_prior,
@@ -205,19 +217,32 @@ def _hops(v) -> tuple[int, int]:
     return (v.mel_hop * per, v.mel_hop) if v.features == "logmel" else (per, per)
 
 
-def pseudo_labels(cfg: AudioRecipeConfig, train: Utterances) -> tuple[list, dict]:
+def pseudo_labels(
+    cfg: AudioRecipeConfig,
+    train: Utterances,
+    run: Run | None = None,
+    speakers: list[str] | None = None,
+) -> tuple[list, dict]:
     """HuBERT-style targets of the pseudo-label head (``vqvae.pseudo_label > 0``): k-means
-    (``vqvae.pseudo_label_codes`` clusters, seeded by ``vqvae_train.seed``) of the ``mfcc``
-    baseline's features (speaker-normalised MFCCs of each code window with one code of context
-    each side), fit on at most ``eval.baseline_fit_frames`` training rows (100,000 when that is 0,
-    all when None).
+    (``vqvae.pseudo_label_codes`` clusters, seeded by ``vqvae_train.seed``) of per-code rows with
+    one code of context each side, speaker-normalised, fit on at most ``eval.baseline_fit_frames``
+    training rows (100,000 when that is 0, all when None). The rows
+    (``vqvae.pseudo_label_source``): ``mfcc``, the ``mfcc`` baseline's MFCCs; ``latents``,
+    HuBERT's second iteration: the encoder latents of a teacher (:func:`train_teacher`, trained
+    in ``run`` when neither these labels nor the teacher are cached; ``speakers``: the training
+    speakers).
 
     Returns per training utterance a ``(codes * frames per code,)`` int16 array, entry f the
     cluster of the code window starting at frame f (every start frame, so crops may start on any
     frame: :class:`~vqkit.datasets.FrameLabelCrops`), and what the metrics say of the fit. Kept
-    in ``cache_root()/pseudo_labels/<key>.npz`` (``key``: the settings and the training audio)
-    and reused by every run with the same."""
+    in ``cache_root()/pseudo_labels/<key>.npz`` (``key``: the settings and the training audio,
+    and the teacher's settings for ``latents``) and reused by every run with the same."""
     v = cfg.vqvae
+    if v.pseudo_label_source not in PSEUDO_LABEL_SOURCES:
+        raise InputError(
+            f"vqvae.pseudo_label_source must be one of {', '.join(PSEUDO_LABEL_SOURCES)}, got "
+            f"{v.pseudo_label_source!r}"
+        )
     hop, frame_hop = _hops(v)
     per = hop // frame_hop
     fit_frames = cfg.eval.baseline_fit_frames
@@ -231,6 +256,14 @@ def pseudo_labels(cfg: AudioRecipeConfig, train: Utterances) -> tuple[list, dict
         "sample_rate": train.sample_rate,
         "audio": data_fingerprint(train.audio),
     }
+    latents = v.pseudo_label_source == "latents"
+    if latents:  # (the mfcc labels' key stays what it was)
+        if speakers is None:
+            raise ValueError("pseudo_label_source='latents' needs the training speakers")
+        teacher_cfg = teacher_config(cfg)
+        settings["source"] = "latents"
+        settings["context"] = v.pseudo_label_context
+        settings["teacher"] = teacher_settings(teacher_cfg, train, speakers)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root() / "pseudo_labels" / f"{key}.npz"
     t0 = time.perf_counter()
@@ -238,7 +271,15 @@ def pseudo_labels(cfg: AudioRecipeConfig, train: Utterances) -> tuple[list, dict
         with np.load(path) as stored:
             labels = [stored[f"u{i}"] for i in range(len(train.audio))]
         return labels, {"pseudo_label_cached": True, "pseudo_label_s": time.perf_counter() - t0}
-    phases = ev.mfcc_rows(train, hop, frame_hop, phases=per)
+    info = {}
+    if latents:
+        if run is None:
+            raise ValueError("pseudo_label_source='latents' needs the run to train the teacher in")
+        teacher, info = train_teacher(run, teacher_cfg, train, speakers, settings["teacher"])
+        t0 = time.perf_counter()  # pseudo_label_s: the labels' own time, the teacher's apart
+        phases = latent_rows(teacher, train, speakers, phases=per, context=v.pseudo_label_context)
+    else:
+        phases = ev.mfcc_rows(train, hop, frame_hop, phases=per)
     own = phases[0]
     rows = [speaker_normalise(r, train.speakers, fit_feats=own, fit_speakers=train.speakers)
             for r in phases]  # fmt: skip
@@ -258,7 +299,82 @@ def pseudo_labels(cfg: AudioRecipeConfig, train: Utterances) -> tuple[list, dict
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **{f"u{i}": x for i, x in enumerate(labels)})
     tmp.replace(path)
-    return labels, {"pseudo_label_cached": False, "pseudo_label_s": time.perf_counter() - t0}
+    return labels, {
+        "pseudo_label_cached": False,
+        "pseudo_label_s": time.perf_counter() - t0,
+        **info,
+    }
+
+
+def teacher_config(cfg: AudioRecipeConfig) -> AudioRecipeConfig:
+    """The first iteration of ``pseudo_label_source=latents``: the same config with the mfcc
+    pseudo-labels."""
+    out = copy.deepcopy(cfg)
+    out.vqvae.pseudo_label_source = "mfcc"
+    out.vqvae.pseudo_label_context = 1  # the student's alone: no other teacher for it
+    return out
+
+
+TRAIN_IGNORED = ("device", "num_workers", "log_every", "ckpt_every", "keep_checkpoints")
+
+
+def teacher_settings(teacher_cfg: AudioRecipeConfig, train: Utterances, speakers) -> dict:
+    """Everything that decides the teacher's weights (its cache key): the model's and its
+    training's settings, its mfcc labels' and the data's."""
+    return {
+        "vqvae": dataclasses.asdict(teacher_cfg.vqvae),
+        "train": {
+            k: x
+            for k, x in dataclasses.asdict(teacher_cfg.vqvae_train).items()
+            if k not in TRAIN_IGNORED
+        },
+        "baseline_fit_frames": teacher_cfg.eval.baseline_fit_frames,  # of its labels
+        "sample_rate": teacher_cfg.data.sample_rate,
+        "speakers": list(speakers),
+        "utterance_speakers": list(train.speakers),
+        "audio": data_fingerprint(train.audio),
+    }
+
+
+def train_teacher(run: Run, teacher_cfg: AudioRecipeConfig, train, speakers, settings: dict):
+    """The teacher of ``pseudo_label_source=latents``: the VQ-VAE of ``teacher_cfg`` (mfcc
+    labels) trained once for ``settings`` into ``cache_root()/teacher/<key>/`` and reused
+    (:meth:`Run.train_cached`); the run keeps no copy. Returns it and its figures."""
+    targets, _ = pseudo_labels(teacher_cfg, train)
+    build, step, crops = _vqvae_training(teacher_cfg, train, speakers, targets)
+    teacher, info = run.train_cached(
+        "teacher", build, step, crops, settings=settings, train_cfg=teacher_cfg.vqvae_train,
+        section="vqvae", keep_copy=False,
+    )  # fmt: skip
+    return teacher, {
+        "teacher_cached": info["cached"],
+        "teacher_train_s": info["train_s"],
+        "teacher_cache_dir": info["dir"],
+    }
+
+
+@torch.no_grad()
+def latent_rows(
+    model, train: Utterances, speakers: list[str], phases: int, context: int = 1
+) -> list[list]:
+    """The rows of ``pseudo_label_source=latents``, laid out as :func:`evaluate.mfcc_rows`'s: for
+    each phase ``p`` and each utterance a ``(ceil(T / hop), (2 context + 1) D)`` array, row i the
+    encoder latents of the code window starting at input frame ``p + i * frames per code`` (the
+    audio shifted by ``p`` frames, its tail padded with silence) beside those of its ``context``
+    neighbours each side."""
+    device = next(model.parameters()).device
+    hop, frame_hop = model.hop, model.mel_hop or model.hop
+    pad = silence_class(model.classes)
+    out = [[] for _ in range(phases)]
+    for a, s in zip(train.audio, train.speakers):
+        n = max(1, -(-len(a) // hop))
+        for p in range(phases):
+            x = a.long()[p * frame_hop :].to(device)
+            x = F.pad(x, (0, n * hop - len(x)), value=pad)[None]
+            z = model.encode_latents(x, speakers.index(s))[0].t()  # (n, D)
+            z = z.double().cpu().numpy()
+            out[p].append(with_context(z, context) if context else z)
+    return out
 
 
 def vqvae_build(cfg: AudioRecipeConfig, speakers: list[str], train: Utterances | None = None):
@@ -276,25 +392,79 @@ def vqvae_build(cfg: AudioRecipeConfig, speakers: list[str], train: Utterances |
             raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {model.hop}")
         if train is not None and model.speaker_norm:  # each training speaker's statistics
             model.set_speaker_stats(train.audio, [speakers.index(s) for s in train.speakers])
+        if train is not None and v.kmeans_init_rows:
+            per_step = cfg.vqvae_train.batch_size * (v.crop // model.hop)  # rows of one batch
+            init_codebook_from(
+                model, train, [speakers.index(s) for s in train.speakers], v.kmeans_init_rows,
+                seed=cfg.vqvae_train.seed, counts_total=per_step,
+            )  # fmt: skip
         return model
 
     return build
 
 
+@torch.no_grad()
+def init_codebook_from(
+    model, train: Utterances, speaker_ids: list[int], rows: int, *, seed: int, counts_total: float
+) -> None:
+    """``vqvae.kmeans_init_rows``: the codebook of ``model`` set to k-means centres
+    (:meth:`~vqkit.quantize.VectorQuantizer.init_codebook`) of ``rows`` latent rows of the
+    training split, encoded by ``model`` as it is (untrained) in eval mode: whole utterances in
+    an order seeded by ``seed`` until ``rows`` are reached (all of them if fewer), then ``rows``
+    drawn from those uniformly. The EMA counts start at ``counts_total`` in all (one batch's
+    rows), as after the first-batch init."""
+    quantizer = model.quantizer
+    if not hasattr(quantizer, "init_codebook"):
+        raise InputError(
+            f"vqvae.kmeans_init_rows={rows} needs the vq quantizer, not "
+            f"{type(quantizer).__name__} (set vqvae.kmeans_init_rows=0)"
+        )
+    if rows < quantizer.num_codes:
+        raise InputError(
+            f"vqvae.kmeans_init_rows={rows} must be >= the codebook size "
+            f"{quantizer.num_codes} (or 0: off)"
+        )
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    latents, total = [], 0
+    for i in np.random.default_rng(seed).permutation(len(train.audio)):
+        z = model.encode_latents(ev._padded(model, train.audio[i], device), speaker_ids[i])
+        latents.append(z[0].t().float())  # (T', D)
+        total += latents[-1].shape[0]
+        if total >= rows:
+            break
+    model.train(was_training)
+    data = torch.cat(latents)
+    if data.shape[0] > rows:
+        gen = torch.Generator().manual_seed(seed)
+        data = data[torch.randperm(data.shape[0], generator=gen)[:rows].to(data.device)]
+    if data.shape[0] < quantizer.num_codes:
+        raise InputError(
+            f"vqvae.kmeans_init_rows: the training split has only {data.shape[0]} latent rows, "
+            f"fewer than the codebook size {quantizer.num_codes}"
+        )
+    quantizer.init_codebook(data, counts_total=counts_total)
+
+
 def check_models(run: Run, speakers: list[str]) -> None:
     """Both models built once before anything trains (:meth:`Run.trial_build`): a prior
     setting its builder refuses ends the command before the VQ-VAE has trained."""
+    source = run.cfg.vqvae.pseudo_label_source
+    if source not in PSEUDO_LABEL_SOURCES:
+        raise InputError(
+            f"vqvae.pseudo_label_source must be one of {', '.join(PSEUDO_LABEL_SOURCES)}, got "
+            f"{source!r} (--set vqvae.pseudo_label_source=...)"
+        )
     vqvae = run.trial_build("vqvae", vqvae_build(run.cfg, speakers))
     run.trial_build("prior", prior_build(run.cfg, len(speakers), prior_vocabulary(vqvae)))
 
 
-def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
-    v = run.cfg.vqvae
+def _vqvae_training(cfg: AudioRecipeConfig, train: Utterances, speakers: list[str], targets):
+    """The VQ-VAE's builder, step and training crops (``targets``: its pseudo-labels or None)."""
+    v = cfg.vqvae
     spk = [speakers.index(s) for s in train.speakers]
-    build = vqvae_build(run.cfg, speakers, train)
-    info = {}
-    if v.pseudo_label:
-        targets, info = pseudo_labels(run.cfg, train)
+    build = vqvae_build(cfg, speakers, train)
 
     def step(model, batch):
         audio, _, speaker, *targets = batch
@@ -311,7 +481,7 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
         return out.loss, logs
 
     pad = silence_class(v.classes)
-    if v.pseudo_label:
+    if targets is not None:
         hop, frame_hop = _hops(v)
         if v.crop % hop:
             raise InputError(f"vqvae.crop={v.crop} must be a multiple of the hop {hop}")
@@ -321,6 +491,14 @@ def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
         )  # fmt: skip
     else:
         crops = SequenceCrops(train.audio, spk, v.crop, pad_value=pad)
+    return build, step, crops
+
+
+def train_vqvae(run: Run, train: Utterances, speakers: list[str]):
+    targets, info = None, {}
+    if run.cfg.vqvae.pseudo_label:
+        targets, info = pseudo_labels(run.cfg, train, run, speakers)
+    build, step, crops = _vqvae_training(run.cfg, train, speakers, targets)
     return run.train("vqvae", build, step, crops), info
 
 
@@ -358,7 +536,7 @@ def train_vocoder(run: Run, train: Utterances, vqvae):
         loss = voc.loss(batch[0])
         return loss, {"bits_per_sample": loss / LN2}
 
-    ignored = ("device", "num_workers", "log_every", "ckpt_every", "keep_checkpoints")
+    ignored = TRAIN_IGNORED
     settings = {
         "kind": kind,
         **mel,

@@ -392,3 +392,39 @@ def test_bad_inputs_give_clear_errors():
         vq.decode(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="divisible by heads"):
         VectorQuantizer(16, 8, heads=3)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_init_codebook_is_kmeans_over_every_row_given(ema):
+    centres = torch.tensor([[4.0] * 8, [-4.0] * 8, [0.0, 8.0] * 4, [8.0, 0.0] * 4])
+    gen = torch.Generator().manual_seed(0)
+    n = 20_000  # more than the first-batch init's k-means++ subsample (16,384 rows)
+    rows = centres[torch.arange(n) % 4] + 0.5 * torch.randn(n, 8, generator=gen)
+    vq = VectorQuantizer(4, 8, kmeans_init=True, ema=ema, seed=3)
+    vq.init_codebook(rows, iters=7, counts_total=40.0)
+    # exactly Lloyd's k-means over all n rows, seeded as the quantizer seeds its first draw
+    expect, counts = kmeans(rows, 4, iters=7, generator=torch.Generator().manual_seed(3_000_009),
+                            max_rows=n)  # fmt: skip
+    assert torch.equal(vq.codebook.detach(), expect)
+    assert torch.cdist(centres, vq.codebook).min(1).values.max() < 0.05
+    assert bool(vq.initialized)
+    if ema:  # the EMA starts with counts scaled to counts_total, consistent with the codebook
+        assert torch.allclose(vq.cluster_size, counts * 40.0 / n)
+        assert torch.allclose(vq.embed_sum / vq.cluster_size.unsqueeze(1), expect, atol=1e-5)
+    else:  # the first training batch no longer re-fits it (and no EMA moves it)
+        snapshot = vq.codebook.detach().clone()
+        vq(rows[:64].t().reshape(1, 8, 64) + 50.0)
+        assert torch.equal(vq.codebook.detach(), snapshot)
+
+
+def test_init_codebook_maps_rows_as_forward_does_and_refuses_too_few():
+    vq = VectorQuantizer(4, 8, code_dim=3, cosine=True)
+    z = make_z(1, batch=4).detach()  # (4, 8, 12): 48 rows
+    vq.init_codebook(z)
+    rows, _ = vq._rows(z)
+    codes = nearest_code(rows, vq._lookup_table())
+    assert codes.unique().numel() == 4  # centres among the projected, normalised rows
+    with pytest.raises(ValueError, match="at least num_codes=4 rows, got 3"):
+        VectorQuantizer(4, 8).init_codebook(torch.randn(3, 8))
+    with pytest.raises(ValueError, match="counts_total must be > 0"):
+        VectorQuantizer(4, 8).init_codebook(torch.randn(8, 8), counts_total=0)

@@ -395,3 +395,108 @@ def test_run_with_the_pseudo_label_head(corpus, tmp_path, monkeypatch):
     assert "pseudo_label_loss" in history
     assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
                  *sets([*tiny, "vqvae.pseudo_label=-1"])]) == 2  # fmt: skip
+
+
+def _tiny_logmel_split(n_utts: int = 6):
+    from vqkit.datasets import Utterances
+
+    g = torch.Generator().manual_seed(0)
+    audio = [torch.randint(0, 256, (n,), generator=g).to(torch.uint8)
+             for n in (800, 1000, 1130)[:3] * (n_utts // 3)]  # fmt: skip
+    speakers = ["a"] * (n_utts // 2) + ["b"] * (n_utts - n_utts // 2)
+    return Utterances(audio, speakers, [str(i) for i in range(n_utts)], None, None, 8000)
+
+
+def _tiny_logmel_cfg(*overrides: str):
+    from recipes.audio.recipe import AudioRecipeConfig
+    from vqkit.config import load_config
+
+    tiny = [*BUILTIN_TINY, "vqvae.features=logmel", "vqvae.decoder=mel", "vqvae.mel_norm=speaker",
+            "vqvae.mel_hop=80", "vqvae.n_mels=8", "vqvae.crop=640", *overrides]  # fmt: skip
+    return load_config(AudioRecipeConfig, overrides=tiny)
+
+
+def test_kmeans_init_rows_sets_the_codebook_from_many_latents():
+    from recipes.audio.evaluate import _padded
+    from recipes.audio.recipe import vqvae_build
+    from vqkit.pipeline import seed_everything
+
+    train = _tiny_logmel_split()
+    built = {}
+    for rows in (None, 0, 30, 10_000):  # None: the key left at its default
+        cfg = _tiny_logmel_cfg(*([] if rows is None else [f"vqvae.kmeans_init_rows={rows}"]))
+        seed_everything(0)
+        built[rows] = vqvae_build(cfg, ["a", "b"], train)()
+    off, zero = built[None].state_dict(), built[0].state_dict()
+    assert all(torch.equal(off[k], zero[k]) for k in off)  # 0: today's model bit for bit
+    assert not bool(built[0].quantizer.initialized)  # still the first-batch init
+    # the encoder's own latents of every training utterance (40 rows < 10,000: all of them)
+    model = built[10_000]
+    latents = torch.cat([model.encode_latents(_padded(model, a, "cpu"), int(s == "b"))[0].t()
+                         for a, s in zip(train.audio, train.speakers)])  # fmt: skip
+    enc = {k: v for k, v in model.state_dict().items() if not k.startswith("quantizer.")}
+    assert all(torch.equal(v, off[k]) for k, v in enc.items())  # only the codebook differs
+    q = model.quantizer
+    assert bool(q.initialized) and len(latents) == 40
+    rows_ids = q._rows(latents.unsqueeze(-1))[0]
+    codes = torch.cdist(rows_ids, q.codebook).argmin(1)
+    # every centre is the mean of the latents nearest to it (a fixed point of Lloyd's k-means)
+    for k in codes.unique():
+        assert torch.allclose(q.codebook[k], rows_ids[codes == k].mean(0), atol=1e-4)
+    # the EMA counts: one batch's rows in all (batch_size 4 x crop 640 / hop 160 = 16), each at
+    # least 1 as after the first-batch init, not the 40 rows' counts; the EMA state consistent
+    assert 16.0 - 1e-4 <= float(q.cluster_size.sum()) < 32.0 and float(q.cluster_size.min()) >= 1
+    assert torch.allclose(q.embed_sum / q.cluster_size.unsqueeze(1), q.codebook, atol=1e-5)
+    assert not torch.equal(q.codebook, built[30].quantizer.codebook)  # 30 of the 40 rows
+
+
+def test_kmeans_init_rows_refuses_bad_values(corpus, tmp_path):
+    from recipes.audio.recipe import vqvae_build
+    from vqkit.errors import InputError
+
+    train = _tiny_logmel_split()
+    with pytest.raises(InputError, match=r"vqvae.kmeans_init_rows=8 must be >= the codebook size 16"):
+        vqvae_build(_tiny_logmel_cfg("vqvae.kmeans_init_rows=8"), ["a", "b"], train)()
+    fsq = _tiny_logmel_cfg("vqvae.kmeans_init_rows=100", 'vqvae.quantizer={"kind": "fsq", "levels": [4, 4]}')
+    with pytest.raises(InputError, match="needs the vq quantizer"):
+        vqvae_build(fsq, ["a", "b"], train)()
+    assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
+                 *sets([*BUILTIN_TINY, "vqvae.kmeans_init_rows=-1"])]) == 2  # fmt: skip
+
+
+def test_second_iteration_labels_come_from_a_cached_teacher(corpus, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    tiny = [*BUILTIN_TINY, "vqvae.pseudo_label=0.5", "vqvae.pseudo_label_codes=4",
+            "vqvae.pseudo_label_source=latents", "eval.baseline_fit_frames=0"]  # fmt: skip
+
+    def labels(where: str, name: str, *more: str) -> tuple[dict, dict]:
+        monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / where))
+        metrics = run_audio(tmp_path / name, "--data", str(corpus), *sets([*tiny, *more]))
+        found = {}
+        for f in sorted((tmp_path / where / "pseudo_labels").glob("*.npz")):
+            with np.load(f) as stored:
+                found[f.name] = {k: stored[k] for k in stored.files}
+        return metrics, found
+
+    first, c1 = labels("c1", "r1")
+    # the teacher (mfcc labels, then trained) and the student's labels from its latents: two files
+    assert first["pseudo_label_cached"] is False and first["teacher_cached"] is False
+    assert first["teacher_steps"] == 4 and len(c1) == 2
+    assert (tmp_path / "c1" / "teacher").is_dir() and not (tmp_path / "r1" / "teacher").exists()
+    again, _ = labels("c1", "r2")
+    assert again["pseudo_label_cached"] is True and "teacher_cached" not in again  # not retrained
+    no_context, c1b = labels("c1", "r2b", "vqvae.pseudo_label_context=0")  # the student's alone:
+    assert no_context["teacher_cached"] is True and len(c1b) == 3  # the same teacher, new labels
+    fresh, c2 = labels("c2", "r3")  # another cache: the teacher retrained, the same labels
+    assert fresh["teacher_cached"] is False and c1.keys() == c2.keys()
+    for name in c1:
+        assert all(np.array_equal(c1[name][k], c2[name][k]) for k in c1[name])
+    plain, c3 = labels("c3", "r4", "vqvae.pseudo_label_source=mfcc")  # first iteration only
+    assert "teacher_cached" not in plain and len(c3) == 1 and set(c3) < set(c1)
+    (student,) = (c1[n] for n in c1 if n not in c3)  # the teacher's labels are the mfcc ones
+    assert all(x.dtype == np.int16 and 0 <= x.min() and x.max() < 4 for x in student.values())
+    assert not all(np.array_equal(student[k], c3[next(iter(c3))][k]) for k in student)
+    _, c4 = labels("c4", "r5", "vqvae_train.seed=1")  # another seed: another teacher and fit
+    assert c4.keys().isdisjoint(c1.keys())
+    assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
+                 *sets([*tiny, "vqvae.pseudo_label_source=hubert"])]) == 2  # fmt: skip

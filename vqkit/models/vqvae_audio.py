@@ -480,13 +480,25 @@ class AudioVQVAE(nn.Module):
         ``speaker`` (ids of training speakers) or ``stats`` (:meth:`speaker_stats` of any
         speaker) are needed by ``mel_norm="speaker"`` only.
         """
+        return self.quantizer.encode(self.encode_latents(audio, speaker, stats=stats))
+
+    @torch.no_grad()
+    def encode_latents(
+        self,
+        audio: Tensor,
+        speaker: Tensor | int | None = None,
+        *,
+        stats: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """``(B, T)`` mu-law classes -> the encoder's latents ``(B, D, T / hop)`` before
+        quantisation (``speaker``/``stats`` as in :meth:`encode`)."""
         self._check_audio(audio)
         speaker = _speaker_ids(speaker, audio.shape[0])
         norm_stats = self._stats(speaker, stats)
         if norm_stats is None:
-            return self.quantizer.encode(self.encoder(self.to_float(audio)))
+            return self.encoder(self.to_float(audio))
         mel = self.encoder.logmel(self.to_float(audio))
-        return self.quantizer.encode(self.encoder.encode_frames(mel, norm_stats))
+        return self.encoder.encode_frames(mel, norm_stats)
 
     @torch.no_grad()
     def encoder_input(

@@ -290,11 +290,51 @@ class VectorQuantizer(Quantizer):
         return gen
 
     @torch.no_grad()
-    def _kmeans_init(self, rows: Tensor) -> None:
+    def init_codebook(
+        self, z: Tensor, *, iters: int | None = None, counts_total: float | None = None
+    ) -> None:
+        """Set the codebook to k-means centres of many encoder outputs, before training.
+
+        ``z`` is ``(N, D)`` rows (or ``(B, D, *spatial)``) in the input space; they are mapped
+        to lookup space as :meth:`forward` maps its input (``heads``, ``code_dim``'s projection,
+        ``cosine``), then Lloyd's k-means (k-means++ seeds, ``iters`` iterations, default
+        ``kmeans_iters``, seeded by ``seed``) runs over every row, not a subsample. The codebook
+        counts as initialised, so the first training batch no longer re-fits it
+        (``kmeans_init``). With ``ema``, the counts of the EMA start at each centre's share of
+        ``counts_total`` (default: the rows given), so that a per-step count scale can be
+        kept.
+        """
+        if z.dim() == 2:  # (N, D) rows: one spatial axis of length 1
+            z = z.unsqueeze(-1)
+        rows, _ = self._rows(z.detach())
+        if rows.shape[0] < self.num_codes:
+            raise ValueError(
+                f"init_codebook needs at least num_codes={self.num_codes} rows, got {rows.shape[0]}"
+            )
+        if counts_total is not None and not counts_total > 0:
+            raise ValueError(f"counts_total must be > 0, got {counts_total}")
+        self._kmeans_init(rows, iters=iters, max_rows=rows.shape[0], counts_total=counts_total)
+
+    @torch.no_grad()
+    def _kmeans_init(
+        self,
+        rows: Tensor,
+        *,
+        iters: int | None = None,
+        max_rows: int | None = None,
+        counts_total: float | None = None,
+    ) -> None:
         data = cb.gather_rows(rows)
+        extra = {} if max_rows is None else {"max_rows": max(max_rows, data.shape[0])}
         centroids, counts = cb.kmeans(
-            data, self.num_codes, iters=self.kmeans_iters, generator=self._generator()
+            data,
+            self.num_codes,
+            iters=self.kmeans_iters if iters is None else iters,
+            generator=self._generator(),
+            **extra,
         )
+        if counts_total is not None:
+            counts = counts * (counts_total / counts.sum().clamp_min(1.0))
         cb.broadcast_(centroids)
         cb.broadcast_(counts)
         self.codebook.data.copy_(centroids)
