@@ -468,6 +468,9 @@ def test_mel_denorm_trains_the_decoder_never_the_statistics():
 def test_mel_denorm_needs_speaker_statistics_and_the_mel_decoder():
     with pytest.raises(ValueError, match="mel_norm='speaker'"):
         tiny(mel_denorm=True)
-    with pytest.raises(ValueError, match="settings of the mel decoder"):
-        vqvae_audio(num_speakers=2, strides=[2, 2], hidden=8, res_hidden=4, num_codes=8,
-                    code_dim=4, residual_channels=8, layers_per_stack=2, mel_denorm=True)
+    wavenet = dict(num_speakers=2, strides=[2, 2], hidden=8, res_hidden=4, num_codes=8,
+                   code_dim=4, residual_channels=8, layers_per_stack=2)
+    with pytest.raises(ValueError, match="mel_denorm is a setting of the mel decoder"):
+        vqvae_audio(**wavenet, mel_denorm=True)
+    with pytest.raises(ValueError, match="decoder_speaker_layers=1 is a setting of the mel"):
+        vqvae_audio(**wavenet, decoder_speaker_layers=1)

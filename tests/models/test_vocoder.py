@@ -122,3 +122,12 @@ def test_griffinlim_shows_progress_over_rows_and_renders_the_same(capsys):
     err = capsys.readouterr().err
     assert "vocoder:   0%" in err and "/11 " in err and "vocoder alone:   0%" in err and "/2 " in err
 
+
+
+@pytest.mark.parametrize("frames", [7, 13, 125])
+def test_griffinlim_renders_a_lone_row_as_it_renders_that_row_in_a_batch(frames):
+    voc = griffinlim(sample_rate=8000, n_mels=40, mel_hop=64)
+    mel = torch.randn(5, 40, frames, generator=torch.Generator().manual_seed(frames)) * 0.5 - 3
+    batch = voc.render(mel)
+    for i in range(len(mel)):
+        assert torch.equal(voc.render(mel[i : i + 1])[0], batch[i])

@@ -787,10 +787,15 @@ def vqvae_audio(
             cycle=cycle,
             mel_denorm=mel_denorm,
         )
-    if mel_denorm or decoder_speaker_layers is not None:
+    if decoder_speaker_layers is not None:
         raise ValueError(
-            "mel_denorm and decoder_speaker_layers are settings of the mel decoder "
-            "(decoder='mel'); leave them unset for the WaveNet decoder"
+            f"decoder_speaker_layers={decoder_speaker_layers} is a setting of the mel decoder "
+            "(decoder='mel'); set it to null for the WaveNet decoder"
+        )
+    if mel_denorm:
+        raise ValueError(
+            "mel_denorm is a setting of the mel decoder (decoder='mel'); set it to false for "
+            "the WaveNet decoder"
         )
     wavenet = wavenet_decoder(
         code_dim=code_dim,
