@@ -64,9 +64,7 @@ UNIT_KEYS = (
 # The builtin preset's log-mel encoder, tiny: frames every 8 samples, one stride 2 (hop 16), with
 # the paper's WaveNet decoder (the preset's mel decoder is tested on fsdd, tests/recipes/
 # test_convert.py).
-WAVENET_DECODER = [
-    "vqvae.decoder=wavenet", "vqvae.mel_norm=batch", "vqvae.decoder_speaker_layers=null"
-]
+WAVENET_DECODER = ["vqvae.decoder=wavenet", "vqvae.mel_norm=batch"]
 BUILTIN_TINY = [*TINY, *WAVENET_DECODER, "vqvae.mel_hop=8", "vqvae.n_mels=8", "vqvae.strides=[2]"]
 # The waveform encoder (strides over samples), also hop 16.
 WAVEFORM_TINY = [*TINY, *WAVENET_DECODER, "vqvae.features=waveform", "vqvae.strides=[2,2,2,2]"]
