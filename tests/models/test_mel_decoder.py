@@ -163,6 +163,29 @@ def test_mel_cepstra_keeps_the_envelope_for_encoder_and_target():
         tiny(mel_cepstra=9)
 
 
+def test_encoder_cepstra_smooth_only_what_the_encoder_reads():
+    import torchaudio.functional as AF
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 96))
+    plain, smooth = tiny(), tiny(encoder_cepstra=3)
+    smooth.load_state_dict(plain.state_dict())  # the projection is no weight
+    plain.eval(), smooth.eval()
+    raw = plain.logmel(x)
+    torch.testing.assert_close(smooth.logmel(x), raw)  # the log-mel itself is not smoothed
+    dct = AF.create_dct(8, 8, norm="ortho")  # (n_mels, all 8 coefficients)
+    envelope = torch.einsum("mc,nc,bnf->bmf", dct[:, :3], dct[:, :3], raw)
+    # what the conv stack reads: the plain encoder's normalisation of the 3-coefficient envelope
+    torch.testing.assert_close(
+        smooth.encoder.normalise(raw), plain.encoder.normalise(envelope), atol=1e-5, rtol=1e-5
+    )
+    assert not torch.allclose(smooth.encoder.normalise(raw), plain.encoder.normalise(raw))
+    out = smooth(x, torch.tensor([0, 1]))
+    torch.testing.assert_close(out.target_mel, raw)  # the decoder's target keeps the harmonics
+    with pytest.raises(ValueError, match="encoder_cepstra"):
+        tiny(encoder_cepstra=9)
+
+
 def test_cycle_term_decodes_in_another_voice_and_reencodes_to_the_codes():
     torch.manual_seed(0)
     model = tiny(cycle=0.5, mel_norm="speaker")

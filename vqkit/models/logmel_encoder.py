@@ -52,6 +52,11 @@ class LogMelEncoder(nn.Module):
             target alike) is smoothed to its first ``cepstra`` cepstral coefficients (DCT-II,
             orthonormal; 13 is the MFCCs' envelope): the codes need not carry the harmonics of
             the pitch. 0: the log-mel as it is.
+        input_cepstra: when positive, only what the conv stack reads is smoothed to its first
+            ``input_cepstra`` cepstral coefficients (before the normalisation): the codes see
+            the spectral envelope without the pitch's harmonics, while the mel decoder's
+            target keeps them, so the decoder draws the harmonics from the speaker embedding
+            (the target voice's pitch range) instead of copying the source's. 0: off.
         warp: while training, stretch the mel axis of the encoder's input by a random factor in
             ``[1 - warp, 1 + warp]`` per utterance (vocal-tract-length perturbation on the mel
             bins; 0: off). The decoder's target is never warped.
@@ -77,6 +82,7 @@ class LogMelEncoder(nn.Module):
         num_speakers: int | None = None,
         cepstra: int = 0,
         tilt: float = 0.0,
+        input_cepstra: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(mel_hop, int) or mel_hop < 1:
@@ -93,12 +99,17 @@ class LogMelEncoder(nn.Module):
         self.mel_hop, self.n_mels, self.warp, self.tilt = mel_hop, n_mels, warp, float(tilt)
         if not 0 <= cepstra <= n_mels:
             raise ValueError(f"mel_cepstra must lie in [0, n_mels={n_mels}], got {cepstra}")
-        self.cepstra = cepstra
-        if cepstra:  # projection onto the first `cepstra` DCT-II (ortho) bases: (n_mels, n_mels)
-            import torchaudio.functional as AF
-
-            dct = AF.create_dct(cepstra, n_mels, norm="ortho")  # (n_mels, cepstra)
-            self.register_buffer("smooth", dct @ dct.t(), persistent=False)
+        if not 0 <= input_cepstra <= n_mels:
+            raise ValueError(
+                f"encoder_cepstra must lie in [0, n_mels={n_mels}], got {input_cepstra}"
+            )
+        self.cepstra, self.input_cepstra = cepstra, input_cepstra
+        if cepstra:
+            self.register_buffer("smooth", _envelope_projection(cepstra, n_mels), persistent=False)
+        if input_cepstra:
+            self.register_buffer(
+                "input_smooth", _envelope_projection(input_cepstra, n_mels), persistent=False
+            )
         self.mu = classes - 1  # the companding of MuLawEncode / MuLawDecode
         self.norm_kind = norm
         if norm == "batch":
@@ -158,7 +169,9 @@ class LogMelEncoder(nn.Module):
 
     def normalise(self, mel: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``(B, n_mels, F)`` log-mel -> the same normalised as the conv stack reads it (``stats``
-        as in :meth:`encode_frames`)."""
+        as in :meth:`encode_frames`), smoothed first to ``input_cepstra`` coefficients if set."""
+        if self.input_cepstra:
+            mel = torch.einsum("mn,bnf->bmf", self.input_smooth.to(mel.dtype), mel)
         if self.norm is None:
             if stats is None:
                 raise ValueError(
@@ -172,6 +185,15 @@ class LogMelEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 1, T)`` companded waveform -> ``(B, D, T / (mel_hop * prod(strides)))``."""
         return self.encode_frames(self.logmel(x))
+
+
+def _envelope_projection(cepstra: int, n_mels: int) -> Tensor:
+    """``(n_mels, n_mels)`` projection onto the first ``cepstra`` DCT-II (orthonormal) bases:
+    a log-mel frame's spectral envelope."""
+    import torchaudio.functional as AF
+
+    dct = AF.create_dct(cepstra, n_mels, norm="ortho")  # (n_mels, cepstra)
+    return dct @ dct.t()
 
 
 def mel_stats(mels: Sequence[Tensor], floor: float = math.log(1e-5)) -> tuple[Tensor, Tensor]:

@@ -648,6 +648,7 @@ def vqvae_audio(
     mel_norm: str = "batch",
     mel_warp: float = 0.0,
     mel_cepstra: int = 0,
+    encoder_cepstra: int = 0,
     mel_tilt: float = 0.0,
     adversary: float = 0.0,
     pseudo_label: float = 0.0,
@@ -698,6 +699,9 @@ def vqvae_audio(
             ``[1 - mel_warp, 1 + mel_warp]`` (:class:`LogMelEncoder`; 0: off).
         mel_cepstra: log-mel frames smoothed to this many cepstral coefficients, for the encoder
             and the mel decoder's target (:class:`LogMelEncoder`; 0: off).
+        encoder_cepstra: the encoder's input alone smoothed to this many cepstral
+            coefficients; the mel decoder's target keeps the harmonics (``input_cepstra`` of
+            :class:`LogMelEncoder`; 0: off).
         mel_tilt: random spectral tilt and gain of the encoder's input while training, each in
             ``[-mel_tilt, mel_tilt]`` nats (:class:`LogMelEncoder`; 0: off).
         adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
@@ -745,6 +749,7 @@ def vqvae_audio(
             norm=mel_norm,
             warp=mel_warp,
             cepstra=mel_cepstra,
+            input_cepstra=encoder_cepstra,
             tilt=mel_tilt,
             num_speakers=num_speakers,
         )
