@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.errors import check_int
 from vqkit.models.guidance import (
     Guided,
     check_class_dropout,
@@ -59,11 +60,6 @@ def mask_schedule(t: Tensor | float) -> Tensor | float:
     if isinstance(t, Tensor):
         return torch.cos(t * (math.pi / 2)).masked_fill(t >= 1, 0.0)
     return 0.0 if t >= 1 else math.cos(t * math.pi / 2)
-
-
-def _int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def _is_int_tensor(t) -> bool:
@@ -130,11 +126,11 @@ class MaskGIT(nn.Module):
             or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)
         ):
             raise ValueError(f"grid must be a list of positive ints, e.g. [8, 8], got {grid!r}")
-        _int("num_codes", num_codes, 2)
+        check_int("num_codes", num_codes, 2)
         num_classes = 0 if num_classes is None else num_classes
-        _int("num_classes", num_classes, 0)
+        check_int("num_classes", num_classes, 0)
         if num_conds is not None:
-            _int("num_conds", num_conds, 1)
+            check_int("num_conds", num_conds, 1)
         for name, value, low in (
             ("cond_per_step", cond_per_step, 1),
             ("dim", dim, 1),
@@ -143,7 +139,7 @@ class MaskGIT(nn.Module):
             ("mlp_ratio", mlp_ratio, 1),
             ("steps", steps, 1),
         ):
-            _int(name, value, low)
+            check_int(name, value, low)
         if dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}")
         if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
@@ -484,7 +480,7 @@ class MaskGIT(nn.Module):
         """
         n = self._sample_batch(shape)
         steps = self.steps if steps is None else steps
-        _int("steps", steps, 1)
+        check_int("steps", steps, 1)
         if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         device = torch.device(device) if device is not None else self.tok.weight.device

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.errors import check_int
 from vqkit.models.guidance import (
     Guided,
     check_class_dropout,
@@ -142,11 +143,9 @@ class GatedPixelCNN(nn.Module):
         class_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value, low in (("num_codes", num_codes, 2), ("channels", channels, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+        check_int("num_codes", num_codes, 2)
+        check_int("channels", channels)
+        check_int("num_layers", num_layers)
         if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd int >= 3, got {kernel_size!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
