@@ -65,7 +65,10 @@ UNIT_KEYS = (
 # the paper's WaveNet decoder (the preset's mel decoder is tested on fsdd, tests/recipes/
 # test_convert.py).
 WAVENET_DECODER = ["vqvae.decoder=wavenet", "vqvae.mel_norm=batch"]
-BUILTIN_TINY = [*TINY, *WAVENET_DECODER, "vqvae.mel_hop=8", "vqvae.n_mels=8", "vqvae.strides=[2]"]
+BUILTIN_TINY = [
+    *TINY, *WAVENET_DECODER, "vqvae.mel_hop=8", "vqvae.n_mels=8", "vqvae.strides=[2]",
+    "vqvae.encoder_cepstra=4",  # the preset's 13 is more than these 8 bands
+]
 # The waveform encoder (strides over samples), also hop 16.
 WAVEFORM_TINY = [*TINY, *WAVENET_DECODER, "vqvae.features=waveform", "vqvae.strides=[2,2,2,2]"]
 
