@@ -113,9 +113,16 @@ def _pending_writes(ckpt: Path) -> set[str]:
     }
 
 
-def _latest_step(out: Path, stage: str) -> int | None:
+def _latest_name(out: Path, stage: str) -> str | None:
+    """The checkpoint directory ``latest`` names (``step_00000040``, or ``step_00000040-1`` for
+    a second checkpoint of the same step, such as the weights rewritten after a stage)."""
     pointer = out / stage / "ckpt" / "latest"
-    return int(pointer.read_text().strip()[5:13]) if pointer.is_file() else None
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def _latest_step(out: Path, stage: str) -> int | None:
+    name = _latest_name(out, stage)
+    return int(name[5:13]) if name is not None else None
 
 
 def _kill_during_write(p, out: Path, stage: str, part: str) -> bool:
@@ -169,7 +176,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(ctx, tmp
     out, rng = tmp_path / "killed", random.Random(7)
     plan = ["start", "vqvae-random", "vqvae-dir", "vqvae-pointer", "prior-random", "prior-dir"]
     mid_write, kills = 0, 0
-    checks = []  # (log of a run started after a kill, latest steps the kill left)
+    checks = []  # (log of a run started after a kill, the latest checkpoints the kill left)
     latest = None
     for i, kind in enumerate(plan):
         log = tmp_path / f"run{i}.log"
@@ -189,7 +196,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(ctx, tmp
             continue
         assert p.exitcode == -signal.SIGKILL, log.read_text()[-3000:]
         kills += 1
-        latest = {s: _latest_step(out, s) for s in STAGES}
+        latest = {s: _latest_name(out, s) for s in STAGES}
 
     log = tmp_path / "final.log"
     p = _start(ctx, out, True, log)
@@ -203,14 +210,12 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(ctx, tmp
     # The run after a kill resumed from the checkpoint the kill had left as latest (runs killed
     # before their own checkpoint of a stage may not have logged it; the random and write kills
     # come only after one).
-    for run_log, steps in checks:
+    for run_log, names in checks:
         text = run_log.read_text() if run_log.is_file() else ""
-        for stage, step in steps.items():
-            if step is not None and f"resumed {stage} from " in text:
-                assert (
-                    f"resumed {stage} from {out / stage / 'ckpt'}/step_{step:08d} at step {step}"
-                    in text
-                )
+        for stage, name in names.items():
+            if name is not None and f"resumed {stage} from " in text:
+                step = int(name[5:13])
+                assert f"resumed {stage} from {out / stage / 'ckpt'}/{name} at step {step}" in text
     resumed = [
         log
         for log, steps in checks
