@@ -114,15 +114,19 @@ def _pending_writes(ckpt: Path) -> set[str]:
 
 
 def _latest_name(out: Path, stage: str) -> str | None:
-    """The checkpoint directory ``latest`` names (``step_00000040``, or ``step_00000040-1`` for
-    a second checkpoint of the same step, such as the weights rewritten after a stage)."""
+    """The checkpoint directory ``latest`` names (``step_00000040``, or ``step_00000040-1`` when
+    a resumed run saved the same step again: `save_latest` never reuses a directory)."""
     pointer = out / stage / "ckpt" / "latest"
     return pointer.read_text().strip() if pointer.is_file() else None
 
 
+def _step_of(name: str) -> int:
+    return int(name[5:13])  # step_XXXXXXXX[-n]
+
+
 def _latest_step(out: Path, stage: str) -> int | None:
     name = _latest_name(out, stage)
-    return int(name[5:13]) if name is not None else None
+    return _step_of(name) if name is not None else None
 
 
 def _kill_during_write(p, out: Path, stage: str, part: str) -> bool:
@@ -214,8 +218,8 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(ctx, tmp
         text = run_log.read_text() if run_log.is_file() else ""
         for stage, name in names.items():
             if name is not None and f"resumed {stage} from " in text:
-                step = int(name[5:13])
-                assert f"resumed {stage} from {out / stage / 'ckpt'}/{name} at step {step}" in text
+                expected = f"{out / stage / 'ckpt'}/{name} at step {_step_of(name)}"
+                assert f"resumed {stage} from {expected}" in text
     resumed = [
         log
         for log, steps in checks

@@ -171,7 +171,7 @@ class LogMelEncoder(nn.Module):
         """``(B, n_mels, F)`` log-mel -> the same normalised as the conv stack reads it (``stats``
         as in :meth:`encode_frames`), smoothed first to ``input_cepstra`` coefficients if set.
         The speaker statistics stay those of the unsmoothed log-mel: measured on the smoothed
-        one instead, the `builtin` conversions kept 2.2 points fewer of the frames' phones
+        one instead, the ``builtin`` conversions kept 2.2 points fewer of the frames' phones
         (docs/voice_conversion.md, run bstat)."""
         if self.input_cepstra:
             mel = torch.einsum("mn,bnf->bmf", self.input_smooth.to(mel.dtype), mel)
