@@ -305,6 +305,7 @@ def test_fsdd_run_scores_digits_and_speakers(tmp_path, capsys):
     assert "words" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD not found at {FSDD}")
 def test_fsdd_cycle_and_tilt_are_trained_logged_and_checked(tmp_path, capsys):
     torch.set_num_threads(1)
     tiny = [*TINY, "vqvae.strides=[2]", "data.max_files=24"]
