@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vqkit.quantize import ResidualVQ, VectorQuantizer
-from vqkit.quantize.codebook import ema_update, kmeans, nearest_code
+from vqkit.quantize.codebook import argmin_rows, ema_update, kmeans, nearest_code
 
 SPATIAL = {1: (12,), 2: (5, 6), 3: (3, 4, 5)}
 
@@ -104,6 +104,33 @@ def test_nearest_code_chunks_hold_at_least_code_dim_rows(monkeypatch):
     )
     assert torch.equal(nearest_code(rows, table, max_elements=37 * 2), brute)
     assert sizes == [6] * 16 + [4]
+
+
+@pytest.mark.parametrize("k", [4096, 4096 + 100, 8192 + 255])
+def test_blocked_argmin_equals_argmin_with_first_index_on_ties(k):
+    # argmin_rows takes block minima above 4,096 columns; it must return torch's argmin, the
+    # first minimum, on ties inside a block, across blocks and between the blocks and the tail
+    gen = torch.Generator().manual_seed(3)
+    dist = torch.randint(0, 50, (40, k), generator=gen).float()  # many ties at the minimum
+    dist[0, :] = 1.0  # all tied: index 0
+    dist[1, k - 1] = -5.0  # minimum in the last column (the tail when k has one)
+    dist[2, 300], dist[2, k - 1] = -7.0, -7.0  # tie between a block and the tail: the block's
+    dist[3, 700], dist[3, 701] = -9.0, -9.0  # tie inside a block
+    dist[4, 255], dist[4, 256] = -9.0, -9.0  # tie across a block edge
+    expected = dist.argmin(1)
+    assert torch.equal(argmin_rows(dist), expected)
+    assert expected[:5].tolist() == [0, k - 1, 300, 700, 255]
+    assert torch.equal(argmin_rows(dist[:, :100]), dist[:, :100].argmin(1))  # plain path
+
+
+def test_nearest_code_with_given_norms_finds_codes_of_a_linear_map():
+    # SimVQ's lookup: codes e_k = W f_k, searched as <z W, f_k> with ||W f_k||^2 given
+    gen = torch.Generator().manual_seed(4)
+    frozen, weight = torch.randn(5000, 3, generator=gen), torch.randn(8, 3, generator=gen)
+    rows = torch.randn(300, 8, generator=gen)
+    table = frozen @ weight.t()
+    found = nearest_code(rows @ weight, frozen, sq_norms=table.pow(2).sum(1))
+    assert torch.equal(found, torch.cdist(rows, table).argmin(1))
 
 
 def test_ema_step_equals_hand_computation():

@@ -15,6 +15,7 @@ from vqkit.distributed import all_reduce_sum_, broadcast_, gather_rows, is_distr
 
 __all__ = [  # the collectives are re-exported: the quantizers call them as codebook.<name>
     "MAX_DISTANCE_ELEMENTS",
+    "argmin_rows",
     "all_reduce_sum_",
     "broadcast_",
     "code_counts",
@@ -34,7 +35,11 @@ MAX_DISTANCE_ELEMENTS = 1 << 19
 
 
 def nearest_code(
-    rows: Tensor, codebook: Tensor, *, max_elements: int = MAX_DISTANCE_ELEMENTS
+    rows: Tensor,
+    codebook: Tensor,
+    *,
+    max_elements: int = MAX_DISTANCE_ELEMENTS,
+    sq_norms: Tensor | None = None,
 ) -> Tensor:
     """Index of the nearest codebook entry (L2) for each row.
 
@@ -43,13 +48,18 @@ def nearest_code(
     distance matrix held at once is at most ``max(max_elements, K * C)`` entries: a chunk has
     at least ``C`` rows, since each chunk reads the whole ``(K, C)`` codebook and with fewer
     rows that read costs more than the distances themselves (at K = 65,536 and C = 64 the
-    default cap alone would give 8-row chunks, 1.65x slower: docs/results.md).
+    default cap alone would give 8-row chunks, 1.65x slower: docs/results.md). The argmin of
+    each chunk is :func:`argmin_rows`.
 
     Args:
         rows: ``(N, C)`` float vectors.
         codebook: ``(K, C)`` codebook.
         max_elements: cap on ``chunk x K`` distance entries held at once, raised to ``K x C``
             when smaller.
+        sq_norms: ``(K,)`` the ``||e_k||^2`` term, when the codes compared are a linear image
+            of ``codebook``: SimVQ's codes are ``e_k = W f_k``, and ``<z, W f_k> = <W^T z,
+            f_k>``, so it passes ``rows = z W``, ``codebook = F`` and ``||W f_k||^2``, a
+            lookup in the frozen codes' few dimensions. Default: ``codebook``'s own.
 
     Returns:
         ``(N,)`` int64 code indices.
@@ -59,16 +69,52 @@ def nearest_code(
         tensor([0])
     """
     num_codes = codebook.shape[0]
-    sq_norms = codebook.pow(2).sum(1)  # (K,)
+    if sq_norms is None:
+        sq_norms = codebook.pow(2).sum(1)  # (K,)
     codebook_t = codebook.t()
     chunk = max(1, codebook.shape[1], max_elements // num_codes)
     if rows.shape[0] <= chunk:
-        return torch.addmm(sq_norms, rows, codebook_t, alpha=-2.0).argmin(1)
+        return argmin_rows(torch.addmm(sq_norms, rows, codebook_t, alpha=-2.0))
     out = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
     for start in range(0, rows.shape[0], chunk):
         part = rows[start : start + chunk]
-        out[start : start + chunk] = torch.addmm(sq_norms, part, codebook_t, alpha=-2.0).argmin(1)
+        out[start : start + chunk] = argmin_rows(
+            torch.addmm(sq_norms, part, codebook_t, alpha=-2.0)
+        )
     return out
+
+
+# Width of the blocks argmin_rows takes minima over; below ARGMIN_BLOCKED_FROM columns a plain
+# argmin is as fast (benchmarks/quantizer.py, "argmin" rows).
+ARGMIN_BLOCK = 256
+ARGMIN_BLOCKED_FROM = 4096
+
+
+def argmin_rows(dist: Tensor) -> Tensor:
+    """``dist.argmin(1)`` of an ``(N, K)`` matrix, the same indices (first minimum on ties).
+
+    On CPU ``argmin`` over a long row runs at a fraction of ``amin``'s speed (``amin`` is
+    vectorised, the index-tracking reduction is not: 7x at K = 65,536). So for K >= 4,096 the
+    row is cut into blocks of 256: ``amin`` per block, ``argmin`` over the N x K/256 block
+    minima picks the first block that holds the row's minimum, and ``argmin`` within that
+    block the first position of it, which is the first position of the minimum in the row.
+    Columns past the last whole block are compared after it, winning only when strictly less.
+    """
+    n, k = dist.shape
+    if k < ARGMIN_BLOCKED_FROM or dist.device.type != "cpu":
+        return dist.argmin(1)
+    blocks = k // ARGMIN_BLOCK
+    whole = dist[:, : blocks * ARGMIN_BLOCK].reshape(n, blocks, ARGMIN_BLOCK)
+    block = whole.amin(2).argmin(1)  # (N,) first block holding the minimum
+    rows = torch.arange(n, device=dist.device)
+    within = whole[rows, block]  # (N, ARGMIN_BLOCK)
+    idx = block * ARGMIN_BLOCK + within.argmin(1)
+    if blocks * ARGMIN_BLOCK < k:
+        tail = dist[:, blocks * ARGMIN_BLOCK :]
+        tail_val, tail_idx = tail.min(1)
+        better = tail_val < dist[rows, idx]
+        idx = torch.where(better, tail_idx + blocks * ARGMIN_BLOCK, idx)
+    return idx
 
 
 def code_counts(codes: Tensor, num_codes: int) -> Tensor:
