@@ -21,13 +21,20 @@ the same K (``--methods``):
   default rotation trick; it updates the codebook by EMA, vqkit here by the codebook loss) /
   ``VectorQuantizer(512)``.
 
+With ``--lookup-k K...`` (off by default) a last table times the nearest-code search alone at large
+K on ``--lookup-rows`` rows (2,048: a ``cifar10`` batch's 32 x 8 x 8 positions), in 16 and 64
+dims: ``argmin``, one ``addmm`` per chunk of rows then ``argmin(1)``, as ``nearest_code`` did
+before block minima; ``nearest_code`` as it is (``argmin_rows``); and SimVQ's lookup at
+``code_dim=16``, D = 64, through the 64-dim implicit codebook against its own (the frozen codes'
+16 dims). Both pairs must give the same codes; the script checks it.
+
 Forward + backward is ``(out.quantized * g).sum() + out.loss`` then ``backward()``: the
 reconstruction gradient through the straight-through path plus both loss terms. Peak memory is the
 resident high-water mark above the level before one forward + backward, each candidate in a fresh
 process. Timings are medians of interleaved repeats.
 
 Run: ``uv run python benchmarks/quantizer.py [--threads N] [--repeats N] [--batch B] [--size S]
-[--baselines ...] [--methods ...]``
+[--baselines ...] [--methods ...] [--lookup-k K ...] [--lookup-rows N]``
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from common import (  # noqa: E402
 )
 
 from vqkit.quantize import FSQ, LFQ, SimVQ, VectorQuantizer  # noqa: E402
+from vqkit.quantize.codebook import MAX_DISTANCE_ELEMENTS, nearest_code  # noqa: E402
 
 K, D = 512, 64
 FSQ_LEVELS = [8, 5, 5, 5]
@@ -241,6 +249,53 @@ def compare_methods(args) -> None:
     report(checks)
 
 
+def plain_nearest(rows: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """``nearest_code``'s chunks with a plain ``argmin(1)``: the baseline of ``argmin_rows``."""
+    sq_norms = codebook.pow(2).sum(1)
+    chunk = max(1, codebook.shape[1], MAX_DISTANCE_ELEMENTS // codebook.shape[0])
+    parts = [
+        torch.addmm(sq_norms, rows[s : s + chunk], codebook.t(), alpha=-2.0).argmin(1)
+        for s in range(0, rows.shape[0], chunk)
+    ]
+    return torch.cat(parts)
+
+
+def compare_lookups(args) -> None:
+    """Nearest-code search alone at large K: plain argmin against block minima, and SimVQ's."""
+    print()
+    print(f"nearest code of {args.lookup_rows} rows, encode only")
+    print(f"{'K':>7} {'dims':>5} {'candidate':<34} {'ms':>9} {'faster':>8}")
+    gen = torch.Generator().manual_seed(0)
+    for k in args.lookup_k:
+        for dims in (16, 64):
+            rows = torch.randn(args.lookup_rows, dims, generator=gen)
+            table = torch.randn(k, dims, generator=gen)
+            fns = {
+                "addmm + argmin (before)": lambda r=rows, t=table: plain_nearest(r, t),
+                "nearest_code (block minima)": lambda r=rows, t=table: nearest_code(r, t),
+            }
+            if not torch.equal(plain_nearest(rows, table), nearest_code(rows, table)):
+                raise SystemExit(f"nearest_code and argmin disagree at K={k}, {dims} dims")
+            times = interleaved_medians(fns, repeats=args.repeats, warmup=1)
+            base = times["addmm + argmin (before)"]
+            for name, sec in times.items():
+                print(f"{k:>7} {dims:>5} {name:<34} {sec * 1e3:9.2f} {base / sec:7.2f}x")
+        simvq = SimVQ(k, D, code_dim=16).eval()
+        z = torch.randn(args.lookup_rows, D, 1, 1, generator=gen)
+        rows, table = z[:, :, 0, 0], simvq.codebook.detach()
+        with torch.inference_mode():
+            if not torch.equal(simvq.encode(z).reshape(-1), nearest_code(rows, table)):
+                raise SystemExit(f"SimVQ's lookup in 16 dims disagrees with 64 dims at K={k}")
+            fns = {
+                "SimVQ in the 64-dim codebook": lambda r=rows, t=table: nearest_code(r, t),
+                "SimVQ in its 16-dim frozen codes": lambda z=z, q=simvq: q.encode(z),
+            }
+            times = interleaved_medians(fns, repeats=args.repeats, warmup=1)
+        base = times["SimVQ in the 64-dim codebook"]
+        for name, sec in times.items():
+            print(f"{k:>7} {D:>5} {name:<34} {sec * 1e3:9.2f} {base / sec:7.2f}x")
+
+
 def report(checks) -> None:
     for label, value, op, target in checks:
         ok = value <= target if op == "<=" else value >= target
@@ -267,6 +322,14 @@ def main() -> None:
         default=list(METHODS),
         help="further quantizers to compare (none: only the VQ layer)",
     )
+    parser.add_argument(
+        "--lookup-k",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also time the nearest-code search alone at these K (e.g. 4096 16384 65536)",
+    )
+    parser.add_argument("--lookup-rows", type=int, default=2048)
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -314,6 +377,8 @@ def main() -> None:
     report(checks)
     if args.methods:
         compare_methods(args)
+    if args.lookup_k:
+        compare_lookups(args)
 
 
 if __name__ == "__main__":

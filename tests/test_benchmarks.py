@@ -33,6 +33,10 @@ def test_quantizer_benchmark_prints_every_candidate_and_the_targets():
         "1",
         "--baselines",
         "seed",
+        "--lookup-k",
+        "4100",
+        "--lookup-rows",
+        "70",
     )
     for name in ("distance product", "vqkit", "seed"):
         assert name in text
@@ -43,6 +47,9 @@ def test_quantizer_benchmark_prints_every_candidate_and_the_targets():
     assert "peak MiB" in text
     for method in ("fsq", "lfq", "simvq", "vq-rotation"):
         assert f"vqkit {method}" in text
+    # the large-K lookup table: both dims, block minima against argmin, SimVQ's two lookups
+    lookups = [line for line in text.splitlines() if line.lstrip().startswith("4100")]
+    assert len(lookups) == 2 * 2 + 2 and all(line.endswith("x") for line in lookups)
 
 
 def test_sampling_benchmark_compares_cached_and_naive():
