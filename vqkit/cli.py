@@ -346,6 +346,17 @@ def _units(args: argparse.Namespace) -> int:
             return f"{value:.4f}" if isinstance(value, float) else str(value)
 
         print(_unit_table(metrics, cell))
+        ranges = [
+            f"{name} {metrics[f'unit_baseline_{name}_accuracy_min']:.4f}-"
+            f"{metrics[f'unit_baseline_{name}_accuracy_max']:.4f}"
+            for _, name in (c[0].split() for c in _unit_columns(metrics)[1:])
+            if f"unit_baseline_{name}_accuracy_min" in metrics
+        ]
+        if ranges:
+            print(
+                f"  k-means: the mean of {metrics['unit_kmeans_seeds']} seeds; accuracy range "
+                + ", ".join(ranges)
+            )
     for name, text in runs[0].get("unit_baselines", {}).items():
         print(f"  k-means {name}: k-means (same K, fit on the training split) on {text}")
     if len(runs) > 1:

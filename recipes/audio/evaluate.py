@@ -281,33 +281,49 @@ def baseline_features(vqvae, train: Utterances, test: Utterances, speakers, devi
 def unit_baseline_metrics(
     vqvae, train: Utterances, test: Utterances, speakers, rate: float, cfg, device
 ) -> dict:
-    """The unit metrics of k-means (the codes' K, fit on the training split, seeded) over each
-    feature of :data:`BASELINES`, on the same held-out utterances and labels as the codes,
-    under keys ``unit_baseline_<name>_<metric>``."""
+    """The unit metrics of k-means (the codes' K, fit on the training split) over each feature
+    of :data:`BASELINES`, on the same held-out utterances and labels as the codes, under keys
+    ``unit_baseline_<name>_<metric>``: the mean over the k-means seeds ``0 ..
+    cfg.baseline_seeds - 1`` (each seed draws its own fit subsample and k-means++ start), with
+    ``unit_baseline_<name>_accuracy_min`` / ``_max`` over them when there are several."""
     if test.label_kind is None or train.label_kind is None or cfg.baseline_fit_frames == 0:
         return {}
-    out = {}
+    out = {"unit_kmeans_seeds": cfg.baseline_seeds}
     for name, (fit, rows) in baseline_features(vqvae, train, test, speakers, device).items():
-        try:
-            codes, centres = kmeans_units(
-                fit,
-                rows,
-                num_codes=vqvae.quantizer.num_codes,
-                max_fit_frames=cfg.baseline_fit_frames,
+        prefix = f"unit_baseline_{name}_"
+        per_seed = []
+        for seed in range(cfg.baseline_seeds):
+            try:
+                codes, centres = kmeans_units(
+                    fit,
+                    rows,
+                    num_codes=vqvae.quantizer.num_codes,
+                    seed=seed,
+                    max_fit_frames=cfg.baseline_fit_frames,
+                )
+            except ValueError as e:  # fewer training frames than codes (tiny runs): say so
+                out[f"{prefix}accuracy"] = f"n/a: {e}"
+                break
+            per_seed.append(
+                unit_metrics(
+                    [torch.from_numpy(c) for c in codes],
+                    test,
+                    rate,
+                    cfg,
+                    codebook=centres,
+                    prefix=prefix,
+                )
             )
-        except ValueError as e:  # fewer training frames than codes (tiny runs): say so
-            out[f"unit_baseline_{name}_accuracy"] = f"n/a: {e}"
+        if not per_seed:
             continue
-        out.update(
-            unit_metrics(
-                [torch.from_numpy(c) for c in codes],
-                test,
-                rate,
-                cfg,
-                codebook=centres,
-                prefix=f"unit_baseline_{name}_",
-            )
-        )
+        for key, value in per_seed[0].items():
+            values = [m[key] for m in per_seed]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            out[key] = statistics.fmean(values) if numeric and len(values) > 1 else value
+        if len(per_seed) > 1:
+            accuracies = [m[f"{prefix}accuracy"] for m in per_seed]
+            out[f"{prefix}accuracy_min"] = min(accuracies)
+            out[f"{prefix}accuracy_max"] = max(accuracies)
     return out
 
 

@@ -66,7 +66,11 @@ UNIT_KEYS = (
 # test_convert.py).
 WAVENET_DECODER = ["vqvae.decoder=wavenet", "vqvae.mel_norm=batch"]
 BUILTIN_TINY = [
-    *TINY, *WAVENET_DECODER, "vqvae.mel_hop=8", "vqvae.n_mels=8", "vqvae.strides=[2]",
+    *TINY,
+    *WAVENET_DECODER,
+    "vqvae.mel_hop=8",
+    "vqvae.n_mels=8",
+    "vqvae.strides=[2]",
     "vqvae.encoder_cepstra=4",  # the preset's 13 is more than these 8 bands
 ]
 # The waveform encoder (strides over samples), also hop 16.
@@ -230,6 +234,53 @@ def test_units_command_prints_every_metric_with_k_and_rate(builtin_run, corpus, 
     assert "k-means mfcc: k-means (same K, fit on the training split) on 13 MFCCs" in text
 
 
+def test_baselines_over_several_seeds_are_the_mean_of_each_seeds_fit(
+    builtin_run, corpus, monkeypatch, tmp_path, capsys
+):
+    # eval.baseline_seeds=3: every baseline is fit with k-means seeds 0, 1 and 2, and each of
+    # its figures is the mean of the three fits' figures; `vqkit units` shows the mean and the
+    # accuracy's range
+    import sys
+
+    from vqkit.config import load_config
+    from vqkit.runs import load_recipe
+
+    out, _ = builtin_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    config = (run / "config.yaml").read_text()
+    assert "baseline_seeds: 1\n" in config
+    (run / "config.yaml").write_text(config.replace("baseline_seeds: 1\n", "baseline_seeds: 3\n"))
+    recipe = load_recipe("audio")
+    ev = sys.modules["vqkit_recipes_audio.evaluate"]
+    seeds, fit = [], ev.kmeans_units
+    monkeypatch.setattr(ev, "kmeans_units", lambda *a, **k: seeds.append(k["seed"]) or fit(*a, **k))
+    capsys.readouterr()
+    assert main(["units", str(run), "--data", str(corpus), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert seeds == [0, 1, 2, 0, 1, 2]  # per baseline
+    cfg = load_config(recipe.CONFIG, run / "config.yaml")
+    _, vqvae, speakers, _ = recipe._load(run, "cpu")
+    test = recipe.load_labelled(corpus, sample_rate=cfg.data.sample_rate)
+    train = recipe.load_labelled(corpus, sample_rate=cfg.data.sample_rate, split="train")
+    rate = cfg.data.sample_rate / vqvae.hop
+    shown = re.search(r"^\s+accuracy\s+(\S+)\s+(\S+)\s+(\S+)", text, re.M)
+    ranges = []
+    features = ev.baseline_features(vqvae, train, test, speakers, "cpu")
+    for column, (name, (rows_fit, rows)) in zip((2, 3), features.items()):
+        prefix = f"unit_baseline_{name}_"
+        accuracies = []
+        for seed in range(3):
+            codes, centres = fit(rows_fit, rows, num_codes=16, seed=seed,
+                                 max_fit_frames=cfg.eval.baseline_fit_frames)  # fmt: skip
+            m = ev.unit_metrics([torch.from_numpy(c) for c in codes], test, rate, cfg.eval,
+                                codebook=centres, prefix=prefix)  # fmt: skip
+            accuracies.append(m[f"{prefix}accuracy"])
+        assert float(shown[column]) == pytest.approx(np.mean(accuracies), abs=1e-4)
+        ranges.append(f"{name} {min(accuracies):.4f}-{max(accuracies):.4f}")
+    assert f"k-means: the mean of 3 seeds; accuracy range {', '.join(ranges)}" in text
+
+
 def test_units_command_over_several_runs_prints_mean_and_spread(builtin_run, corpus, capsys):
     out, metrics = builtin_run
     capsys.readouterr()
@@ -311,8 +362,19 @@ def test_fsdd_cycle_and_tilt_are_trained_logged_and_checked(tmp_path, capsys):
     tiny = [*TINY, "vqvae.strides=[2]", "data.max_files=24"]
     base = ["--preset", "fsdd", "--data", str(FSDD)]
     for bad, key in (("vqvae.cycle=-1", "vqvae.cycle"), ("vqvae.mel_tilt=-0.5", "vqvae.mel_tilt")):
-        code = main(["run", "audio", "--out", str(tmp_path / "bad"), "--device", "cpu",
-                     "--no-progress", *base, *sets([*tiny, bad])])
+        code = main(
+            [
+                "run",
+                "audio",
+                "--out",
+                str(tmp_path / "bad"),
+                "--device",
+                "cpu",
+                "--no-progress",
+                *base,
+                *sets([*tiny, bad]),
+            ]
+        )
         assert code == 2 and f"config key '{key}'" in capsys.readouterr().err, bad
     out = tmp_path / "cycle"
     run_audio(out, *base, *sets([*tiny, "vqvae.cycle=0.5", "vqvae.mel_tilt=0.3"]))
@@ -459,9 +521,13 @@ def test_kmeans_init_rows_refuses_bad_values(corpus, tmp_path):
     from vqkit.errors import InputError
 
     train = _tiny_logmel_split()
-    with pytest.raises(InputError, match=r"vqvae.kmeans_init_rows=8 must be >= the codebook size 16"):
+    with pytest.raises(
+        InputError, match=r"vqvae.kmeans_init_rows=8 must be >= the codebook size 16"
+    ):
         vqvae_build(_tiny_logmel_cfg("vqvae.kmeans_init_rows=8"), ["a", "b"], train)()
-    fsq = _tiny_logmel_cfg("vqvae.kmeans_init_rows=100", 'vqvae.quantizer={"kind": "fsq", "levels": [4, 4]}')
+    fsq = _tiny_logmel_cfg(
+        "vqvae.kmeans_init_rows=100", 'vqvae.quantizer={"kind": "fsq", "levels": [4, 4]}'
+    )
     with pytest.raises(InputError, match="needs the vq quantizer"):
         vqvae_build(fsq, ["a", "b"], train)()
     assert main(["run", "audio", "--out", str(tmp_path / "bad"), "--data", str(corpus),
