@@ -347,10 +347,10 @@ def _units(args: argparse.Namespace) -> int:
 
         print(_unit_table(metrics, cell))
         ranges = [
-            f"{name} {metrics[f'unit_baseline_{name}_accuracy_min']:.4f}-"
-            f"{metrics[f'unit_baseline_{name}_accuracy_max']:.4f}"
-            for _, name in (c[0].split() for c in _unit_columns(metrics)[1:])
-            if f"unit_baseline_{name}_accuracy_min" in metrics
+            f"{heading.removeprefix('k-means ')} {metrics[prefix + 'accuracy_min']:.4f}-"
+            f"{metrics[prefix + 'accuracy_max']:.4f}"
+            for heading, prefix in _unit_columns(metrics)[1:]
+            if prefix + "accuracy_min" in metrics
         ]
         if ranges:
             print(
