@@ -220,14 +220,44 @@ def _hops(v) -> tuple[int, int]:
     return (v.mel_hop * per, v.mel_hop) if v.features == "logmel" else (per, per)
 
 
+PSEUDO_LABEL_SEED_STEP = 1000  # set j of vqvae.pseudo_label_sets: k-means seed + j * this
+
+
 def pseudo_labels(
     cfg: AudioRecipeConfig,
     train: Utterances,
     run: Run | None = None,
     speakers: list[str] | None = None,
 ) -> tuple[list, dict]:
+    """The targets of the pseudo-label head: :func:`pseudo_label_set` for each of the
+    ``vqvae.pseudo_label_sets`` sets, set j with the k-means seed ``vqvae_train.seed + j *
+    PSEUDO_LABEL_SEED_STEP`` (set 0 is the single set's labels exactly). One set: per training
+    utterance a ``(F,)`` int16 array; several: ``(F, sets)``."""
+    sets = cfg.vqvae.pseudo_label_sets
+    seed = cfg.vqvae_train.seed
+    each = [
+        pseudo_label_set(cfg, train, run, speakers, seed=seed + j * PSEUDO_LABEL_SEED_STEP)
+        for j in range(sets)
+    ]
+    if sets == 1:
+        return each[0]
+    labels = [np.stack(u, 1) for u in zip(*(lab for lab, _ in each))]
+    info = {k: x for _, i in each for k, x in i.items()}  # the teacher's: the first set's
+    info["pseudo_label_cached"] = all(i["pseudo_label_cached"] for _, i in each)
+    info["pseudo_label_s"] = sum(i["pseudo_label_s"] for _, i in each)
+    return labels, info
+
+
+def pseudo_label_set(
+    cfg: AudioRecipeConfig,
+    train: Utterances,
+    run: Run | None = None,
+    speakers: list[str] | None = None,
+    *,
+    seed: int,
+) -> tuple[list, dict]:
     """HuBERT-style targets of the pseudo-label head (``vqvae.pseudo_label > 0``): k-means
-    (``vqvae.pseudo_label_codes`` clusters, seeded by ``vqvae_train.seed``) of per-code rows with
+    (``vqvae.pseudo_label_codes`` clusters, seeded by ``seed``) of per-code rows with
     one code of context each side, speaker-normalised, fit on at most ``eval.baseline_fit_frames``
     training rows (100,000 when that is 0, all when None). The rows
     (``vqvae.pseudo_label_source``): ``mfcc``, the ``mfcc`` baseline's MFCCs; ``latents``,
@@ -252,7 +282,7 @@ def pseudo_labels(
     fit_frames = 100_000 if fit_frames == 0 else fit_frames  # None: every frame
     settings = {
         "codes": v.pseudo_label_codes,
-        "seed": cfg.vqvae_train.seed,
+        "seed": seed,
         "hop": hop,
         "frame_hop": frame_hop,
         "fit_frames": fit_frames,
@@ -290,7 +320,7 @@ def pseudo_labels(
         rows[0],
         [x for phase in rows for x in phase],
         num_codes=v.pseudo_label_codes,
-        seed=cfg.vqvae_train.seed,
+        seed=seed,
         max_fit_frames=fit_frames,
     )
     n = len(train.audio)

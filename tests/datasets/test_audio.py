@@ -324,3 +324,13 @@ def test_frame_label_crops_start_on_frames_and_carry_their_targets():
     assert t.tolist() == [0, 2, -100]  # samples 0-9 cover 2 steps; the third is padding
     with pytest.raises(InputError, match="multiple"):
         FrameLabelCrops(seqs, [5, 7], targets, 20, frame_hop=frame_hop, per=per)
+    # several targets per frame: (F, S) arrays give (steps, S) targets, padding ignored in all
+    two = [np.stack([t, 1000 + t], 1) for t in targets]
+    ds2 = FrameLabelCrops(seqs, [5, 7], two, length, frame_hop=frame_hop, per=per,
+                          pad_value=-1, ignore=-100)  # fmt: skip
+    torch.manual_seed(0)
+    for _ in range(10):
+        crop, _, _, t = ds2[0]
+        first = [int(crop[0]) // frame_hop + per * j for j in range(3)]
+        assert t.tolist() == [[f, 1000 + f] for f in first]
+    assert ds2[1][3].tolist() == [[0, 1000], [2, 1002], [-100, -100]]

@@ -363,6 +363,40 @@ def test_ignored_frames_are_left_out_and_all_ignored_gives_zero():
         model.pseudo_label_loss(z, z, targets[:, :3])
 
 
+def test_several_label_sets_each_get_their_own_outputs_and_the_loss_is_their_mean():
+    # sets=3: the head's outputs are 3 blocks of 5 classes, block j scored on targets[..., j];
+    # the loss is the mean of the three sets' cross-entropies (no frame ignored) and set j's
+    # gradient reaches only block j of the head.
+    model = plain(pseudo_label=1.0, pseudo_label_codes=5, pseudo_label_sets=3)
+    head = model.pseudo_label_head
+    assert head.out_channels == 15
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(2, 4, 4)
+    targets = torch.randint(0, 5, (2, 4, 3), generator=g)
+    logits = head(z)
+    each = [F.cross_entropy(logits[:, 5 * j : 5 * j + 5], targets[..., j]) for j in range(3)]
+    torch.testing.assert_close(model.pseudo_label_loss(z, z, targets), sum(each) / 3)
+    only = targets.clone()
+    only[..., 1:] = IGNORE  # set 0 alone: the other blocks get no gradient
+    model.zero_grad()
+    model.pseudo_label_loss(z, z, only).backward()
+    assert head.weight.grad[:5].abs().sum() > 0 and not head.weight.grad[5:].any()
+    with pytest.raises(ValueError, match="sets"):
+        model.pseudo_label_loss(z, z, targets[..., 0])  # (B, T') for 3 sets
+    with pytest.raises(ValueError, match="pseudo_label_sets must be >= 1"):
+        plain(pseudo_label=1.0, pseudo_label_sets=0)
+    # the forward pass takes (B, T', sets) targets, the masked pass too
+    x, spk, _ = pl_batch()
+    three = torch.randint(0, 5, (2, 4, 3), generator=g)
+    assert model(x, spk, three).pseudo_label_loss > 0
+    masked = plain(pseudo_label=1.0, pseudo_label_codes=5, pseudo_label_sets=3,
+                   pseudo_label_mask=1.0)  # fmt: skip
+    zeros = torch.zeros(2, 8, 8)
+    lg = masked.pseudo_label_head(masked.encoder.frames(zeros))
+    want = sum(F.cross_entropy(lg[:, 5 * j : 5 * j + 5], three[..., j]) for j in range(3)) / 3
+    torch.testing.assert_close(masked(x, spk, three).pseudo_label_loss, want)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="pseudo_label must be >= 0"):
         plain(pseudo_label=-1.0)

@@ -449,6 +449,20 @@ def test_pseudo_labels_are_seeded_cached_and_cover_every_start_frame(tmp_path, m
     monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "c3"))
     other, _ = pseudo_labels(cfg, train)
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))  # another seed, another fit
+    # three sets: set 0 is the single set's labels (its cache entry reused), set j the fit of
+    # seed + j * PSEUDO_LABEL_SEED_STEP, stacked as (F, 3)
+    from recipes.audio.recipe import PSEUDO_LABEL_SEED_STEP, pseudo_label_set
+
+    cfg.vqvae_train.seed, cfg.vqvae.pseudo_label_sets = 0, 3
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "c1"))
+    three, info = pseudo_labels(cfg, train)
+    assert info["pseudo_label_cached"] is False  # sets 1 and 2 were fit now
+    second, _ = pseudo_label_set(cfg, train, seed=PSEUDO_LABEL_SEED_STEP)
+    for t, a, b in zip(three, first, second):
+        assert t.shape == (len(a), 3) and np.array_equal(t[:, 0], a)
+        assert np.array_equal(t[:, 1], b)
+    assert not all(np.array_equal(t[:, 0], t[:, 1]) for t in three)
+    assert pseudo_labels(cfg, train)[1]["pseudo_label_cached"] is True
 
 
 def test_run_with_the_pseudo_label_head(corpus, tmp_path, monkeypatch):

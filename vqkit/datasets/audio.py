@@ -147,7 +147,7 @@ class SequenceCrops(Dataset):
 class FrameLabelCrops(Dataset):
     """Random crops of 1D sequences (mu-law audio classes) that start on a frame boundary, with
     a label each and the per-step targets of the crop: ``(crop (length,), mask (length,) bool,
-    label, targets (length // (frame_hop * per),) int64)``.
+    label, targets (length // (frame_hop * per), ...) int64)``.
 
     ``frame_targets[i][f]`` is the target of the step (e.g. a code of ``per`` frames) that
     starts at frame ``f`` (sample ``f * frame_hop``) of sequence i; a crop starting at frame o
@@ -157,7 +157,8 @@ class FrameLabelCrops(Dataset):
     Args:
         sequences: one ``(T_i,)`` tensor per item.
         labels: one int per item (a speaker id).
-        frame_targets: one ``(F_i,)`` int array per item, ``F_i >= T_i // frame_hop``.
+        frame_targets: one ``(F_i,)`` int array per item, ``F_i >= T_i // frame_hop``, or
+            ``(F_i, S)`` for S targets per step (the crop's targets are then ``(steps, S)``).
         length: crop length, a multiple of ``frame_hop * per``.
         frame_hop: samples per frame (crops start on multiples of it).
         per: frames per target step.
@@ -201,7 +202,7 @@ class FrameLabelCrops(Dataset):
         crop = torch.nn.functional.pad(crop, (0, self.length - len(crop)), value=self.pad_value)
         idx = start + self.per * torch.arange(steps)
         have = -(-min(len(x), self.length) // (self.frame_hop * self.per))  # steps with audio
-        targets = torch.full((steps,), self.ignore, dtype=torch.long)
+        targets = torch.full((steps, *t.shape[1:]), self.ignore, dtype=torch.long)
         targets[:have] = t[idx[:have].clamp_max(len(t) - 1)]
         return crop, mask, self.labels[i], targets
 

@@ -178,6 +178,10 @@ class AudioVQVAE(nn.Module):
             (HuBERT-style targets, e.g. k-means clusters of MFCCs; 0: no head). ``forward``
             takes the targets as ``targets=``.
         pseudo_label_codes: classes of the pseudo-labels (the head's outputs).
+        pseudo_label_sets: independent sets of pseudo-labels (e.g. k-means fits with other
+            seeds), each predicted by its own ``pseudo_label_codes`` outputs of the head; the
+            loss is their mean cross-entropy. With more than one, ``targets`` are
+            ``(B, T', sets)``.
         pseudo_label_input: what the head reads: ``"latents"`` (the encoder's output before
             quantisation) or ``"quantized"`` (the straight-through quantised vectors); either
             way its gradient reaches the encoder, neither the codebook nor the decoder.
@@ -209,6 +213,7 @@ class AudioVQVAE(nn.Module):
         num_speakers: int | None = None,
         pseudo_label: float = 0.0,
         pseudo_label_codes: int = 100,
+        pseudo_label_sets: int = 1,
         pseudo_label_input: str = "latents",
         pseudo_label_mask: float = 0.0,
         pseudo_label_span: int = 3,
@@ -230,6 +235,8 @@ class AudioVQVAE(nn.Module):
                 )
         if pseudo_label < 0:
             raise ValueError(f"pseudo_label must be >= 0, got {pseudo_label}")
+        if pseudo_label_sets < 1:
+            raise ValueError(f"pseudo_label_sets must be >= 1, got {pseudo_label_sets}")
         if pseudo_label and pseudo_label_codes < 2:
             raise ValueError(f"pseudo_label_codes must be >= 2, got {pseudo_label_codes}")
         if pseudo_label_input not in PSEUDO_LABEL_INPUTS:
@@ -283,9 +290,11 @@ class AudioVQVAE(nn.Module):
         self.pseudo_label_weight = float(pseudo_label)
         self.pseudo_label_input = pseudo_label_input
         self.pseudo_label_mask, self.pseudo_label_span = pseudo_label_mask, pseudo_label_span
+        self.pseudo_label_sets = pseudo_label_sets
         self.pseudo_label_head = None  # no module at all when off: today's model exactly
         if pseudo_label:
-            self.pseudo_label_head = nn.Conv1d(quantizer.dim, pseudo_label_codes, 1)
+            outputs = pseudo_label_codes * pseudo_label_sets
+            self.pseudo_label_head = nn.Conv1d(quantizer.dim, outputs, 1)
         self.config: dict | None = None
 
     @property
@@ -364,11 +373,13 @@ class AudioVQVAE(nn.Module):
         pl = None
         if self.pseudo_label_head is not None and targets is not None:
             if self.training and self.pseudo_label_mask > 0:
-                masked = span_mask(targets.shape, self.pseudo_label_mask, self.pseudo_label_span)
+                shape = tuple(targets.shape[:2])
+                masked = span_mask(shape, self.pseudo_label_mask, self.pseudo_label_span)
                 frames = masked.to(z.device).repeat_interleave(self.hop // self.mel_hop, dim=1)
                 mel = target if self.is_mel else self.encoder.logmel(self.to_float(audio))
                 z_m = self.encoder.encode_frames(mel, self._stats(speaker, None), frames)
-                pl = self.pseudo_label_loss(z_m, z_m, targets.masked_fill(~masked, IGNORE))
+                keep = masked.to(targets.device).view(shape + (1,) * (targets.dim() - 2))
+                pl = self.pseudo_label_loss(z_m, z_m, targets.masked_fill(~keep, IGNORE))
             else:
                 pl = self.pseudo_label_loss(z, quant.quantized, targets)
             extra = extra + self.pseudo_label_weight * pl
@@ -391,17 +402,24 @@ class AudioVQVAE(nn.Module):
 
     def pseudo_label_loss(self, z: Tensor, z_q: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy (nats) of the pseudo-label head over the frames of ``targets``
-        ``(B, T')`` that are not ``IGNORE``, reading the latents ``z`` or the straight-through
+        ``(B, T')`` (``(B, T', sets)`` with ``pseudo_label_sets > 1``: the mean over the sets'
+        frames) that are not ``IGNORE``, reading the latents ``z`` or the straight-through
         quantised ``z_q`` (both ``(B, D, T')``) as ``pseudo_label_input`` says."""
-        if targets.shape != z.shape[:1] + z.shape[2:]:
+        sets = self.pseudo_label_sets
+        want = z.shape[:1] + z.shape[2:] + ((sets,) if sets > 1 else ())
+        if targets.shape != want:
             raise ValueError(
-                f"pseudo-label targets {tuple(targets.shape)} must be (B, T') of the latents "
-                f"{tuple(z.shape)}"
+                f"pseudo-label targets {tuple(targets.shape)} must be {tuple(want)} (B, T'"
+                f"{', sets' if sets > 1 else ''}) for the latents {tuple(z.shape)}"
             )
         h = z if self.pseudo_label_input == "latents" else z_q
         logits = self.pseudo_label_head(h.to(self.pseudo_label_head.weight.dtype)).float()
         if not bool((targets != IGNORE).any()):  # every frame padding: nothing to predict
             return logits.sum() * 0.0
+        if sets > 1:  # (B, sets * K, T') -> (B * sets, K, T'), targets (B * sets, T')
+            b, _, t = logits.shape
+            logits = logits.view(b * sets, -1, t)
+            targets = targets.permute(0, 2, 1).reshape(b * sets, t)
         return F.cross_entropy(logits, targets.long(), ignore_index=IGNORE)
 
     def cycle_loss(self, z_q: Tensor, speaker: Tensor, other: Tensor | None = None) -> Tensor:
@@ -653,6 +671,7 @@ def vqvae_audio(
     adversary: float = 0.0,
     pseudo_label: float = 0.0,
     pseudo_label_codes: int = 100,
+    pseudo_label_sets: int = 1,
     pseudo_label_input: str = "latents",
     pseudo_label_mask: float = 0.0,
     pseudo_label_span: int = 3,
@@ -706,10 +725,11 @@ def vqvae_audio(
             ``[-mel_tilt, mel_tilt]`` nats (:class:`LogMelEncoder`; 0: off).
         adversary: weight of a speaker adversary (gradient reversal) on the encoder's latents
             (:class:`AudioVQVAE`; 0: none).
-        pseudo_label, pseudo_label_codes, pseudo_label_input, pseudo_label_mask,
-            pseudo_label_span: the pseudo-label head's weight (0: none), classes, input and
-            masked prediction (:class:`AudioVQVAE`); the audio recipe fits the labels, k-means
-            of speaker-normalised MFCCs, on the training split.
+        pseudo_label, pseudo_label_codes, pseudo_label_sets, pseudo_label_input,
+            pseudo_label_mask, pseudo_label_span: the pseudo-label head's weight (0: none),
+            classes, sets of labels, input and masked prediction (:class:`AudioVQVAE`); the
+            audio recipe fits the labels, k-means of speaker-normalised MFCCs (one fit per set,
+            each with its own seed), on the training split.
         cycle: weight of the speaker-swap cycle term (:meth:`AudioVQVAE.cycle_loss`: the codes
             decoded in another training speaker's voice must encode back to themselves; mel
             decoder only; 0: none).
@@ -786,6 +806,7 @@ def vqvae_audio(
             num_speakers=num_speakers,
             pseudo_label=pseudo_label,
             pseudo_label_codes=pseudo_label_codes,
+            pseudo_label_sets=pseudo_label_sets,
             pseudo_label_input=pseudo_label_input,
             pseudo_label_mask=pseudo_label_mask,
             pseudo_label_span=pseudo_label_span,
@@ -830,6 +851,7 @@ def vqvae_audio(
         num_speakers=num_speakers,
         pseudo_label=pseudo_label,
         pseudo_label_codes=pseudo_label_codes,
+        pseudo_label_sets=pseudo_label_sets,
         pseudo_label_input=pseudo_label_input,
         pseudo_label_mask=pseudo_label_mask,
         pseudo_label_span=pseudo_label_span,
