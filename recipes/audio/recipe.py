@@ -41,7 +41,7 @@ from vqkit.datasets import FrameLabelCrops, SequenceCrops
 from vqkit.datasets.audio import skip_file
 from vqkit.datasets.utterances import Utterances, load_labelled, spread
 from vqkit.errors import InputError
-from vqkit.io import write_json
+from vqkit.io import atomic_write, write_json
 from vqkit.metrics import LN2, code_histogram
 from vqkit.metrics.unit_baselines import kmeans_units, speaker_normalise, with_context
 from vqkit.models import griffinlim, vqvae_audio, wavenet_prior, wavenet_vocoder
@@ -328,10 +328,9 @@ def pseudo_label_set(
     for i in range(n):  # entry p + per * k: phase p's code k
         labels.append(np.stack([codes[p * n + i] for p in range(per)], 1).reshape(-1))
         labels[-1] = labels[-1].astype(np.int16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **{f"u{i}": x for i, x in enumerate(labels)})
-    tmp.replace(path)
+    # a temporary file of its own, then a rename: runs fitting the same labels at once (two
+    # seeds' jobs side by side) each leave a whole file
+    atomic_write(path, lambda f: np.savez(f, **{f"u{i}": x for i, x in enumerate(labels)}))
     return labels, {
         "pseudo_label_cached": False,
         "pseudo_label_s": time.perf_counter() - t0,

@@ -465,6 +465,52 @@ def test_pseudo_labels_are_seeded_cached_and_cover_every_start_frame(tmp_path, m
     assert pseudo_labels(cfg, train)[1]["pseudo_label_cached"] is True
 
 
+def test_two_runs_fitting_the_same_pseudo_labels_at_once_both_finish(tmp_path, monkeypatch):
+    # Two jobs started side by side fit the same labels and write the same cache entry: each
+    # must finish with the labels (a shared temporary file once made the second rename fail).
+    import threading
+
+    import recipes.audio.recipe as recipe
+    from recipes.audio.recipe import AudioRecipeConfig, pseudo_labels
+
+    train = _tiny_logmel_split()
+    cfg = AudioRecipeConfig()
+    cfg.vqvae.features, cfg.vqvae.strides, cfg.vqvae.mel_hop = "logmel", [2], 80
+    cfg.vqvae.pseudo_label, cfg.vqvae.pseudo_label_codes = 1.0, 4
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
+    both_fitted = threading.Barrier(2, timeout=60)
+    fit = recipe.kmeans_units
+
+    def fit_then_wait(*args, **kwargs):
+        out = fit(*args, **kwargs)
+        both_fitted.wait()  # both write at the same moment
+        return out
+
+    monkeypatch.setattr(recipe, "kmeans_units", fit_then_wait)
+    results, errors = [], []
+
+    def job():
+        try:
+            results.append(pseudo_labels(cfg, train)[0])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 2
+    monkeypatch.setattr(recipe, "kmeans_units", fit)
+    cached, info = pseudo_labels(cfg, train)
+    assert info["pseudo_label_cached"] is True
+    assert all(np.array_equal(a, b) and np.array_equal(a, c)
+               for a, b, c in zip(cached, *results))  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "cache" / "pseudo_labels").iterdir()) == [
+        p.name for p in (tmp_path / "cache" / "pseudo_labels").glob("*.npz")
+    ]  # no temporary file left behind
+
+
 def test_run_with_the_pseudo_label_head(corpus, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
