@@ -229,47 +229,23 @@ def pseudo_labels(
     run: Run | None = None,
     speakers: list[str] | None = None,
 ) -> tuple[list, dict]:
-    """The targets of the pseudo-label head: :func:`pseudo_label_set` for each of the
-    ``vqvae.pseudo_label_sets`` sets, set j with the k-means seed ``vqvae_train.seed + j *
-    PSEUDO_LABEL_SEED_STEP`` (set 0 is the single set's labels exactly). One set: per training
-    utterance a ``(F,)`` int16 array; several: ``(F, sets)``."""
-    sets = cfg.vqvae.pseudo_label_sets
-    seed = cfg.vqvae_train.seed
-    each = [
-        pseudo_label_set(cfg, train, run, speakers, seed=seed + j * PSEUDO_LABEL_SEED_STEP)
-        for j in range(sets)
-    ]
-    if sets == 1:
-        return each[0]
-    labels = [np.stack(u, 1) for u in zip(*(lab for lab, _ in each))]
-    info = {k: x for _, i in each for k, x in i.items()}  # the teacher's: the first set's
-    info["pseudo_label_cached"] = all(i["pseudo_label_cached"] for _, i in each)
-    info["pseudo_label_s"] = sum(i["pseudo_label_s"] for _, i in each)
-    return labels, info
-
-
-def pseudo_label_set(
-    cfg: AudioRecipeConfig,
-    train: Utterances,
-    run: Run | None = None,
-    speakers: list[str] | None = None,
-    *,
-    seed: int,
-) -> tuple[list, dict]:
     """HuBERT-style targets of the pseudo-label head (``vqvae.pseudo_label > 0``): k-means
-    (``vqvae.pseudo_label_codes`` clusters, seeded by ``seed``) of per-code rows with
-    one code of context each side, speaker-normalised, fit on at most ``eval.baseline_fit_frames``
-    training rows (100,000 when that is 0, all when None). The rows
-    (``vqvae.pseudo_label_source``): ``mfcc``, the ``mfcc`` baseline's MFCCs; ``latents``,
-    HuBERT's second iteration: the encoder latents of a teacher (:func:`train_teacher`, trained
-    in ``run`` when neither these labels nor the teacher are cached; ``speakers``: the training
-    speakers).
+    (``vqvae.pseudo_label_codes`` clusters) of per-code rows with one code of context each
+    side, speaker-normalised, fit on at most ``eval.baseline_fit_frames`` training rows
+    (100,000 when that is 0, all when None). The rows (``vqvae.pseudo_label_source``): ``mfcc``,
+    the ``mfcc`` baseline's MFCCs; ``latents``, HuBERT's second iteration: the encoder latents
+    of a teacher (:func:`train_teacher`, trained in ``run`` when neither these labels nor the
+    teacher are cached; ``speakers``: the training speakers). ``vqvae.pseudo_label_sets`` fits
+    of the same rows, set j with the k-means seed ``vqvae_train.seed + j *
+    PSEUDO_LABEL_SEED_STEP`` (set 0 is the single set's labels exactly); the rows are built
+    once, and only when a set is not cached.
 
-    Returns per training utterance a ``(codes * frames per code,)`` int16 array, entry f the
-    cluster of the code window starting at frame f (every start frame, so crops may start on any
-    frame: :class:`~vqkit.datasets.FrameLabelCrops`), and what the metrics say of the fit. Kept
-    in ``cache_root()/pseudo_labels/<key>.npz`` (``key``: the settings and the training audio,
-    and the teacher's settings for ``latents``) and reused by every run with the same."""
+    Returns per training utterance a ``(codes * frames per code,)`` int16 array (``(..., sets)``
+    with several sets), entry f the cluster of the code window starting at frame f (every start
+    frame, so crops may start on any frame: :class:`~vqkit.datasets.FrameLabelCrops`), and what
+    the metrics say of the fit. Each set is kept in ``cache_root()/pseudo_labels/<key>.npz``
+    (``key``: the settings, its seed and the training audio, and the teacher's settings for
+    ``latents``) and reused by every run with the same."""
     v = cfg.vqvae
     if v.pseudo_label_source not in PSEUDO_LABEL_SOURCES:
         raise InputError(
@@ -282,7 +258,6 @@ def pseudo_label_set(
     fit_frames = 100_000 if fit_frames == 0 else fit_frames  # None: every frame
     settings = {
         "codes": v.pseudo_label_codes,
-        "seed": seed,
         "hop": hop,
         "frame_hop": frame_hop,
         "fit_frames": fit_frames,
@@ -297,43 +272,65 @@ def pseudo_label_set(
         settings["source"] = "latents"
         settings["context"] = v.pseudo_label_context
         settings["teacher"] = teacher_settings(teacher_cfg, train, speakers)
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_root() / "pseudo_labels" / f"{key}.npz"
+    info: dict = {}
+    built: list = []  # the normalised rows of every phase, once a set needs them
+    teacher_s = 0.0  # pseudo_label_s: the labels' own time, the teacher's apart
+
+    def rows() -> list:
+        nonlocal info, teacher_s
+        if not built:
+            if latents:
+                if run is None:
+                    raise ValueError(
+                        "pseudo_label_source='latents' needs the run to train the teacher in"
+                    )
+                t = time.perf_counter()
+                teacher, info = train_teacher(run, teacher_cfg, train, speakers,
+                                              settings["teacher"])  # fmt: skip
+                teacher_s = time.perf_counter() - t
+                phases = latent_rows(teacher, train, speakers, phases=per,
+                                     context=v.pseudo_label_context)  # fmt: skip
+            else:
+                phases = ev.mfcc_rows(train, hop, frame_hop, phases=per)
+            own = phases[0]
+            built.extend(
+                speaker_normalise(r, train.speakers, fit_feats=own, fit_speakers=train.speakers)
+                for r in phases
+            )
+        return built
+
     t0 = time.perf_counter()
-    if path.is_file():
-        with np.load(path) as stored:
-            labels = [stored[f"u{i}"] for i in range(len(train.audio))]
-        return labels, {"pseudo_label_cached": True, "pseudo_label_s": time.perf_counter() - t0}
-    info = {}
-    if latents:
-        if run is None:
-            raise ValueError("pseudo_label_source='latents' needs the run to train the teacher in")
-        teacher, info = train_teacher(run, teacher_cfg, train, speakers, settings["teacher"])
-        t0 = time.perf_counter()  # pseudo_label_s: the labels' own time, the teacher's apart
-        phases = latent_rows(teacher, train, speakers, phases=per, context=v.pseudo_label_context)
-    else:
-        phases = ev.mfcc_rows(train, hop, frame_hop, phases=per)
-    own = phases[0]
-    rows = [speaker_normalise(r, train.speakers, fit_feats=own, fit_speakers=train.speakers)
-            for r in phases]  # fmt: skip
-    codes, _ = kmeans_units(
-        rows[0],
-        [x for phase in rows for x in phase],
-        num_codes=v.pseudo_label_codes,
-        seed=seed,
-        max_fit_frames=fit_frames,
-    )
     n = len(train.audio)
-    labels = []
-    for i in range(n):  # entry p + per * k: phase p's code k
-        labels.append(np.stack([codes[p * n + i] for p in range(per)], 1).reshape(-1))
-        labels[-1] = labels[-1].astype(np.int16)
-    # a temporary file of its own, then a rename: runs fitting the same labels at once (two
-    # seeds' jobs side by side) each leave a whole file
-    atomic_write(path, lambda f: np.savez(f, **{f"u{i}": x for i, x in enumerate(labels)}))
+    sets, cached = [], True
+    for j in range(v.pseudo_label_sets):
+        seed = cfg.vqvae_train.seed + j * PSEUDO_LABEL_SEED_STEP
+        key = json.dumps({**settings, "seed": seed}, sort_keys=True).encode()
+        path = cache_root() / "pseudo_labels" / f"{hashlib.sha256(key).hexdigest()[:16]}.npz"
+        if path.is_file():
+            with np.load(path) as stored:
+                sets.append([stored[f"u{i}"] for i in range(n)])
+            continue
+        cached = False
+        phase_rows = rows()
+        codes, _ = kmeans_units(
+            phase_rows[0],
+            [x for phase in phase_rows for x in phase],
+            num_codes=v.pseudo_label_codes,
+            seed=seed,
+            max_fit_frames=fit_frames,
+        )
+        labels = [  # entry p + per * k: phase p's code k
+            np.stack([codes[p * n + i] for p in range(per)], 1).reshape(-1).astype(np.int16)
+            for i in range(n)
+        ]
+        # a temporary file of its own, then a rename: runs fitting the same labels at once (two
+        # seeds' jobs side by side) each leave a whole file
+        atomic_write(path, lambda f, x=labels: np.savez(f, **{f"u{i}": a for i, a in enumerate(x)}))
+        sets.append(labels)
+    labels = sets[0] if len(sets) == 1 else [np.stack(u, 1) for u in zip(*sets)]
     return labels, {
-        "pseudo_label_cached": False,
-        "pseudo_label_s": time.perf_counter() - t0,
+        "pseudo_label_cached": cached,
+        "pseudo_label_s": time.perf_counter() - t0 - teacher_s,
         **info,
     }
 

@@ -3,6 +3,7 @@ the festival corpus (phones) and FSDD (digits), then `vqkit convert` and `vqkit 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -451,13 +452,17 @@ def test_pseudo_labels_are_seeded_cached_and_cover_every_start_frame(tmp_path, m
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))  # another seed, another fit
     # three sets: set 0 is the single set's labels (its cache entry reused), set j the fit of
     # seed + j * PSEUDO_LABEL_SEED_STEP, stacked as (F, 3)
-    from recipes.audio.recipe import PSEUDO_LABEL_SEED_STEP, pseudo_label_set
+    from recipes.audio.recipe import PSEUDO_LABEL_SEED_STEP
 
     cfg.vqvae_train.seed, cfg.vqvae.pseudo_label_sets = 0, 3
     monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "c1"))
     three, info = pseudo_labels(cfg, train)
     assert info["pseudo_label_cached"] is False  # sets 1 and 2 were fit now
-    second, _ = pseudo_label_set(cfg, train, seed=PSEUDO_LABEL_SEED_STEP)
+    alone = copy.deepcopy(cfg)
+    alone.vqvae_train.seed, alone.vqvae.pseudo_label_sets = PSEUDO_LABEL_SEED_STEP, 1
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "c4"))  # fit afresh, not read back
+    second, _ = pseudo_labels(alone, train)
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "c1"))
     for t, a, b in zip(three, first, second):
         assert t.shape == (len(a), 3) and np.array_equal(t[:, 0], a)
         assert np.array_equal(t[:, 1], b)
