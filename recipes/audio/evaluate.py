@@ -176,24 +176,38 @@ def speaker_probe(codes_train, train: Utterances, codes_test, test: Utterances, 
 # --- unit discovery --------------------------------------------------------------------------
 
 
-def _segment_frames(seg: Segment, rate: float, num_frames: int) -> list[int]:
-    """Frames whose centre lies in the segment, or the frame holding its midpoint."""
-    first = math.ceil(seg.start_s * rate - 0.5)
-    last = math.ceil(seg.end_s * rate - 0.5)  # exclusive
+def _segment_frames(seg: Segment, rate: float, num_frames: int, first_centre_s: float) -> list[int]:
+    """Frames (frame f centred at ``first_centre_s + f / rate`` s) whose centre lies in the
+    segment, or the frame nearest its midpoint."""
+    first = math.ceil((seg.start_s - first_centre_s) * rate)
+    last = math.ceil((seg.end_s - first_centre_s) * rate)  # exclusive
     frames = [f for f in range(max(first, 0), min(last, num_frames))]
     if not frames:
-        frames = [min(max(int((seg.start_s + seg.end_s) / 2 * rate), 0), num_frames - 1)]
+        mid = math.floor(((seg.start_s + seg.end_s) / 2 - first_centre_s) * rate + 0.5)
+        frames = [min(max(mid, 0), num_frames - 1)]
     return frames
 
 
 def unit_metrics(
-    codes: list[torch.Tensor], test: Utterances, rate: float, cfg, *, codebook, prefix="unit_"
+    codes: list[torch.Tensor],
+    test: Utterances,
+    rate: float,
+    cfg,
+    *,
+    codebook,
+    first_centre_s: float,
+    prefix="unit_",
 ) -> dict:
     """Frame accuracy (paper), chance, purity, cluster purity, PNMI and ABX of held-out codes,
-    under keys ``prefix + name`` (the labels and chance only under ``"unit_"``)."""
+    under keys ``prefix + name`` (the labels and chance only under ``"unit_"``). Code i is
+    labelled with the phone at its centre, ``first_centre_s + i / rate`` seconds
+    (:func:`code_centre_s`)."""
     if test.label_kind is None:
         return {}
-    labels = [frame_labels(test.segments(i), rate, len(c)) for i, c in enumerate(codes)]
+    labels = [
+        frame_labels(test.segments(i), rate, len(c), first_centre_s=first_centre_s)
+        for i, c in enumerate(codes)
+    ]
     arrays = [c.numpy() for c in codes]
     out = {"unit_labels": test.label_kind} if prefix == "unit_" else {}
     out[f"{prefix}accuracy"] = code_label_accuracy(arrays, labels)
@@ -207,7 +221,7 @@ def unit_metrics(
         for seg in test.segments(i):
             if seg.label in SILENCES:
                 continue
-            segs.append(c[_segment_frames(seg, rate, len(c))].numpy())
+            segs.append(c[_segment_frames(seg, rate, len(c), first_centre_s)].numpy())
             seg_labels.append(seg.label)
             seg_speakers.append(test.speakers[i])
     for within in (True, False):
@@ -252,10 +266,18 @@ def mfcc_rows(split: Utterances, hop: int, frame_hop: int, phases: int = 1) -> l
     return out
 
 
+def code_centre_s(vqvae, sample_rate: int) -> float:
+    """Where the first code of an utterance is centred, in seconds (``AudioVQVAE.code_centre``):
+    the ``first_centre_s`` of :func:`unit_metrics` for the codes."""
+    return vqvae.code_centre / sample_rate
+
+
 def baseline_features(vqvae, train: Utterances, test: Utterances, speakers, device) -> dict:
-    """``{name: (train rows, test rows)}`` of :data:`BASELINES`: per utterance a
-    ``(codes, D)`` float array, one row per code of the utterance (as many as
-    :func:`encode_utterance` gives)."""
+    """``{name: (train rows, test rows, first_centre_s)}`` of :data:`BASELINES`: per utterance
+    a ``(codes, D)`` float array, one row per code of the utterance (as many as
+    :func:`encode_utterance` gives), and where its first row is centred in seconds (the
+    encoder's input: the codes' own centre; the MFCCs, frame f centred on sample ``f *
+    frame_hop``: the mean of the frames a row stacks)."""
     hop = vqvae.hop
     frame_hop = vqvae.mel_hop or hop  # of the MFCCs
     per_input = hop // (vqvae.mel_hop or 1)  # the encoder's frames (or samples) per code
@@ -272,9 +294,10 @@ def baseline_features(vqvae, train: Utterances, test: Utterances, speakers, devi
         mfcc_test, test.speakers, fit_feats=mfcc_train, fit_speakers=train.speakers
     )
     mfcc_train = speaker_normalise(mfcc_train, train.speakers)
+    sr = train.sample_rate
     return {
-        "input": (encoder_rows(train), encoder_rows(test)),
-        "mfcc": (mfcc_train, mfcc_test),
+        "input": (encoder_rows(train), encoder_rows(test), code_centre_s(vqvae, sr)),
+        "mfcc": (mfcc_train, mfcc_test, (hop - frame_hop) / 2 / sr),
     }
 
 
@@ -289,7 +312,8 @@ def unit_baseline_metrics(
     if test.label_kind is None or train.label_kind is None or cfg.baseline_fit_frames == 0:
         return {}
     out = {"unit_kmeans_seeds": cfg.baseline_seeds}
-    for name, (fit, rows) in baseline_features(vqvae, train, test, speakers, device).items():
+    features = baseline_features(vqvae, train, test, speakers, device)
+    for name, (fit, rows, first_centre_s) in features.items():
         prefix = f"unit_baseline_{name}_"
         per_seed = []
         for seed in range(cfg.baseline_seeds):
@@ -311,6 +335,7 @@ def unit_baseline_metrics(
                     rate,
                     cfg,
                     codebook=centres,
+                    first_centre_s=first_centre_s,
                     prefix=prefix,
                 )
             )
@@ -443,9 +468,11 @@ def prior_metrics(prior, codes_train, codes_test, test: Utterances, speakers, de
 
 
 def _content_targets(split: Utterances, i: int, clf_rate: float, num_frames: int, vocab: dict):
+    """The content classifier's targets: the word, or the phone at each of its log-mel frames'
+    centres (frame f centred on sample ``f * hop``: ``LogMel`` pads half a window each side)."""
     if split.label_kind == "words":
         return split.labels[i]
-    names = frame_labels(split.segments(i), clf_rate, num_frames)
+    names = frame_labels(split.segments(i), clf_rate, num_frames, first_centre_s=0.0)
     return torch.tensor([vocab.get(p, -100) for p in names])
 
 

@@ -693,6 +693,7 @@ def run(
                 metrics["code_rate_hz"],
                 cfg.eval,
                 codebook=ev.codebook_vectors(vqvae),
+                first_centre_s=ev.code_centre_s(vqvae, cfg.data.sample_rate),
             )
         )
         metrics.update(
@@ -904,7 +905,12 @@ def units(
     rate = cfg.data.sample_rate / vqvae.hop
     out = {"num_codes": vqvae.quantizer.num_codes, "code_rate_hz": rate, "utterances": len(codes)}
     out["skipped_files"] = len(test.skipped)  # unusable, left out with a warning each
-    out.update(ev.unit_metrics(codes, test, rate, cfg.eval, codebook=ev.codebook_vectors(vqvae)))
+    first = ev.code_centre_s(vqvae, cfg.data.sample_rate)
+    out.update(
+        ev.unit_metrics(
+            codes, test, rate, cfg.eval, codebook=ev.codebook_vectors(vqvae), first_centre_s=first
+        )
+    )
     if baselines and cfg.eval.baseline_fit_frames != 0:  # fit on the training split of data
         try:
             train = load_labelled(data, **read, split="train")

@@ -184,6 +184,16 @@ def test_frame_labels_at_frame_centres():
         frame_labels([], 10, 3)
 
 
+def test_frame_labels_where_the_first_frame_is_centred():
+    segs = [Segment(0.0, 0.1, "a"), Segment(0.1, 0.25, "b"), Segment(0.25, 0.3, "c")]
+    # Centres 0.0, 0.05, 0.10, ...: frame 2 sits on the a|b boundary and takes b (a segment
+    # holds [start, end)); half a frame later (the default) it is b's first full frame too.
+    assert frame_labels(segs, 20, 6, first_centre_s=0.0) == ["a", "a", "b", "b", "b", "c"]
+    # Centres 0.055, 0.105, ...: every label one frame earlier than at the default 0.025.
+    assert frame_labels(segs, 20, 6, first_centre_s=0.055) == ["a", "b", "b", "b", "c", "c"]
+    assert frame_labels(segs, 20, 6, first_centre_s=0.025) == frame_labels(segs, 20, 6)
+
+
 def test_segment_files_round_trip(tmp_path):
     segs = [Segment(0.0, 0.12345, "pau"), Segment(0.12345, 0.5, "a b")]
     path = write_segments(tmp_path / "deep" / "u.txt", segs)

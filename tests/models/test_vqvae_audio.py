@@ -183,6 +183,31 @@ def test_logmel_encoder_reads_the_expanded_waveform_as_log_mel_frames():
     assert model.encode(audio(1, 80)).shape == (1, 1)  # shorter than a window: zero-padded
 
 
+def test_code_centre_is_the_middle_of_what_each_code_reads():
+    """Code k is labelled at ``code_centre + k * hop`` (unit metrics): the middle of the log-mel
+    frames it reads, half a log-mel frame before the middle of its hop, not the middle itself."""
+    torch.manual_seed(0)
+    model = tiny_logmel().eval()
+    hop, mel_hop = model.hop, model.mel_hop
+    assert (hop, mel_hop, model.code_centre) == (80, 40, 20.0)
+    per = hop // mel_hop
+    k = 3
+    # The log-mel frames are centred on f * mel_hop: an impulse at code k's centre falls midway
+    # between its two frames and lights them equally (at the middle of its hop, k * hop + 40,
+    # it would sit on frame 2k + 1's centre alone).
+    wave = torch.zeros(1, 8 * hop)
+    wave[0, int(model.code_centre) + k * hop] = 1.0
+    mel = model.encoder.mel(wave)[0].exp().sum(0)  # energy per frame
+    assert mel.argmax() in (per * k, per * k + 1)
+    torch.testing.assert_close(mel[per * k], mel[per * k + 1])
+    # The conv stack's output k reads the frames around 2k + 0.5 symmetrically.
+    x = torch.randn(1, model.encoder.n_mels, 16, requires_grad=True)
+    model.encoder.frames(x)[0, :, k].sum().backward()
+    used = (x.grad[0].abs().sum(0) > 0).nonzero().flatten()
+    assert (used.min() + used.max()) / 2 == per * k + (per - 1) / 2
+    assert tiny(strides=[2, 2]).code_centre == 1.5  # the waveform encoder: samples 0 .. 3
+
+
 def test_logmel_model_trains_every_parameter_and_round_trips(tmp_path):
     torch.manual_seed(0)
     model = tiny_logmel()

@@ -268,14 +268,15 @@ def test_baselines_over_several_seeds_are_the_mean_of_each_seeds_fit(
     shown = re.search(r"^\s+accuracy\s+(\S+)\s+(\S+)\s+(\S+)", text, re.M)
     ranges = []
     features = ev.baseline_features(vqvae, train, test, speakers, "cpu")
-    for column, (name, (rows_fit, rows)) in zip((2, 3), features.items()):
+    for column, (name, (rows_fit, rows, first_centre_s)) in zip((2, 3), features.items()):
         prefix = f"unit_baseline_{name}_"
         accuracies = []
         for seed in range(3):
             codes, centres = fit(rows_fit, rows, num_codes=16, seed=seed,
                                  max_fit_frames=cfg.eval.baseline_fit_frames)  # fmt: skip
             m = ev.unit_metrics([torch.from_numpy(c) for c in codes], test, rate, cfg.eval,
-                                codebook=centres, prefix=prefix)  # fmt: skip
+                                codebook=centres, first_centre_s=first_centre_s,
+                                prefix=prefix)  # fmt: skip
             accuracies.append(m[f"{prefix}accuracy"])
         assert float(shown[column]) == pytest.approx(np.mean(accuracies), abs=1e-4)
         ranges.append(f"{name} {min(accuracies):.4f}-{max(accuracies):.4f}")

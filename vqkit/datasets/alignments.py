@@ -256,8 +256,9 @@ def frame_labels(
     num_frames: int,
     *,
     outside: str | None = None,
+    first_centre_s: float | None = None,
 ) -> list[str]:
-    """The label at each frame's centre, ``(i + 0.5) / frame_rate_hz`` seconds.
+    """The label at each frame's centre, ``first_centre_s + i / frame_rate_hz`` seconds.
 
     Args:
         segments: sorted, non-overlapping segments.
@@ -266,6 +267,10 @@ def frame_labels(
         outside: label for frame centres before the first segment, after the last, or in a gap;
             None gives them the nearest segment's label (trailing silence past the last phone is
             common in synthesized and forced-aligned audio).
+        first_centre_s: where in the audio frame 0 is centred, in seconds; None: half a frame,
+            ``0.5 / frame_rate_hz`` (frame i covering ``[i, i + 1) / frame_rate_hz``). Frames
+            of a centred STFT (frame i centred on sample ``i * hop``) take 0; the codes of an
+            encoder say where theirs lie (``AudioVQVAE.code_centre_s``).
 
     Returns:
         ``num_frames`` labels.
@@ -281,9 +286,10 @@ def frame_labels(
     segments = _check_order([Segment(*s) for s in segments], Path("<segments>"))
     starts = [s.start_s for s in segments]
     ends = [s.end_s for s in segments]
+    first = 0.5 / frame_rate_hz if first_centre_s is None else float(first_centre_s)
     labels = []
     for i in range(num_frames):
-        t = (i + 0.5) / frame_rate_hz
+        t = first + i / frame_rate_hz
         k = bisect.bisect_right(ends, t)  # first segment ending after t
         if k < len(segments) and starts[k] <= t:
             labels.append(segments[k].label)

@@ -319,6 +319,16 @@ class AudioVQVAE(nn.Module):
         return getattr(self.encoder, "mel_hop", None)
 
     @property
+    def code_centre(self) -> float:
+        """Where code 0 is centred in the audio, in samples (code i: this + ``i * hop``): the
+        mean of the centres of the input frames it reads. Log-mel frame f is centred on sample
+        ``f * mel_hop`` (a centred STFT), so code 0, reading frames ``0 .. hop / mel_hop - 1``,
+        is centred on ``(hop - mel_hop) / 2``, half a log-mel frame before the middle of its
+        hop; the waveform encoder's code 0 reads samples ``0 .. hop - 1``: ``(hop - 1) / 2``.
+        Labels of the codes are read there (``frame_labels(first_centre_s=...)``)."""
+        return (self.hop - (self.mel_hop or 1)) / 2
+
+    @property
     def classes(self) -> int:
         """Mu-law classes of the audio."""
         if self.is_mel:
