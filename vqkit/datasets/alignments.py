@@ -270,7 +270,7 @@ def frame_labels(
         first_centre_s: where in the audio frame 0 is centred, in seconds; None: half a frame,
             ``0.5 / frame_rate_hz`` (frame i covering ``[i, i + 1) / frame_rate_hz``). Frames
             of a centred STFT (frame i centred on sample ``i * hop``) take 0; the codes of an
-            encoder say where theirs lie (``AudioVQVAE.code_centre_s``).
+            encoder say where theirs lie (``AudioVQVAE.code_centre``, in samples).
 
     Returns:
         ``num_frames`` labels.
